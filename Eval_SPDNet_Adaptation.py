@@ -1,0 +1,55 @@
+"""Compare three pipelines on rainy COCO: vanilla RT-DETR, original SPDNet + RT-DETR, adapted SPDNet + RT-DETR.
+
+    python Eval_SPDNet_Adaptation.py                    # after Training_SPDNet_Adaptation.py
+    python Eval_SPDNet_Adaptation.py configs/demo.py    # the CPU demo world
+    python Eval_SPDNet_Adaptation.py --EVAL_CLEAN=True  # the clean validation split as well
+
+Writes OUTPUT_DIR/eval_results.json, eval_bars.png and eval_examples.png.
+"""
+
+from __future__ import annotations
+
+# ---- data
+COCO_DIR = "./data/coco"  # clean COCO: val2017/ and annotations/instances_val2017.json
+COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout (the first variant when several)
+VAL_PERCENT = 100  # percent of the validation images scored
+IMAGE_SIZE = 640  # square input size (multiple of 32), as in training
+EVAL_CLEAN = False  # also score the three pipelines on the clean validation split
+# ---- models
+DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
+SPDNET_WEIGHTS = "./weights/spdnet_official.pt"  # the original (official) SPDNet weights
+SPDNET_N_FEATS = 32  # width of the original SPDNet
+SPDNET_N_RESBLOCKS = 3  # residual blocks of the original SPDNet
+ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
+# ---- run
+BATCH_SIZE = 8  # images per batch
+PRECISION = "fp32"  # "fp32" or "bf16"
+DEVICE = "auto"  # "auto", "cuda", "cpu", ...
+DATALOADER_WORKERS = 4  # data loading processes
+NUM_EXAMPLES = 4  # rows of the qualitative picture
+SEED = 42  # the validation subset when VAL_PERCENT < 100
+OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where spdnet_adapted.pt is and results go
+
+from utils.config import load_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from utils import evaluation
+
+    config = load_config(globals(), argv)
+    device = evaluation.choose_device(config["DEVICE"])
+    pipelines = evaluation.build_three_pipelines(config, device)
+    id2label = pipelines.detector.config.id2label
+    splits = ["rainy"] + (["clean"] if config["EVAL_CLEAN"] else [])
+    results = {}
+    for split in splits:
+        loader, annotation_file, label_to_category_id = evaluation.build_val_loader(config, id2label, rainy=split == "rainy")
+        results[split] = evaluation.score_pipelines(pipelines, loader, annotation_file, label_to_category_id, config, device, split)
+        print(evaluation.comparison_table(results[split], split))
+    evaluation.write_results(results, config["OUTPUT_DIR"], "eval_results.json")
+    evaluation.save_comparison_pictures(pipelines, results, config, device)
+    return results
+
+
+if __name__ == "__main__":
+    main()

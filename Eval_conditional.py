@@ -1,0 +1,52 @@
+"""Evaluate the rain-gated conditional model on clean, rainy and mixed validation data.
+
+    python Eval_conditional.py                    # after Training_SPDNet_Adaptation.py and Training_Rain_Detector.py
+    python Eval_conditional.py configs/demo.py    # the CPU demo world
+
+Per split: mAP of the conditional model against always-derain and never-derain, the gate's confusion
+matrix, milliseconds per image on each path, and a check that every image gated clean gets exactly the
+frozen detector's detections. Writes OUTPUT_DIR/conditional_results.json.
+"""
+
+from __future__ import annotations
+
+# ---- data
+COCO_DIR = "./data/coco"  # clean COCO: val2017/ and annotations/instances_val2017.json
+COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout
+VAL_PERCENT = 100  # percent of the validation images used
+MIXED_RAIN_FRACTION = 0.5  # fraction of rainy images in the mixed split
+IMAGE_SIZE = 640  # square input size (multiple of 32)
+# ---- models
+DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
+ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
+RAIN_DETECTOR_WEIGHTS = None  # the rain gate (None: OUTPUT_DIR/rain_detector.pt)
+SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
+SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
+# ---- run
+BATCH_SIZE = 8  # images per batch (split by the gate inside)
+PRECISION = "fp32"  # "fp32" or "bf16"
+DEVICE = "auto"  # "auto", "cuda", "cpu", ...
+DATALOADER_WORKERS = 4  # data loading processes
+SEED = 42  # the validation subset and the mixed split's choice of rainy images
+OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the weights are and results go
+
+from utils.config import load_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from utils import conditional_eval
+
+    config = load_config(globals(), argv)
+    device = conditional_eval.choose_device(config["DEVICE"])
+    model = conditional_eval.build_conditional_model(config, device)
+    results = {}
+    for split in ("clean", "rainy", "mixed"):
+        loader, annotation_file, label_to_category_id = conditional_eval.build_split_loader(config, model, split)
+        results[split] = conditional_eval.score_routes(model, loader, annotation_file, label_to_category_id, config, device, split)
+    print(conditional_eval.conditional_table(results))
+    conditional_eval.write_results(results, config["OUTPUT_DIR"], "conditional_results.json")
+    return results
+
+
+if __name__ == "__main__":
+    main()

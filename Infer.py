@@ -1,0 +1,103 @@
+"""Run the conditional model on your own photos: one image or a folder.
+
+    python Infer.py --INPUT=street.jpg
+    python Infer.py --INPUT=./my_photos --OUTPUT=./my_photos_detected
+    python Infer.py configs/demo.py --INPUT=outputs_spdnet_adaptation/demo/coco_rain/val2017
+
+Writes one annotated image per input and detections.json (label names, scores, boxes in original
+pixels as x0, y0, x1, y1, the rain probability and which path the image took).
+"""
+
+from __future__ import annotations
+
+# ---- input and output
+INPUT = "./images"  # an image file or a folder of images
+OUTPUT = None  # where annotated images and detections.json go (None: OUTPUT_DIR/inference)
+SCORE_THRESHOLD = 0.5  # detections below this score are left out
+IMAGE_SIZE = 640  # the model's square input size (multiple of 32)
+# ---- models
+DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
+ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
+RAIN_DETECTOR_WEIGHTS = None  # the rain gate (None: OUTPUT_DIR/rain_detector.pt)
+SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
+SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
+# ---- run
+PRECISION = "fp32"  # "fp32" or "bf16"
+DEVICE = "auto"  # "auto", "cuda", "cpu", ...
+OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the trained weights are
+
+from utils.config import load_config  # noqa: E402
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def list_images(path: str) -> list[str]:
+    import os
+
+    if os.path.isfile(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"INPUT {path!r} is neither an image file nor a folder")
+    files = sorted(os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(_IMAGE_SUFFIXES))
+    if not files:
+        raise FileNotFoundError(f"INPUT folder {path!r} has no images ({', '.join(_IMAGE_SUFFIXES)})")
+    return files
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    import json
+    import os
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from torchvision.io import write_png
+    from torchvision.transforms.functional import pil_to_tensor
+    from tqdm import tqdm
+
+    from utils.coco_eval import post_process
+    from utils.conditional_eval import build_conditional_model
+    from utils.engine import autocast
+    from utils.pipelines import choose_device
+    from utils.visualize import draw_detections
+
+    config = load_config(globals(), argv)
+    files = list_images(config["INPUT"])
+    output = config["OUTPUT"] or os.path.join(config["OUTPUT_DIR"], "inference")
+    os.makedirs(output, exist_ok=True)
+    device = choose_device(config["DEVICE"])
+    model = build_conditional_model(config, device)
+    id2label = model.integrated.detector.config.id2label
+    records = []
+    for path in tqdm(files, desc="images", dynamic_ncols=True):
+        try:
+            with Image.open(path) as image:
+                original = pil_to_tensor(image.convert("RGB")).float() / 255.0
+        except OSError as error:
+            print(f"skipping {path}: cannot read it ({error})")
+            continue
+        height, width = original.shape[-2:]
+        resized = F.interpolate(original[None], size=(config["IMAGE_SIZE"],) * 2, mode="bilinear", align_corners=False, antialias=True)
+        with torch.inference_mode(), autocast(device, config["PRECISION"]):
+            outputs = model(resized.clamp(0, 1).to(device))
+        (detection,) = post_process(outputs.logits, outputs.pred_boxes, [(height, width)])
+        keep = detection["scores"] >= config["SCORE_THRESHOLD"]
+        name = os.path.splitext(os.path.basename(path))[0]
+        write_png(draw_detections(original, detection, id2label, config["SCORE_THRESHOLD"]), os.path.join(output, f"{name}_detected.png"))
+        records.append({
+            "file": path,
+            "rain_probability": float(outputs.rain_probability[0]),
+            "path": "derained" if bool(outputs.derained[0]) else "direct",
+            "detections": [
+                {"label": id2label[int(label)], "score": round(float(score), 4), "box_xyxy": [round(float(v), 1) for v in box]}
+                for label, score, box in zip(detection["labels"][keep], detection["scores"][keep], detection["boxes"][keep])
+            ],
+        })
+    with open(os.path.join(output, "detections.json"), "w") as file:
+        json.dump(records, file, indent=2)
+    print(f"{len(records)} images -> {output} (annotated PNGs and detections.json)")
+    return records
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Adapt SPDNet so that its derained images are the ones a frozen RT-DETR detects best.
+
+    rainy image (0-1) -> x255 -> SPDNet (trained) -> /255, clamp -> RT-DETR (frozen, eval) -> detection loss
+
+Edit the constants below, or override them:
+
+    python Training_SPDNet_Adaptation.py                                # full COCO_rain run
+    python Training_SPDNet_Adaptation.py configs/demo.py               # the CPU demo world
+    python Training_SPDNet_Adaptation.py --BATCH_SIZE=4 --RESUME=True   # any constant as --KEY=value
+    torchrun --nproc_per_node=4 Training_SPDNet_Adaptation.py          # several GPUs
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+
+import torch
+
+# ---- data
+COCO_DIR = "./data/coco"  # clean COCO: train2017/, val2017/, annotations/instances_{train,val}2017.json
+COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout; a list of such directories = rain variants
+PERCENT_DATASET = 10  # percent of the training images used (10 -> ~11,800 on COCO train2017)
+COCO_RATIO = 0.0  # fraction of the chosen training images used clean
+RAIN_RATIO = 1.0  # fraction of the chosen training images used rainy
+VAL_PERCENT = 100  # percent of the rainy validation images scored after every epoch
+IMAGE_SIZE = 640  # square input size (multiple of 32), a plain resize as RTDetrImageProcessor does
+# ---- models
+DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local save_pretrained directory of the frozen detector
+SPDNET_WEIGHTS = "./weights/spdnet_official.pt"  # official SPDNet weights to start from (None: random init)
+SPDNET_N_FEATS = 32  # SPDNet width (32 for the official weights)
+SPDNET_N_RESBLOCKS = 3  # SPDNet residual blocks per group (3 for the official weights)
+# ---- optimisation
+NUM_EPOCHS = 10  # passes over the training subset
+BATCH_SIZE = 2  # images per micro-batch (per GPU)
+GRADIENT_ACCUMULATION_STEPS = 8  # micro-batches per optimizer step
+LEARNING_RATE = 1e-4  # AdamW peak learning rate for SPDNet
+WEIGHT_DECAY = 0.0  # AdamW weight decay (0: stay close to the pretrained deraining weights)
+WARMUP_STEPS = 100  # optimizer steps of linear warm-up before the cosine decay
+MIN_LR_RATIO = 0.1  # the cosine decays to this fraction of LEARNING_RATE
+GRAD_CLIP_NORM = 1.0  # clip the gradient's global norm (None: no clipping)
+EARLY_STOPPING_PATIENCE = 5  # stop after this many epochs without a better rainy-val mAP
+MAX_NONFINITE_IN_A_ROW = 20  # stop when this many micro-batches in a row give a NaN/inf loss
+MAX_STEPS = None  # stop (resumably) after this many optimizer steps in all (None: run every epoch)
+# ---- precision and speed
+FP16 = False  # refused: SPDNet overflows fp16 (use PRECISION = "bf16")
+PRECISION = "fp32"  # "fp32" or "bf16" (autocast; weights and loss stay fp32)
+GRADIENT_CHECKPOINTING = False  # recompute SPDNet's activations in backward to save memory
+# ---- system
+DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
+DATALOADER_WORKERS = 8  # data loading processes per GPU
+SEED = 42  # seeds the subset, the data order, the rain variants and the initialisation
+# ---- output
+OUTPUT_DIR = "./outputs_spdnet_adaptation"  # checkpoints, spdnet_adapted.pt, logs and plots
+RESUME = False  # continue from OUTPUT_DIR/checkpoint.pt
+CHECKPOINT_EVERY_STEPS = 200  # also checkpoint every this many optimizer steps (None: per epoch only)
+LOG_EVERY_STEPS = 10  # optimizer steps per line in training_log.jsonl
+EVAL_BEFORE_TRAINING = True  # score the starting SPDNet first, as the "epoch 0" baseline
+
+from utils.config import load_config  # noqa: E402  (the constants above come first, as users read them)
+
+
+class StopRequested:
+    """SIGINT / SIGTERM ask for a clean stop: checkpoint, then exit. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl-C again to abort)", flush=True)
+
+    def install(self) -> "StopRequested":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from utils import training
+    from utils.detector import model_state_lines
+
+    config = load_config(globals(), argv)
+    training.check_config(config)
+    run = training.setup_run(config)
+    model = training.build_model(config, run.device)
+    if run.is_main:
+        print("\n".join(model_state_lines(model.spdnet, model.detector)), flush=True)
+    data = training.build_data(config, model.detector.config.id2label, run)
+    optimizer, scheduler = training.build_optimizer(config, model, data.steps_per_epoch)
+    state = training.resume_or_start(config, model, optimizer, scheduler, run)
+    stop = StopRequested().install()
+    try:
+        return training.fit(config, model, optimizer, scheduler, data, state, run, should_stop=stop)
+    finally:
+        stop.uninstall()
+        training.teardown(run)
+
+
+if __name__ == "__main__":
+    main()

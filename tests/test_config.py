@@ -1,0 +1,106 @@
+"""The strict configurator: overrides from config files and --KEY=value, type checks, clear errors."""
+
+import pytest
+
+from utils.config import ConfigError, load_config, resolve_config, script_defaults
+
+DEFAULTS = {
+    "BATCH_SIZE": 2,
+    "LEARNING_RATE": 1e-4,
+    "DETECTOR": "PekingU/rtdetr_r18vd",
+    "SPDNET_WEIGHTS": None,
+    "FP16": False,
+    "SIZES": [640, 640],
+}
+
+
+def test_script_defaults_picks_upper_case_constants_only():
+    namespace = {"BATCH_SIZE": 2, "lower": 1, "_PRIVATE": 3, "MODULE": pytest, "SEED": 7}
+    assert script_defaults(namespace) == {"BATCH_SIZE": 2, "SEED": 7}
+
+
+def test_command_line_overrides_are_parsed_as_literals():
+    config = resolve_config(
+        DEFAULTS,
+        ["--BATCH_SIZE=8", "--LEARNING_RATE=3", "--DETECTOR=./local/rtdetr", "--SPDNET_WEIGHTS=w.pt",
+         "--FP16=True", "--SIZES=[320, 320]"],
+    )
+    assert config == {
+        "BATCH_SIZE": 8, "LEARNING_RATE": 3.0, "DETECTOR": "./local/rtdetr", "SPDNET_WEIGHTS": "w.pt",
+        "FP16": True, "SIZES": [320, 320],
+    }
+    assert isinstance(config["LEARNING_RATE"], float)
+
+
+def test_none_is_accepted_for_any_key():
+    config = resolve_config(DEFAULTS, ["--DETECTOR=None", "--BATCH_SIZE=None"])
+    assert config["DETECTOR"] is None and config["BATCH_SIZE"] is None
+
+
+def test_config_file_then_command_line(tmp_path):
+    config_file = tmp_path / "small.py"
+    config_file.write_text("import math\nBATCH_SIZE = 4\nLEARNING_RATE = math.pi\n")
+    config = resolve_config(DEFAULTS, [str(config_file), "--BATCH_SIZE=16"])
+    assert config["BATCH_SIZE"] == 16
+    assert config["LEARNING_RATE"] == pytest.approx(3.14159265)
+    assert DEFAULTS["BATCH_SIZE"] == 2  # defaults untouched
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("--BATCH_SIZ=4", "unknown config key 'BATCH_SIZ'. Did you mean BATCH_SIZE"),
+        ("--BATCH_SIZE=2.5", "BATCH_SIZE must be int (default 2), got float 2.5"),
+        ("--FP16=1", "FP16 must be bool (default False), got int 1"),
+        ("--BATCH_SIZE=True", "BATCH_SIZE must be int"),
+        ("--LEARNING_RATE=fast", "LEARNING_RATE must be float (default 0.0001), got str 'fast'"),
+        ("--BATCH_SIZE", "must be --KEY=value"),
+        ("stray", "neither a configs/*.py file nor --KEY=value"),
+        ("configs/does_not_exist.py", "config file 'configs/does_not_exist.py' does not exist"),
+    ],
+)
+def test_bad_overrides_name_the_key_or_value(argument, message):
+    with pytest.raises(ConfigError) as error:
+        resolve_config(DEFAULTS, [argument])
+    assert message in str(error.value)
+
+
+def test_unknown_key_in_config_file_names_the_file(tmp_path):
+    config_file = tmp_path / "typo.py"
+    config_file.write_text("LEARNIN_RATE = 1e-3\n")
+    with pytest.raises(ConfigError, match=r"config file .*typo.py: unknown config key 'LEARNIN_RATE'"):
+        resolve_config(DEFAULTS, [str(config_file)])
+
+
+def test_command_line_strings_are_never_executed(tmp_path):
+    marker = tmp_path / "executed"
+    config = resolve_config(DEFAULTS, [f"--DETECTOR=open({str(marker)!r}, 'w')"])
+    assert not marker.exists()
+    assert config["DETECTOR"].startswith("open(")
+
+
+def test_load_config_prints_and_help_exits(capsys):
+    namespace = dict(DEFAULTS, __file__="Train.py")
+    config = load_config(namespace, ["--BATCH_SIZE=3"])
+    assert config["BATCH_SIZE"] == 3
+    assert "BATCH_SIZE" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        load_config(namespace, ["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: python Train.py" in capsys.readouterr().out
+
+
+def test_shared_config_file_skips_other_scripts_settings_but_not_typos(tmp_path):
+    config_file = tmp_path / "shared.py"
+    config_file.write_text("BATCH_SIZE = 4\nMIXED_RAIN_FRACTION = 0.3\n")
+    config = resolve_config(DEFAULTS, [str(config_file)], other_scripts_keys={"MIXED_RAIN_FRACTION"})
+    assert config["BATCH_SIZE"] == 4 and "MIXED_RAIN_FRACTION" not in config
+    with pytest.raises(ConfigError, match="unknown config key 'MIXED_RAIN_FRACTION'"):
+        resolve_config(DEFAULTS, ["--MIXED_RAIN_FRACTION=0.3"], other_scripts_keys={"MIXED_RAIN_FRACTION"})
+
+
+def test_project_setting_names_reads_the_top_level_scripts():
+    from utils.config import project_setting_names
+
+    names = project_setting_names()
+    assert {"GRADIENT_ACCUMULATION_STEPS", "MIXED_RAIN_FRACTION", "EVAL_CLEAN", "RAIN_DETECTOR_WEIGHTS"} <= names

@@ -1,0 +1,1 @@
+"""Library code shared by the top-level scripts (training, evaluation, inference)."""

@@ -1,0 +1,163 @@
+"""The configuration mechanism every script shares (nanoGPT's idea, made strict).
+
+Each script keeps its settings as UPPER_CASE constants at the top, one comment each. They can be
+overridden, in this order, by config files and by ``--KEY=value`` arguments::
+
+    python Training_SPDNet_Adaptation.py configs/demo.py --BATCH_SIZE=4 --DETECTOR=None
+
+A config file is a Python file that assigns some of those constants; a ``--KEY=value`` is parsed
+with ``ast.literal_eval`` (so ``4``, ``1e-4``, ``True``, ``None``, ``[1, 2]``) and taken as a plain
+string when it is not a Python literal, never executed. Unknown keys and values whose type differs
+from the default's are errors that name the key; ``None`` is accepted for every key. One config
+file may serve several scripts (configs/demo.py does): a key in it that this script lacks is skipped
+when another top-level script of the project defines it, and an error otherwise (a typo).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import runpy
+import sys
+from typing import Any, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A config file or --KEY=value that names an unknown key or gives a value of the wrong type."""
+
+
+_CONFIG_VALUE_TYPES = (bool, int, float, str, list, tuple, dict, type(None))
+
+
+def script_defaults(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """The UPPER_CASE constants of a script's globals: its configurable settings."""
+    return {
+        key: value
+        for key, value in namespace.items()
+        if re.fullmatch(r"[A-Z][A-Z0-9_]*", key) and isinstance(value, _CONFIG_VALUE_TYPES)
+    }
+
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def project_setting_names(root: str = PROJECT_ROOT) -> set[str]:
+    """The UPPER_CASE constants assigned at module level by the project's top-level scripts."""
+    names: set[str] = set()
+    for file_name in sorted(os.listdir(root)):
+        if not file_name.endswith(".py"):
+            continue
+        with open(os.path.join(root, file_name)) as file:
+            tree = ast.parse(file.read(), file_name)
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            names.update(t.id for t in targets if isinstance(t, ast.Name) and re.fullmatch(r"[A-Z][A-Z0-9_]*", t.id))
+    return names
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def check_value(key: str, value: Any, default: Any, source: str) -> Any:
+    """``value`` if it fits the type of ``default`` (ints widen to float), else a ConfigError."""
+    if value is None or default is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        if isinstance(default, bool) and isinstance(value, bool):
+            return value
+    elif isinstance(default, float) and isinstance(value, (int, float)):
+        return float(value)
+    elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(default)(value)
+    elif type(value) is type(default):
+        return value
+    raise ConfigError(
+        f"{source}: {key} must be {_type_name(default)} (default {default!r}), "
+        f"got {_type_name(value)} {value!r}"
+    )
+
+
+def parse_cli_value(text: str) -> Any:
+    """A Python literal when ``text`` is one, else the string itself (paths, hub ids)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _unknown_key_error(key: str, defaults: Mapping[str, Any], source: str) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(defaults), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"{source}: unknown config key {key!r}.{hint} Known keys: {', '.join(sorted(defaults))}")
+
+
+def resolve_config(
+    defaults: Mapping[str, Any], argv: Sequence[str], other_scripts_keys: set[str] | None = None
+) -> dict[str, Any]:
+    """Apply config files and ``--KEY=value`` overrides from ``argv`` to ``defaults``.
+
+    Args:
+        defaults: the script's constants (``script_defaults(globals())``).
+        argv: command-line arguments without the program name: paths of ``.py`` config files and
+            ``--KEY=value`` items, applied left to right.
+        other_scripts_keys: settings of the project's other scripts, which a config file may set
+            without error (they are skipped here); None means ``project_setting_names()``.
+
+    Returns:
+        A new dict with every key of ``defaults``, overrides applied and type-checked.
+    """
+    config = dict(defaults)
+    for argument in argv:
+        if argument.startswith("--"):
+            key, separator, text = argument[2:].partition("=")
+            if not separator:
+                raise ConfigError(f"command line: {argument!r} must be --KEY=value")
+            if key not in defaults:
+                raise _unknown_key_error(key, defaults, "command line")
+            config[key] = check_value(key, parse_cli_value(text), defaults[key], "command line")
+        else:
+            if not argument.endswith(".py"):
+                raise ConfigError(f"command line: {argument!r} is neither a configs/*.py file nor --KEY=value")
+            if not os.path.isfile(argument):
+                raise ConfigError(f"config file {argument!r} does not exist")
+            assigned = {
+                key: value for key, value in runpy.run_path(argument).items() if not key.startswith("_")
+            }
+            for key, value in assigned.items():
+                if not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
+                    continue  # imports and helper names inside a config file are not settings
+                if key not in defaults:
+                    if other_scripts_keys is None:
+                        other_scripts_keys = project_setting_names()
+                    if key in other_scripts_keys:
+                        continue
+                    raise _unknown_key_error(key, defaults, f"config file {argument}")
+                config[key] = check_value(key, value, defaults[key], f"config file {argument}")
+    return config
+
+
+def format_config(config: Mapping[str, Any]) -> str:
+    width = max((len(key) for key in config), default=0)
+    return "\n".join(f"  {key:<{width}} = {value!r}" for key, value in sorted(config.items()))
+
+
+def load_config(namespace: Mapping[str, Any], argv: Sequence[str] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """What a script calls: its constants, overridden from the command line, printed, returned.
+
+    ``--help`` prints the settings and their defaults and exits.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    defaults = script_defaults(namespace)
+    if any(argument in ("-h", "--help") for argument in argv):
+        script = os.path.basename(str(namespace.get("__file__", "script.py")))
+        print(f"usage: python {script} [configs/NAME.py ...] [--KEY=value ...]\n\nsettings (defaults):")
+        print(format_config(defaults))
+        raise SystemExit(0)
+    config = resolve_config(defaults, argv)
+    if not quiet:
+        print("config:\n" + format_config(config), flush=True)
+    return config

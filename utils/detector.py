@@ -1,0 +1,221 @@
+"""The frozen detector: loading HF RT-DETR, its r18vd config, and the COCO id <-> label mapping.
+
+RT-DETR checkpoints (PekingU/rtdetr_*) predict contiguous class indices 0..num_labels-1, while COCO
+annotations use category ids 1..90 with gaps. ``coco_label_maps`` is the one place where the two meet,
+matched by name: a wrong mapping silently gives mAP near 0, so every mismatch is an error here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from utils.coco_categories import COCO_CATEGORIES, COCO_ID2LABEL
+
+DEFAULT_DETECTOR = "PekingU/rtdetr_r18vd"
+
+
+def _normalise_name(name: str) -> str:
+    return " ".join(str(name).replace("_", " ").split()).lower()
+
+
+def coco_label_maps(
+    id2label: Mapping[int, str], categories: Iterable[Mapping] | None = None
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Match dataset category ids to the detector's contiguous label indices by name.
+
+    Args:
+        id2label: the detector's ``config.id2label`` (label index -> name; keys may be str in JSON).
+        categories: the annotation file's ``categories`` list (``[{"id": .., "name": ..}, ...]``);
+            COCO 2017's 80 categories when omitted.
+
+    Returns:
+        ``(category_id_to_label, label_to_category_id)``. Dataset categories the detector does not know
+        are left out of ``category_id_to_label`` (their boxes cannot be learned or scored), but every
+        detector label must match exactly one category, else a ``ValueError`` names the culprits.
+    """
+    categories = list(COCO_CATEGORIES if categories is None else categories)
+    name_to_category: dict[str, int] = {}
+    for category in categories:
+        if "id" not in category or "name" not in category:
+            raise ValueError(f"category entry {category!r} needs both 'id' and 'name'")
+        key = _normalise_name(category["name"])
+        if key in name_to_category:
+            raise ValueError(f"category name {category['name']!r} appears twice in the annotation categories")
+        name_to_category[key] = int(category["id"])
+
+    label_to_category_id: dict[int, int] = {}
+    unmatched = []
+    for label, name in sorted(((int(k), v) for k, v in id2label.items())):
+        category_id = name_to_category.get(_normalise_name(name))
+        if category_id is None:
+            unmatched.append(f"{label}: {name!r}")
+        else:
+            label_to_category_id[label] = category_id
+    if unmatched:
+        known = ", ".join(repr(c["name"]) for c in categories[:10])
+        raise ValueError(
+            f"detector labels with no dataset category of the same name: {', '.join(unmatched)}. "
+            f"The annotation categories are {known}{', ...' if len(categories) > 10 else ''}. "
+            "Use a detector trained on these classes, or annotations whose category names match it."
+        )
+    labels = sorted(label_to_category_id)
+    if labels != list(range(len(labels))):
+        raise ValueError(f"detector labels must be contiguous 0..{len(labels) - 1}, got {labels}")
+    category_id_to_label = {category_id: label for label, category_id in label_to_category_id.items()}
+    return category_id_to_label, label_to_category_id
+
+
+def rtdetr_r18vd_config(id2label: Mapping[int, str] | None = None):
+    """The configuration of ``PekingU/rtdetr_r18vd``, built offline.
+
+    ResNet-18-vd backbone (basic blocks, depths [2, 2, 2, 2], widths 64..512), a hybrid encoder over
+    its last three stages (128, 256, 512 channels, hidden_expansion 0.5) and a 3-layer decoder; COCO's
+    80 labels unless ``id2label`` says otherwise. 20,174,608 parameters with 80 labels.
+    """
+    from transformers import RTDetrConfig, RTDetrResNetConfig
+
+    id2label = dict(COCO_ID2LABEL if id2label is None else id2label)
+    backbone_config = RTDetrResNetConfig(
+        layer_type="basic",
+        depths=[2, 2, 2, 2],
+        hidden_sizes=[64, 128, 256, 512],
+        downsample_in_bottleneck=False,
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    return RTDetrConfig(
+        backbone_config=backbone_config,
+        encoder_in_channels=[128, 256, 512],
+        hidden_expansion=0.5,
+        decoder_layers=3,
+        id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
+    )
+
+
+def small_rtdetr_config(
+    id2label: Mapping[int, str],
+    base_width: int = 32,
+    d_model: int = 128,
+    decoder_layers: int = 3,
+    num_queries: int = 30,
+    num_denoising: int = 30,
+):
+    """A small RT-DETR for CPU demos and tests: ResNet basic blocks of depth 1 per stage.
+
+    Backbone widths ``base_width * (1, 2, 4, 8)``; the encoder reads the last three stages. With the
+    defaults (32..256 wide, d_model 128, 3 decoder layers, 30 queries) it has about 4.8M parameters.
+    """
+    from transformers import RTDetrConfig, RTDetrResNetConfig
+
+    id2label = {int(index): name for index, name in id2label.items()}
+    widths = [base_width * factor for factor in (1, 2, 4, 8)]
+    backbone_config = RTDetrResNetConfig(
+        layer_type="basic",
+        depths=[1, 1, 1, 1],
+        hidden_sizes=widths,
+        embedding_size=base_width,
+        downsample_in_bottleneck=False,
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    heads = max(1, d_model // 32)
+    return RTDetrConfig(
+        backbone_config=backbone_config,
+        encoder_in_channels=widths[1:],
+        encoder_hidden_dim=d_model,
+        encoder_ffn_dim=2 * d_model,
+        encoder_attention_heads=heads,
+        hidden_expansion=0.5,
+        d_model=d_model,
+        decoder_in_channels=[d_model] * 3,
+        decoder_ffn_dim=2 * d_model,
+        decoder_attention_heads=heads,
+        decoder_layers=decoder_layers,
+        num_queries=num_queries,
+        num_denoising=num_denoising,
+        id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
+    )
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and ``requires_grad=False`` for every parameter; returns the model."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def load_detector(source) -> nn.Module:
+    """A frozen object detector (RTDetrForObjectDetection or any AutoModelForObjectDetection).
+
+    Args:
+        source: a hub id (``"PekingU/rtdetr_r18vd"``), a local ``save_pretrained`` directory, or a
+            transformers config object (random initialisation, for tests and the demo).
+
+    Returns:
+        The model in eval mode with every parameter ``requires_grad=False``.
+    """
+    from transformers import AutoModelForObjectDetection, PretrainedConfig
+
+    if isinstance(source, PretrainedConfig):
+        return freeze(AutoModelForObjectDetection.from_config(source))
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"detector source must be a hub id, a directory or a config, got {type(source).__name__}")
+    source = os.fspath(source)
+    looks_local = os.path.isabs(source) or source.startswith(".") or os.path.exists(source)
+    if looks_local and not os.path.isdir(source):
+        raise FileNotFoundError(f"detector directory {source!r} does not exist")
+    if looks_local and not os.path.isfile(os.path.join(source, "config.json")):
+        raise FileNotFoundError(
+            f"detector directory {source!r} has no config.json: point DETECTOR at a folder written by "
+            "save_pretrained (config.json plus model.safetensors)"
+        )
+    try:
+        model = AutoModelForObjectDetection.from_pretrained(source)
+    except OSError as error:
+        raise OSError(
+            f"could not load detector {source!r}: it is not a local directory, and the hub could not "
+            "be reached or has no such model. Download it once where there is a network "
+            f"(`hf download {source} --local-dir ./{source.split('/')[-1]}`) and set DETECTOR to that "
+            f"local directory. Underlying error: {error}"
+        ) from error
+    return freeze(model)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def model_state_lines(spdnet: nn.Module, detector: nn.Module) -> list[str]:
+    """The plan's model-state block: trainable and total parameters of SPDNet and the detector."""
+    spdnet_total, spdnet_trainable = count_parameters(spdnet), count_parameters(spdnet, True)
+    detector_total, detector_trainable = count_parameters(detector), count_parameters(detector, True)
+    total, trainable = spdnet_total + detector_total, spdnet_trainable + detector_trainable
+
+    def percent(part: int, whole: int) -> str:
+        value = 100.0 * part / whole if whole else 0.0
+        return f"{value:.0f}%" if value in (0.0, 100.0) else f"{value:.1f}%"
+
+    detector_note = " - FROZEN" if detector_trainable == 0 else ""
+    return [
+        f"SPDNet: {spdnet_trainable:,} trainable parameters ({percent(spdnet_trainable, spdnet_total)})",
+        f"RT-DETR: {detector_trainable:,} trainable parameters ({percent(detector_trainable, detector_total)}{detector_note})",
+        f"Total parameters: {total:,}",
+        f"Trainable parameters: {trainable:,} ({percent(trainable, total)})",
+    ]
+
+
+def detector_fingerprint(detector: nn.Module) -> str:
+    """SHA-256 over the detector's state_dict: names, dtypes, shapes and raw bytes of every tensor."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in detector.state_dict().items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

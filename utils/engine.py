@@ -1,0 +1,315 @@
+"""The loops: ``train_one_epoch`` and ``evaluate``, shared by training and every evaluation script.
+
+One code path for every precision: ``autocast(device, precision)`` is a no-op context in fp32 and
+bf16 autocast otherwise, so there is no second AMP loop to keep in sync.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from utils.coco_eval import CocoEvaluator, coco_metrics
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, fp16: bool = False) -> None:
+    """Refuse fp16 with the reason, and unknown precisions."""
+    if fp16 or precision == "fp16":
+        raise ValueError(
+            "FP16 is refused: SPDNet works on 0-255 inputs with unnormalised activations that overflow "
+            "fp16's largest value (65,504) and give NaN losses and gradients. Use PRECISION='bf16' "
+            "(fp32's exponent range at half the bytes) or 'fp32'."
+        )
+    if precision not in PRECISIONS:
+        raise ValueError(f"PRECISION must be one of {PRECISIONS}, got {precision!r}")
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision == 'bf16'``, nothing for fp32. Weights stay fp32 either way."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def detector_targets(targets: Sequence[Mapping], device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """The HF label dicts (``class_labels`` (N,), ``boxes`` (N, 4) normalised cx,cy,w,h) on ``device``."""
+    return [
+        {"class_labels": t["class_labels"].to(device, non_blocking=True), "boxes": t["boxes"].to(device, non_blocking=True)}
+        for t in targets
+    ]
+
+
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class NonFiniteGuard:
+    """Makes a micro-batch with a non-finite loss contribute nothing, without a host sync.
+
+    A hook on every trainable parameter replaces its gradient by zeros when the current loss is not
+    finite: the mask is applied before the gradient is accumulated, so the NaNs never reach ``.grad``
+    and the other micro-batches of the accumulation window still count. The flag lives on the device.
+    """
+
+    def __init__(self, parameters: Iterable[nn.Parameter]):
+        self.finite = None
+        self.handles = [p.register_hook(self._mask) for p in parameters]
+
+    def _mask(self, gradient: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.finite, gradient, torch.zeros_like(gradient))
+
+    def set_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Remember whether ``loss`` is finite (a device tensor) and return that flag."""
+        self.finite = torch.isfinite(loss.detach())
+        return self.finite
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint so a resumed run continues exactly."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    step: int = 0  # optimizer steps taken in all
+    micro_batches_done: int = 0  # micro-batches of this epoch consumed up to the last optimizer step
+    best_map: float = -1.0
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    nonfinite_micro_batches: int = 0
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def all_reduce_mean_(tensors: Sequence[torch.Tensor], world_size: int) -> None:
+    """Average tensors over ranks in place, as one flat message."""
+    if world_size == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for tensor in tensors:
+        tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
+
+
+def memory_in_use_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux -> GB
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    loader: Iterable,
+    state: TrainState,
+    *,
+    micro_batches_in_epoch: int,
+    accumulation_steps: int,
+    clip_grad_norm: float | None,
+    precision: str,
+    device: torch.device,
+    max_nonfinite_in_a_row: int,
+    log_every_steps: int = 10,
+    on_log: Callable[[dict], None] | None = None,
+    after_step: Callable[[TrainState], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_steps: int | None = None,
+) -> dict:
+    """One epoch of SPDNet adaptation, from ``state.micro_batches_done`` to the end of the epoch.
+
+    ``loader`` yields ``(images (B, 3, H, W) in 0-1, targets)`` micro-batches, starting at micro-batch
+    ``state.micro_batches_done`` of the epoch (the sampler skips the ones done before a resume).
+    Micro-batches are grouped in windows of ``accumulation_steps`` counted from the epoch's start (the
+    last window may be shorter); each window's losses are divided by its size and summed, the gradient
+    is averaged over ranks, clipped, and one optimizer step is taken. Stops early, at a window
+    boundary, when ``should_stop()`` says so or ``max_steps`` optimizer steps are reached.
+
+    Returns:
+        {"loss": mean finite loss of the epoch's steps run here, "images": images seen, "stopped": bool}
+    """
+    rank, world_size = distributed_world()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    guard = NonFiniteGuard(parameters)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+
+    # Device-side accumulators, read once per optimizer step: no host sync per micro-batch.
+    window_loss = torch.zeros((), device=device)
+    window_finite = torch.zeros((), device=device)
+    window_nonfinite = torch.zeros((), device=device)
+    in_a_row = torch.zeros((), device=device)
+    worst_in_a_row = torch.zeros((), device=device)
+    log_loss_sum, log_loss_count, epoch_loss_sum, epoch_loss_count = 0.0, 0, 0.0, 0
+    images_seen, log_images, log_start = 0, 0, time.perf_counter()
+    stopped = False
+
+    micro_index = state.micro_batches_done
+    progress = tqdm(
+        total=micro_batches_in_epoch, initial=micro_index, desc=f"epoch {state.epoch + 1}", disable=rank != 0,
+        dynamic_ncols=True, unit="batch",
+    )
+    try:
+        for images, targets in loader:
+            window_start = (micro_index // accumulation_steps) * accumulation_steps
+            window_size = min(accumulation_steps, micro_batches_in_epoch - window_start)
+            images = images.to(device, non_blocking=True)
+            labels = detector_targets(targets, device)
+            with autocast(device, precision):
+                outputs = model(images, labels=labels)
+            loss = outputs.loss.float()
+            finite = guard.set_loss(loss)
+            (loss / window_size).backward()
+            window_loss += torch.where(finite, loss.detach(), torch.zeros_like(loss))
+            window_finite += finite
+            window_nonfinite += ~finite
+            in_a_row = torch.where(finite, torch.zeros_like(in_a_row), in_a_row + 1)
+            worst_in_a_row = torch.maximum(worst_in_a_row, in_a_row)
+            micro_index += 1
+            images_seen += len(images)
+            log_images += len(images)
+            progress.update(1)
+            if micro_index - window_start < window_size:
+                continue
+
+            # The window is complete: one synchronisation, one optimizer step.
+            stats = torch.stack((window_loss, window_finite, window_nonfinite, worst_in_a_row))
+            if world_size > 1:
+                dist.all_reduce(stats)  # sums over ranks; worst_in_a_row summed is an upper bound
+            gradients = [p.grad for p in parameters if p.grad is not None]
+            all_reduce_mean_(gradients, world_size)
+            loss_sum, finite_count, nonfinite_count, worst = stats.tolist()
+            state.nonfinite_micro_batches += int(nonfinite_count)
+            if int(worst) >= max_nonfinite_in_a_row:
+                raise NonFiniteLossError(
+                    f"{int(worst)} micro-batches in a row had a non-finite loss (limit "
+                    f"MAX_NONFINITE_IN_A_ROW={max_nonfinite_in_a_row}); stopping. The last checkpoint "
+                    "is intact: lower LEARNING_RATE or use PRECISION='fp32', then RESUME."
+                )
+            grad_norm = None
+            if finite_count > 0:
+                if clip_grad_norm is not None:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm))
+                optimizer.step()
+            # A window of nothing but non-finite losses takes no step: AdamW would still move the
+            # weights on stale moments and weight decay.
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state.step += 1
+            state.micro_batches_done = micro_index
+            window_loss.zero_(), window_finite.zero_(), window_nonfinite.zero_(), worst_in_a_row.copy_(in_a_row)
+            if finite_count > 0:
+                log_loss_sum += loss_sum / finite_count
+                log_loss_count += 1
+                epoch_loss_sum += loss_sum / finite_count
+                epoch_loss_count += 1
+
+            if state.step % log_every_steps == 0 and log_loss_count:
+                elapsed = time.perf_counter() - log_start
+                record = {
+                    "type": "train", "epoch": state.epoch + 1, "step": state.step,
+                    "loss": log_loss_sum / log_loss_count, "lr": optimizer.param_groups[0]["lr"],
+                    "grad_norm": grad_norm, "images_per_s": world_size * log_images / max(elapsed, 1e-9),
+                    "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
+                }
+                progress.set_postfix(
+                    loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                    img_s=f"{record['images_per_s']:.1f}", mem=f"{record['memory_gb']:.1f}G",
+                )
+                if on_log is not None:
+                    on_log(record)
+                log_loss_sum, log_loss_count, log_images, log_start = 0.0, 0, 0, time.perf_counter()
+            if after_step is not None:
+                after_step(state)
+            if should_stop() or (max_steps is not None and state.step >= max_steps):
+                stopped = True
+                break
+    finally:
+        progress.close()
+        guard.remove()
+    return {
+        "loss": epoch_loss_sum / epoch_loss_count if epoch_loss_count else math.nan,
+        "images": images_seen * world_size,
+        "stopped": stopped,
+    }
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    coco_gt,
+    label_to_category_id: Mapping[int, int],
+    *,
+    device: torch.device,
+    precision: str = "fp32",
+    derain: bool = True,
+    per_class: bool = False,
+    description: str = "eval",
+) -> dict:
+    """COCO mAP of ``model`` on ``loader`` (every rank scores its shard; rank 0 gathers and scores all).
+
+    ``model`` is an IntegratedModel (``derain`` chooses whether SPDNet runs) and ``loader`` yields
+    ``(images (B, 3, H, W) in 0-1, targets)`` whose targets carry ``image_id`` and ``orig_size`` (h, w).
+
+    Returns:
+        AP, AP50, AP75, APs, APm, APl (per_class_AP on request), ``ms_per_image`` (model time only,
+        synchronised per batch) and ``images``.
+    """
+    rank, world_size = distributed_world()
+    model.eval()
+    evaluator = CocoEvaluator(coco_gt, label_to_category_id)
+    model_seconds, images_seen = 0.0, 0
+    for images, targets in tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True, leave=False):
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with autocast(device, precision):
+            outputs = model(images, derain=derain)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        model_seconds += time.perf_counter() - start
+        images_seen += len(images)
+        evaluator.update(
+            outputs.logits, outputs.pred_boxes,
+            [int(t["image_id"]) for t in targets], torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]),
+        )
+    results, image_ids = evaluator.results, evaluator.image_ids
+    if world_size > 1:
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, (results, image_ids, model_seconds, images_seen))
+        results = [r for part in gathered for r in part[0]]
+        image_ids = [i for part in gathered for i in part[1]]
+        model_seconds = max(part[2] for part in gathered)
+        images_seen = sum(part[3] for part in gathered)
+    metrics = coco_metrics(evaluator.coco_gt, results, image_ids, per_class=per_class)
+    metrics["ms_per_image"] = 1000.0 * model_seconds * world_size / max(images_seen, 1)
+    metrics["images"] = images_seen
+    return metrics

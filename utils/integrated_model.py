@@ -1,0 +1,95 @@
+"""SPDNet in front of a frozen RT-DETR, differentiable end to end.
+
+    pixel_values (B, 3, H, W) in 0-1 -> x255 -> SPDNet -> out3 / 255, clamp to 0-1 -> RT-DETR
+
+The detection loss of RT-DETR backpropagates through the frozen detector into SPDNet, so SPDNet learns
+to produce the images this detector detects best, while the detector itself never changes: clean
+images sent past SPDNet (``derain=False``) get exactly the detections of the original detector.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from utils.detector import detector_fingerprint, freeze
+
+# RT-DETR's backbone downsamples by 32 and its encoder needs whole feature-map cells.
+SIZE_MULTIPLE = 32
+
+
+def check_detector_input_size(pixel_values: torch.Tensor) -> None:
+    """Raise a ValueError unless ``pixel_values`` is (B, 3, H, W) with H and W multiples of 32."""
+    if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+        raise ValueError(f"pixel_values must be (B, 3, H, W), got shape {tuple(pixel_values.shape)}")
+    height, width = pixel_values.shape[-2:]
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+        raise ValueError(
+            f"RT-DETR needs height and width that are multiples of {SIZE_MULTIPLE}, got {height}x{width}: "
+            f"resize the images (e.g. IMAGE_SIZE=640) before the model"
+        )
+
+
+class IntegratedModel(nn.Module):
+    """SPDNet (trainable) followed by an HF object detector (frozen by default).
+
+    The detector is held as an attribute, not subclassed: transformers chooses the loss function
+    from the model's class name.
+    """
+
+    def __init__(self, spdnet: nn.Module, detector: nn.Module, freeze_detection: bool = True):
+        super().__init__()
+        self.spdnet = spdnet
+        self.detector = detector
+        self.freeze_detection = freeze_detection
+        if freeze_detection:
+            freeze(detector)
+
+    def train(self, mode: bool = True) -> "IntegratedModel":
+        # A frozen detector must stay in eval mode: its 46 BatchNorm2d layers outside the backbone
+        # would otherwise update their running statistics (requires_grad=False does not stop that),
+        # silently changing clean-image detections; eval mode also skips the denoising queries.
+        super().train(mode)
+        if self.freeze_detection:
+            self.detector.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters the optimizer should update: SPDNet's (and the detector's only if unfrozen)."""
+        return (parameter for parameter in self.parameters() if parameter.requires_grad)
+
+    def derain(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """SPDNet's derained image. (B, 3, H, W) in 0-1 -> (B, 3, H, W) in 0-1."""
+        out3, _, _ = self.spdnet(pixel_values * 255.0)
+        return (out3 / 255.0).clamp(0.0, 1.0)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: Sequence[dict] | None = None,
+        derain: bool = True,
+    ):
+        """Detect objects, after deraining unless ``derain=False``.
+
+        Args:
+            pixel_values: (B, 3, H, W) images in 0-1, H and W multiples of 32.
+            labels: optional HF detection targets, one dict per image with ``class_labels`` (N,) int64
+                in 0..num_labels-1 and ``boxes`` (N, 4) normalised (cx, cy, w, h).
+            derain: False sends ``pixel_values`` straight to the detector.
+
+        Returns:
+            The detector's output (``logits`` (B, Q, C), ``pred_boxes`` (B, Q, 4), and ``loss`` /
+            ``loss_dict`` when labels are given) with ``derained``: the (B, 3, H, W) image the detector
+            saw, so callers can show or compare it without a second SPDNet pass.
+        """
+        check_detector_input_size(pixel_values)
+        detector_input = self.derain(pixel_values) if derain else pixel_values
+        outputs = self.detector(pixel_values=detector_input, labels=labels)
+        outputs["derained"] = detector_input
+        return outputs
+
+    def detector_fingerprint(self) -> str:
+        """SHA-256 of the detector's state_dict; unchanged by training when the detector is frozen."""
+        return detector_fingerprint(self.detector)

@@ -1,0 +1,127 @@
+"""The rain gate: a small image classifier that returns P(rain) for each image.
+
+It looks at a downscaled copy of the image (rain streaks and haze survive downscaling well enough to
+be seen at 224 px), so it costs a few milliseconds next to SPDNet's full-resolution pass. Its decision
+threshold is chosen on validation data by Training_Rain_Detector.py and saved with the weights.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.checkpoint import load_checkpoint
+
+ARCHITECTURES = ("small_cnn", "mobilenet_v3_small", "resnet18")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def small_cnn() -> nn.Module:
+    """Five stride-2 conv blocks and a global pool: ~100k parameters, enough to see streaks and haze."""
+    layers, channels = [], 3
+    for width in (16, 32, 64, 96, 128):
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        channels = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 1))
+
+
+def build_backbone(architecture: str, imagenet_weights: str | None = None) -> nn.Module:
+    """A one-logit classifier; torchvision models may start from ImageNet weights in a local file."""
+    import torchvision
+
+    if architecture == "small_cnn":
+        if imagenet_weights:
+            raise ValueError("small_cnn has no ImageNet weights; use mobilenet_v3_small or resnet18")
+        return small_cnn()
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"rain detector architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    model = getattr(torchvision.models, architecture)(weights=None)
+    if imagenet_weights:
+        if not os.path.isfile(imagenet_weights):
+            raise FileNotFoundError(f"ImageNet weights {imagenet_weights!r} do not exist")
+        model.load_state_dict(torch.load(imagenet_weights, map_location="cpu", weights_only=True))
+    if architecture == "resnet18":
+        model.fc = nn.Linear(model.fc.in_features, 1)
+    else:
+        model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, 1)
+    return model
+
+
+class RainDetector(nn.Module):
+    """images (B, 3, H, W) in 0-1, any size -> rain logits (B,). ``probability`` gives P(rain)."""
+
+    def __init__(self, architecture: str = "small_cnn", input_size: int = 224, threshold: float = 0.5,
+                 imagenet_weights: str | None = None):
+        super().__init__()
+        self.architecture = architecture
+        self.input_size = input_size
+        self.threshold = threshold
+        self.backbone = build_backbone(architecture, imagenet_weights)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        small = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
+        return self.backbone((small - self.mean) / self.std).squeeze(1)
+
+    @torch.no_grad()
+    def probability(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) P(rain) in 0-1."""
+        return torch.sigmoid(self(images).float())
+
+    @torch.no_grad()
+    def is_rainy(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: P(rain) at or above the saved threshold."""
+        return self.probability(images) >= self.threshold
+
+    def checkpoint(self, **metadata) -> dict:
+        return {
+            "state_dict": self.state_dict(), "architecture": self.architecture, "input_size": self.input_size,
+            "threshold": float(self.threshold), **metadata,
+        }
+
+
+def load_rain_detector(path: str) -> RainDetector:
+    """A RainDetector saved by Training_Rain_Detector.py, in eval mode, with its chosen threshold."""
+    checkpoint = load_checkpoint(path)
+    missing = [key for key in ("state_dict", "architecture", "input_size", "threshold") if key not in checkpoint]
+    if missing:
+        raise ValueError(f"{path} is not a rain detector checkpoint: missing {', '.join(missing)}")
+    model = RainDetector(checkpoint["architecture"], checkpoint["input_size"], checkpoint["threshold"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()
+
+
+def choose_threshold(probabilities: torch.Tensor, is_rainy: torch.Tensor) -> float:
+    """The threshold with the best validation accuracy (ties: the one nearest 0.5).
+
+    Candidates are the midpoints between consecutive sorted probabilities, so the result separates
+    the validation scores as well as any threshold can.
+    """
+    probabilities, is_rainy = probabilities.double().flatten(), is_rainy.bool().flatten()
+    ordered = torch.sort(probabilities).values
+    candidates = torch.cat((ordered[:1] - 1e-6, (ordered[1:] + ordered[:-1]) / 2, ordered[-1:] + 1e-6))
+    accuracy = ((probabilities[None, :] >= candidates[:, None]) == is_rainy[None, :]).double().mean(1)
+    best = accuracy.max()
+    tied = candidates[accuracy == best]
+    return float(tied[torch.argmin((tied - 0.5).abs())])
+
+
+def classification_metrics(probabilities: torch.Tensor, is_rainy: torch.Tensor, threshold: float) -> dict:
+    """Accuracy, precision and recall of "rainy", and the confusion counts."""
+    predicted, actual = probabilities >= threshold, is_rainy.bool()
+    tp = int((predicted & actual).sum())
+    fp = int((predicted & ~actual).sum())
+    fn = int((~predicted & actual).sum())
+    tn = int((~predicted & ~actual).sum())
+    total = max(tp + fp + fn + tn, 1)
+    return {
+        "accuracy": (tp + tn) / total,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "confusion": {"rainy_as_rainy": tp, "clean_as_rainy": fp, "rainy_as_clean": fn, "clean_as_clean": tn},
+    }

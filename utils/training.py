@@ -1,0 +1,374 @@
+"""The pieces of Training_SPDNet_Adaptation.py's ``main``: factories, resume, and the epoch loop.
+
+Distributed training under torchrun: every rank holds the whole model; only SPDNet trains, so instead
+of a DistributedDataParallel wrapper its gradients are averaged over ranks once per optimizer step
+(in ``engine.train_one_epoch``) -- no communication on accumulation micro-steps, nothing to unwrap
+when saving. Rank 0 alone logs and writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from utils.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
+from utils.engine import TrainState, check_precision, evaluate, train_one_epoch
+from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
+from utils.pipelines import choose_device
+
+CHECKPOINT_NAME = "checkpoint.pt"
+ADAPTED_NAME = "spdnet_adapted.pt"
+LOG_NAME = "training_log.jsonl"
+PLOT_NAME = "training_curves.png"
+
+
+@dataclass
+class Run:
+    device: torch.device
+    rank: int
+    world_size: int
+    output_dir: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.output_dir, name)
+
+
+def check_config(config: dict) -> None:
+    """Settings that would fail hours in are refused now, with the reason."""
+    check_precision(config["PRECISION"], config["FP16"])
+    if config["IMAGE_SIZE"] % SIZE_MULTIPLE:
+        raise ValueError(f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} for RT-DETR, got {config['IMAGE_SIZE']}")
+    for key in ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "NUM_EPOCHS", "MAX_NONFINITE_IN_A_ROW", "LOG_EVERY_STEPS"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
+    if not 0 < config["PERCENT_DATASET"] <= 100:
+        raise ValueError(f"PERCENT_DATASET must be in (0, 100], got {config['PERCENT_DATASET']}")
+    if config["COCO_RATIO"] < 0 or config["RAIN_RATIO"] < 0 or config["COCO_RATIO"] + config["RAIN_RATIO"] <= 0:
+        raise ValueError(
+            f"COCO_RATIO and RAIN_RATIO must be >= 0 with a positive sum, got {config['COCO_RATIO']} and {config['RAIN_RATIO']}"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_run(config: dict) -> Run:
+    """Device, distributed process group (under torchrun), seeds and the output directory."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    device = choose_device(config["DEVICE"])
+    if world_size > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    seed_everything(config["SEED"])
+    os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
+    return Run(device=device, rank=rank, world_size=world_size, output_dir=config["OUTPUT_DIR"])
+
+
+def teardown(run: Run) -> None:
+    if run.world_size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def build_model(config: dict, device: torch.device) -> IntegratedModel:
+    """SPDNet (from SPDNET_WEIGHTS) in front of the frozen DETECTOR, on ``device``."""
+    from utils.detector import load_detector
+    from utils.pipelines import build_spdnet
+
+    if config["SPDNET_WEIGHTS"] is None:
+        print("warning: SPDNET_WEIGHTS is None, SPDNet starts from a random initialisation", flush=True)
+    spdnet = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
+    spdnet.gradient_checkpointing = config["GRADIENT_CHECKPOINTING"]
+    model = IntegratedModel(spdnet, load_detector(config["DETECTOR"]))
+    return model.to(device)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled from seed + epoch, padded to equal shards) that can start mid-epoch."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Shuffle for ``epoch`` and skip its first ``start`` indices (those consumed before a resume)."""
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        return iter(indices[self.start :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class ShardSampler(Sampler):
+    """Every rank's share of an evaluation set, in order and without padding (no image scored twice)."""
+
+    def __init__(self, dataset, num_replicas: int, rank: int):
+        self.indices = list(range(rank, len(dataset), num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
+class TrainingData:
+    train_dataset: object
+    train_sampler: ResumableSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    val_annotation_file: str
+    label_to_category_id: dict
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+
+
+def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
+    """The training subset (rainy and/or clean) and the rainy validation split, with their loaders."""
+    from utils.data import build_dataset, collate_fn, loader_settings
+
+    train_dataset = build_dataset(
+        config["COCO_DIR"], config["COCO_RAIN_DIR"], "train", id2label, image_size=config["IMAGE_SIZE"],
+        train=True, percent=config["PERCENT_DATASET"], coco_ratio=config["COCO_RATIO"],
+        rain_ratio=config["RAIN_RATIO"], seed=config["SEED"],
+    )
+    val_dataset = build_dataset(
+        config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", id2label, image_size=config["IMAGE_SIZE"],
+        train=False, percent=config["VAL_PERCENT"], coco_ratio=0.0, rain_ratio=1.0, seed=config["SEED"],
+    )
+    if len(train_dataset) < config["BATCH_SIZE"] * run.world_size:
+        raise ValueError(
+            f"the training subset has {len(train_dataset)} images, fewer than BATCH_SIZE x GPUs = "
+            f"{config['BATCH_SIZE'] * run.world_size}: raise PERCENT_DATASET"
+        )
+    settings = loader_settings(config["DATALOADER_WORKERS"], run.device)
+    train_sampler = ResumableSampler(train_dataset, run.world_size, run.rank, config["SEED"])
+    train_loader = DataLoader(
+        train_dataset, batch_size=config["BATCH_SIZE"], sampler=train_sampler, drop_last=True,
+        collate_fn=collate_fn, **settings,
+    )
+    val_loader = DataLoader(
+        val_dataset, batch_size=config["BATCH_SIZE"], sampler=ShardSampler(val_dataset, run.world_size, run.rank),
+        collate_fn=collate_fn, **settings,
+    )
+    micro_batches = train_sampler.num_samples // config["BATCH_SIZE"]
+    steps = math.ceil(micro_batches / config["GRADIENT_ACCUMULATION_STEPS"])
+    if run.is_main:
+        print(
+            f"data: {len(train_dataset):,} training images ({train_dataset.describe()}), "
+            f"{len(val_dataset):,} rainy validation images; {micro_batches:,} micro-batches = "
+            f"{steps:,} optimizer steps per epoch", flush=True,
+        )
+    return TrainingData(
+        train_dataset, train_sampler, train_loader, val_loader, val_dataset.annotation_file,
+        val_dataset.label_to_category_id, micro_batches, steps,
+    )
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Linear warm-up from ~0 to 1 over ``warmup_steps``, then a cosine down to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(config: dict, model: IntegratedModel, steps_per_epoch: int):
+    """AdamW over SPDNet's parameters only; warm-up then cosine decay over every epoch's steps."""
+    optimizer = torch.optim.AdamW(
+        list(model.trainable_parameters()), lr=config["LEARNING_RATE"], weight_decay=config["WEIGHT_DECAY"]
+    )
+    total_steps = steps_per_epoch * config["NUM_EPOCHS"]
+    warmup = min(config["WARMUP_STEPS"], max(1, total_steps // 5))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, warmup, total_steps, config["MIN_LR_RATIO"])
+    )
+    return optimizer, scheduler
+
+
+def training_checkpoint(config, model, optimizer, scheduler, state: TrainState, fingerprint: str) -> dict:
+    return {
+        "spdnet": model.spdnet.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "state": state.to_dict(),
+        "rng": rng_states(),
+        "config": dict(config),
+        "detector_fingerprint": fingerprint,
+    }
+
+
+def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState:
+    """A fresh TrainState, or the one in OUTPUT_DIR/checkpoint.pt with weights and optimizer restored."""
+    if not config["RESUME"]:
+        return TrainState()
+    path = run.path(CHECKPOINT_NAME)
+    checkpoint = load_checkpoint(path)
+    model.spdnet.load_state_dict(checkpoint["spdnet"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    restore_rng_states(checkpoint["rng"])
+    if checkpoint["detector_fingerprint"] != model.detector_fingerprint():
+        raise RuntimeError(
+            f"{path} was trained against another detector (fingerprint {checkpoint['detector_fingerprint'][:12]}..., "
+            f"now {model.detector_fingerprint()[:12]}...): resume with the same DETECTOR"
+        )
+    state = TrainState(**checkpoint["state"])
+    if run.is_main:
+        print(f"resumed from {path}: epoch {state.epoch + 1}, step {state.step}, best mAP {state.best_map:.4f}", flush=True)
+    return state
+
+
+class DetectorChangedError(RuntimeError):
+    pass
+
+
+def verify_detector(model: IntegratedModel, fingerprint: str, when: str) -> None:
+    """The guarantee that clean-image detections are preserved, checked rather than assumed."""
+    now = model.detector_fingerprint()
+    if now != fingerprint:
+        raise DetectorChangedError(
+            f"the frozen detector changed {when} (SHA-256 {fingerprint[:16]}... -> {now[:16]}...): "
+            "clean-image performance is no longer guaranteed. Aborting without saving."
+        )
+
+
+def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainState, run: Run, should_stop) -> dict:
+    """Epochs of training and rainy-val scoring until NUM_EPOCHS, early stopping, MAX_STEPS or a signal."""
+    fingerprint = model.detector_fingerprint()
+    log_path = run.path(LOG_NAME)
+    if not config["RESUME"] and run.is_main and os.path.exists(log_path):
+        os.remove(log_path)
+
+    def log(record: dict) -> None:
+        if run.is_main:
+            with open(log_path, "a") as file:
+                file.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(_state: TrainState) -> None:
+        verify_detector(model, fingerprint, f"at step {_state.step}")
+        if run.is_main:
+            atomic_save(training_checkpoint(config, model, optimizer, scheduler, _state, fingerprint), run.path(CHECKPOINT_NAME))
+
+    def periodic_checkpoint(_state: TrainState) -> None:
+        every = config["CHECKPOINT_EVERY_STEPS"]
+        if every and _state.step % every == 0:
+            save_checkpoint(_state)
+
+    def score(epoch_label: str) -> dict:
+        return evaluate(
+            model, data.val_loader, data.val_annotation_file, data.label_to_category_id, device=run.device,
+            precision=config["PRECISION"], derain=True, description=f"rainy val {epoch_label}",
+        )
+
+    if config["EVAL_BEFORE_TRAINING"] and state.epoch == 0 and state.step == 0:
+        metrics = score("before")
+        state.history.append({"epoch": 0, "val_AP": metrics["AP"]})
+        log({"type": "epoch", "epoch": 0, "val_AP": metrics["AP"], "val_AP50": metrics["AP50"], "train_loss": None})
+        if run.is_main:
+            print(f"before adaptation: rainy-val AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}", flush=True)
+
+    stopped_early = False
+    while state.epoch < config["NUM_EPOCHS"]:
+        data.train_sampler.set_epoch(state.epoch, start=state.micro_batches_done * config["BATCH_SIZE"])
+        data.train_dataset.set_epoch(state.epoch)
+        epoch_start = time.perf_counter()
+        result = train_one_epoch(
+            model, optimizer, scheduler, data.train_loader, state,
+            micro_batches_in_epoch=data.micro_batches_per_epoch,
+            accumulation_steps=config["GRADIENT_ACCUMULATION_STEPS"], clip_grad_norm=config["GRAD_CLIP_NORM"],
+            precision=config["PRECISION"], device=run.device, max_nonfinite_in_a_row=config["MAX_NONFINITE_IN_A_ROW"],
+            log_every_steps=config["LOG_EVERY_STEPS"], on_log=log, after_step=periodic_checkpoint,
+            should_stop=should_stop, max_steps=config["MAX_STEPS"],
+        )
+        if result["stopped"]:
+            save_checkpoint(state)
+            if run.is_main:
+                print(f"stopped at step {state.step}; continue with --RESUME=True (checkpoint: {run.path(CHECKPOINT_NAME)})", flush=True)
+            return {"state": state.to_dict(), "stopped": True}
+
+        metrics = score(f"epoch {state.epoch + 1}")
+        epoch_number = state.epoch + 1
+        improved = metrics["AP"] > state.best_map
+        if improved:
+            state.best_map, state.best_epoch, state.epochs_without_improvement = metrics["AP"], epoch_number, 0
+            verify_detector(model, fingerprint, f"in epoch {epoch_number}")
+            if run.is_main:
+                atomic_save(adapted_weights(config, model, epoch_number, metrics), run.path(ADAPTED_NAME))
+        else:
+            state.epochs_without_improvement += 1
+        record = {
+            "type": "epoch", "epoch": epoch_number, "step": state.step, "train_loss": result["loss"],
+            "val_AP": metrics["AP"], "val_AP50": metrics["AP50"], "val_AP75": metrics["AP75"],
+            "best_AP": state.best_map, "nonfinite_total": state.nonfinite_micro_batches,
+            "epoch_seconds": time.perf_counter() - epoch_start,
+        }
+        log(record)
+        state.history.append({"epoch": epoch_number, "val_AP": metrics["AP"]})
+        if run.is_main:
+            print(
+                f"epoch {epoch_number}: train loss {result['loss']:.4f}, rainy-val AP {metrics['AP']:.4f} "
+                f"(best {state.best_map:.4f} at epoch {state.best_epoch})" + (" -> saved" if improved else ""), flush=True,
+            )
+        state.epoch += 1
+        state.micro_batches_done = 0
+        save_checkpoint(state)
+        if state.epochs_without_improvement >= config["EARLY_STOPPING_PATIENCE"]:
+            stopped_early = True
+            if run.is_main:
+                print(f"early stopping: {state.epochs_without_improvement} epochs without improvement", flush=True)
+            break
+        if config["MAX_STEPS"] is not None and state.step >= config["MAX_STEPS"]:
+            break
+
+    verify_detector(model, fingerprint, "by the end of training")
+    if run.is_main:
+        from utils.plots import plot_training_curves
+
+        plot_training_curves(log_path, run.path(PLOT_NAME))
+        print(
+            f"done: best rainy-val AP {state.best_map:.4f} at epoch {state.best_epoch} -> {run.path(ADAPTED_NAME)}; "
+            f"detector unchanged (SHA-256 {fingerprint[:16]}...)", flush=True,
+        )
+    return {"state": state.to_dict(), "stopped": False, "early_stopped": stopped_early}
+
+
+def adapted_weights(config: dict, model: IntegratedModel, epoch: int, metrics: dict) -> dict:
+    """What spdnet_adapted.pt holds: SPDNet's weights plus what they were trained for."""
+    return {
+        "spdnet": model.spdnet.state_dict(),
+        "n_feats": config["SPDNET_N_FEATS"],
+        "n_resblocks": config["SPDNET_N_RESBLOCKS"],
+        "config": dict(config),
+        "detector": config["DETECTOR"],
+        "detector_fingerprint": model.detector_fingerprint(),
+        "epoch": epoch,
+        "val_metrics": {key: value for key, value in metrics.items() if isinstance(value, float)},
+    }
