@@ -1,0 +1,52 @@
+"""Render rainy copies of COCO splits into the COCO_rain layout the loaders read.
+
+    python Make_COCO_Rain.py                                                   # val + train, medium rain
+    python Make_COCO_Rain.py --PRESETS="['light', 'medium', 'heavy']" --VARIANTS_PER_PRESET=2
+    python Make_COCO_Rain.py --COCO_DIR=./my_images_coco --SPLITS="['val']" --LIMIT=100
+
+Input: COCO_DIR/{split}2017/*.jpg and COCO_DIR/annotations/instances_{split}2017.json. Output: the
+same layout under COCO_RAIN_DIR (same file names, annotation files copied); with several variants,
+one sub-directory each (COCO_RAIN_DIR/<preset>_v<k>/...), which the training loader samples per
+image and epoch. Already rendered files are skipped, so an interrupted run just continues.
+"""
+
+from __future__ import annotations
+
+COCO_DIR = "./data/coco"  # the clean images and their annotations
+COCO_RAIN_DIR = "./data/coco_rain"  # where the rainy copies go
+SPLITS = ["val", "train"]  # which splits to render ("train", "val")
+PRESETS = ["medium"]  # rain strengths: "light", "medium", "heavy"
+VARIANTS_PER_PRESET = 1  # differently seeded renderings of each preset
+WORKERS = 2  # parallel processes (each renders on one core)
+SEED = 0  # the rain of an image depends only on (SEED, image id, variant)
+JPEG_QUALITY = 95  # quality of the written JPEGs
+LIMIT = None  # render only the first LIMIT images of each split (None: all)
+
+from utils.config import load_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from utils.data import SPLIT_FOLDERS, annotation_path
+    from utils.rain import make_rainy_split
+
+    config = load_config(globals(), argv)
+    unknown = [split for split in config["SPLITS"] if split not in SPLIT_FOLDERS]
+    if unknown:
+        raise ValueError(f"SPLITS may hold {sorted(SPLIT_FOLDERS)}, got {unknown}")
+    reports = {}
+    for split in config["SPLITS"]:
+        report = make_rainy_split(
+            config["COCO_DIR"], config["COCO_RAIN_DIR"], SPLIT_FOLDERS[split], annotation_path(config["COCO_DIR"], split),
+            config["PRESETS"], config["VARIANTS_PER_PRESET"], seed=config["SEED"], workers=config["WORKERS"],
+            quality=config["JPEG_QUALITY"], limit=config["LIMIT"],
+        )
+        print(
+            f"{split}: wrote {report['written']} images, skipped {report['skipped']} already there, "
+            f"{report['seconds']:.1f} s, {report['images_per_second_per_worker']:.1f} images/s per worker"
+        )
+        reports[split] = report
+    return reports
+
+
+if __name__ == "__main__":
+    main()
