@@ -73,7 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
     def validation_scores():
         model.eval()
         scores, truth = [], []
-        for images, targets in val_loader:
+        for batch in val_loader:
+            if batch is None:  # every image of the batch was unreadable
+                continue
+            images, targets = batch
             scores.append(model.probability(images.to(device)).cpu())
             truth.append(rain_labels(targets).cpu())
         return torch.cat(scores), torch.cat(truth)
@@ -82,7 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
     for epoch in range(config["NUM_EPOCHS"]):
         model.train()
         progress = tqdm(train_loader, desc=f"rain detector epoch {epoch + 1}", dynamic_ncols=True)
-        for images, targets in progress:
+        for batch in progress:
+            if batch is None:  # every image of the batch was unreadable
+                continue
+            images, targets = batch
             logits = model(images.to(device, non_blocking=True))
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, rain_labels(targets))
             optimizer.zero_grad(set_to_none=True)

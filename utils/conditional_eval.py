@@ -69,7 +69,10 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
     seconds = {route: {"gate": 0.0, "rainy_path": 0.0, "clean_path": 0.0} for route in ROUTES}
     probabilities, actual, gated_rainy = [], [], []
     clean_checked, clean_mismatches, max_deviation_from_full_batch = 0, 0, 0.0
-    for images, targets in tqdm(loader, desc=f"{split} val", dynamic_ncols=True, leave=False):
+    for batch in tqdm(loader, desc=f"{split} val", dynamic_ncols=True, leave=False):
+        if batch is None:  # every image of the batch was unreadable
+            continue
+        images, targets = batch
         images = images.to(device, non_blocking=True)
         image_ids = [int(t["image_id"]) for t in targets]
         sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])

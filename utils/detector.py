@@ -210,11 +210,16 @@ def model_state_lines(spdnet: nn.Module, detector: nn.Module) -> list[str]:
 
 
 def detector_fingerprint(detector: nn.Module) -> str:
-    """SHA-256 over the detector's state_dict: names, dtypes, shapes and raw bytes of every tensor."""
+    """SHA-256 over the detector's state_dict: what "the detector never changes" is checked against."""
+    return state_dict_sha256(detector)
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """SHA-256 over a module's state_dict: names, dtypes, shapes and raw bytes of every tensor."""
     import hashlib
 
     digest = hashlib.sha256()
-    for name, tensor in detector.state_dict().items():
+    for name, tensor in module.state_dict().items():
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())

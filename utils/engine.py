@@ -176,24 +176,31 @@ def train_one_epoch(
         dynamic_ncols=True, unit="batch",
     )
     try:
-        for images, targets in loader:
+        for batch in loader:
+            if should_stop():
+                # The partial window is dropped: the state still points at the last optimizer step,
+                # so a resume replays exactly these micro-batches.
+                stopped = True
+                break
             window_start = (micro_index // accumulation_steps) * accumulation_steps
             window_size = min(accumulation_steps, micro_batches_in_epoch - window_start)
-            images = images.to(device, non_blocking=True)
-            labels = detector_targets(targets, device)
-            with autocast(device, precision):
-                outputs = model(images, labels=labels)
-            loss = outputs.loss.float()
-            finite = guard.set_loss(loss)
-            (loss / window_size).backward()
-            window_loss += torch.where(finite, loss.detach(), torch.zeros_like(loss))
-            window_finite += finite
-            window_nonfinite += ~finite
-            in_a_row = torch.where(finite, torch.zeros_like(in_a_row), in_a_row + 1)
-            worst_in_a_row = torch.maximum(worst_in_a_row, in_a_row)
+            if batch is not None:  # None: every image of the micro-batch was unreadable
+                images, targets = batch
+                images = images.to(device, non_blocking=True)
+                labels = detector_targets(targets, device)
+                with autocast(device, precision):
+                    outputs = model(images, labels=labels)
+                loss = outputs.loss.float()
+                finite = guard.set_loss(loss)
+                (loss / window_size).backward()
+                window_loss += torch.where(finite, loss.detach(), torch.zeros_like(loss))
+                window_finite += finite
+                window_nonfinite += ~finite
+                in_a_row = torch.where(finite, torch.zeros_like(in_a_row), in_a_row + 1)
+                worst_in_a_row = torch.maximum(worst_in_a_row, in_a_row)
+                images_seen += len(images)
+                log_images += len(images)
             micro_index += 1
-            images_seen += len(images)
-            log_images += len(images)
             progress.update(1)
             if micro_index - window_start < window_size:
                 continue
@@ -220,6 +227,7 @@ def train_one_epoch(
             # A window of nothing but non-finite losses takes no step: AdamW would still move the
             # weights on stale moments and weight decay.
             optimizer.zero_grad(set_to_none=True)
+            step_lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             state.step += 1
             state.micro_batches_done = micro_index
@@ -234,7 +242,7 @@ def train_one_epoch(
                 elapsed = time.perf_counter() - log_start
                 record = {
                     "type": "train", "epoch": state.epoch + 1, "step": state.step,
-                    "loss": log_loss_sum / log_loss_count, "lr": optimizer.param_groups[0]["lr"],
+                    "loss": log_loss_sum / log_loss_count, "lr": step_lr,
                     "grad_norm": grad_norm, "images_per_s": world_size * log_images / max(elapsed, 1e-9),
                     "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
                 }
@@ -247,7 +255,7 @@ def train_one_epoch(
                 log_loss_sum, log_loss_count, log_images, log_start = 0.0, 0, 0, time.perf_counter()
             if after_step is not None:
                 after_step(state)
-            if should_stop() or (max_steps is not None and state.step >= max_steps):
+            if max_steps is not None and state.step >= max_steps:
                 stopped = True
                 break
     finally:
@@ -286,7 +294,10 @@ def evaluate(
     model.eval()
     evaluator = CocoEvaluator(coco_gt, label_to_category_id)
     model_seconds, images_seen = 0.0, 0
-    for images, targets in tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True, leave=False):
+    for batch in tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True, leave=False):
+        if batch is None:
+            continue
+        images, targets = batch
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

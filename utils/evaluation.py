@@ -131,7 +131,10 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
     loader, _, _ = build_val_loader(dict(config, VAL_PERCENT=100, DATALOADER_WORKERS=0), pipelines.detector.config.id2label, rainy=True)
     id2label = pipelines.detector.config.id2label
     rows = []
-    for images, _ in loader:
+    for batch in loader:
+        if batch is None:  # every image of the batch was unreadable
+            continue
+        images, _ = batch
         images = images.to(device)
         size = [images.shape[-2:]] * len(images)
         with autocast(device, config["PRECISION"]):

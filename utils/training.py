@@ -246,6 +246,20 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
     return state
 
 
+def check_ranks_agree(model: IntegratedModel, epoch_loss: float, run: Run) -> None:
+    """Under torchrun, every rank must end an epoch with the same SPDNet weights and logged loss."""
+    if run.world_size == 1:
+        return
+    from utils.detector import state_dict_sha256
+
+    mine = (state_dict_sha256(model.spdnet), round(float(epoch_loss), 6))
+    everyone = [None] * run.world_size
+    dist.all_gather_object(everyone, mine)
+    if any(other != mine for other in everyone):
+        raise RuntimeError(f"ranks disagree after an epoch (SPDNet hash, loss): {everyone}")
+    print(f"rank {run.rank}: SPDNet weights and epoch loss {mine[1]:.6f} agree across {run.world_size} ranks", flush=True)
+
+
 class DetectorChangedError(RuntimeError):
     pass
 
@@ -314,6 +328,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
                 print(f"stopped at step {state.step}; continue with --RESUME=True (checkpoint: {run.path(CHECKPOINT_NAME)})", flush=True)
             return {"state": state.to_dict(), "stopped": True}
 
+        check_ranks_agree(model, result["loss"], run)
         metrics = score(f"epoch {state.epoch + 1}")
         epoch_number = state.epoch + 1
         improved = metrics["AP"] > state.best_map

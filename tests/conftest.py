@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny synthetic world, a tiny frozen detector and tiny SPDNet weights on disk."""
+
+import pytest
+import torch
+
+from utils.detector import load_detector, small_rtdetr_config
+from utils.spdnet import SPDNet
+from utils.synthetic import SHAPES, build_synthetic_world
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """Paths and overrides for running the scripts end to end in seconds on a CPU."""
+    root = tmp_path_factory.mktemp("world")
+    paths = build_synthetic_world(str(root / "data"), num_train=16, num_val=6, image_size=64, seed=0,
+                                  rain_presets=("medium", "heavy"), show_progress=False)
+    torch.manual_seed(0)
+    detector = load_detector(small_rtdetr_config(dict(enumerate(SHAPES)), base_width=8, d_model=32,
+                                                 decoder_layers=1, num_queries=10, num_denoising=0))
+    detector.save_pretrained(root / "detector")
+    torch.save(SPDNet(n_feats=8, n_resblocks=1).state_dict(), root / "spdnet_start.pt")
+    overrides = [
+        f"--COCO_DIR={paths['coco_dir']}", f"--COCO_RAIN_DIR={paths['coco_rain_dir']}",
+        f"--DETECTOR={root / 'detector'}", "--IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0",
+        "--SPDNET_N_FEATS=8", "--SPDNET_N_RESBLOCKS=1",
+    ]
+    return {"root": root, **paths, "detector_dir": str(root / "detector"), "spdnet_weights": str(root / "spdnet_start.pt"),
+            "overrides": overrides}
