@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import torch
     import torch.nn.functional as F
     from PIL import Image
-    from torchvision.io import write_png
     from torchvision.transforms.functional import pil_to_tensor
     from tqdm import tqdm
 
@@ -83,7 +82,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         (detection,) = post_process(outputs.logits, outputs.pred_boxes, [(height, width)])
         keep = detection["scores"] >= config["SCORE_THRESHOLD"]
         name = os.path.splitext(os.path.basename(path))[0]
-        write_png(draw_detections(original, detection, id2label, config["SCORE_THRESHOLD"]), os.path.join(output, f"{name}_detected.png"))
+        drawn = draw_detections(original, detection, id2label, config["SCORE_THRESHOLD"])
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(os.path.join(output, f"{name}_detected.png"))
         records.append({
             "file": path,
             "rain_probability": float(outputs.rain_probability[0]),

@@ -93,10 +93,12 @@ def comparison_table(results: dict, split: str) -> str:
     """The plan's three lines (mAP and change against vanilla), then every metric and the speed."""
     vanilla = results["vanilla"]["AP"]
     lines = [f"\n{split} validation ({results['vanilla']['images']} images)"]
+    # The plan's wording: "Vanilla RT-DETR mAP:", then the other two with their change against it.
     for name in ("vanilla", "original", "adapted"):
         ap = results[name]["AP"]
+        label = PIPELINE_TITLES[name] + (" mAP:" if name == "vanilla" else ":")
         change = "" if name == "vanilla" else f"  ({100 * (ap - vanilla) / vanilla:+.1f}%)" if vanilla > 0 else "  (n/a)"
-        lines.append(f"{PIPELINE_TITLES[name] + ' mAP:':<28}{ap:.4f}{change}")
+        lines.append(f"{label:<28}{ap:.4f}{change}")
     header = f"{'pipeline':<28}" + "".join(f"{m:>8}" for m in METRIC_NAMES) + f"{'ms/img':>9}"
     lines += ["", header, "-" * len(header)]
     for name in ("vanilla", "original", "adapted"):
