@@ -35,15 +35,16 @@ from utils.config import load_config  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     from utils import evaluation
+    from utils.pipelines import choose_device
 
     config = load_config(globals(), argv)
-    device = evaluation.choose_device(config["DEVICE"])
+    device = choose_device(config["DEVICE"])
     pipelines = evaluation.build_three_pipelines(config, device)
     id2label = pipelines.detector.config.id2label
     splits = ["rainy"] + (["clean"] if config["EVAL_CLEAN"] else [])
     results = {}
     for split in splits:
-        loader, annotation_file, label_to_category_id = evaluation.build_val_loader(config, id2label, rainy=split == "rainy")
+        loader, annotation_file, label_to_category_id = evaluation.build_val_loader(config, id2label, 1.0 if split == "rainy" else 0.0)
         results[split] = evaluation.score_pipelines(pipelines, loader, annotation_file, label_to_category_id, config, device, split)
         print(evaluation.comparison_table(results[split], split))
     evaluation.write_results(results, config["OUTPUT_DIR"], "eval_results.json")

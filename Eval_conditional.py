@@ -35,16 +35,18 @@ from utils.config import load_config  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     from utils import conditional_eval
+    from utils.evaluation import write_results
+    from utils.pipelines import choose_device
 
     config = load_config(globals(), argv)
-    device = conditional_eval.choose_device(config["DEVICE"])
+    device = choose_device(config["DEVICE"])
     model = conditional_eval.build_conditional_model(config, device)
     results = {}
     for split in ("clean", "rainy", "mixed"):
         loader, annotation_file, label_to_category_id = conditional_eval.build_split_loader(config, model, split)
         results[split] = conditional_eval.score_routes(model, loader, annotation_file, label_to_category_id, config, device, split)
     print(conditional_eval.conditional_table(results))
-    conditional_eval.write_results(results, config["OUTPUT_DIR"], "conditional_results.json")
+    write_results(results, config["OUTPUT_DIR"], "conditional_results.json")
     return results
 
 

@@ -12,13 +12,7 @@ Edit the constants below, or override them:
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import signal
-import sys
-
-import torch
 
 # ---- data
 COCO_DIR = "./data/coco"  # clean COCO: train2017/, val2017/, annotations/instances_{train,val}2017.json

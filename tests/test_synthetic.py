@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 from utils.data import build_dataset, collate_fn
 from utils.synthetic import SHAPES, build_synthetic_world, render_scene

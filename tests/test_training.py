@@ -134,3 +134,26 @@ def test_two_process_ddp_run_agrees_and_saves_once(tiny_world, tmp_path):
     records = [json.loads(line) for line in open(tmp_path / "training_log.jsonl")]
     assert len([r for r in records if r["type"] == "epoch"]) == 1
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "spdnet_adapted.pt", "training_curves.png", "training_log.jsonl"]
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_world, tmp_path):
+    import signal
+
+    arguments = tiny_world["overrides"] + FAST + [
+        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}", "--NUM_EPOCHS=1000",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-u", "Training_SPDNet_Adaptation.py", *arguments],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    lines = []
+    for line in process.stdout:  # wait until training is under way
+        lines.append(line)
+        if line.startswith("epoch 2: train loss"):
+            process.send_signal(signal.SIGTERM)
+            break
+    output = "".join(lines) + process.communicate(timeout=120)[0]
+    assert process.returncode == 0, output[-2000:]
+    assert "SIGTERM: saving a checkpoint and stopping" in output and "continue with --RESUME=True" in output
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["state"]["step"] >= 8  # at least the two finished epochs of 4 steps

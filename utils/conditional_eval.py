@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 
 import torch
-from torch.utils.data import DataLoader
 
 from utils.checkpoint import load_checkpoint
 from utils.coco_eval import METRIC_NAMES, CocoEvaluator
 from utils.conditional import ConditionalModel
 from utils.detector import load_detector
 from utils.engine import autocast, check_precision
-from utils.evaluation import write_results  # noqa: F401  (re-exported for the script)
+from utils.evaluation import build_val_loader
 from utils.integrated_model import IntegratedModel
-from utils.pipelines import build_spdnet, choose_device  # noqa: F401
+from utils.pipelines import build_spdnet
 from utils.rain_detector import classification_metrics, load_rain_detector
 from tqdm import tqdm
 
@@ -47,19 +46,8 @@ def build_conditional_model(config: dict, device: torch.device) -> ConditionalMo
 
 def build_split_loader(config: dict, model: ConditionalModel, split: str):
     """(loader, annotation file, label -> category id) for 'clean', 'rainy' or 'mixed' validation."""
-    from utils.data import build_dataset, collate_fn, loader_settings
-
     rain_fraction = {"clean": 0.0, "rainy": 1.0, "mixed": config["MIXED_RAIN_FRACTION"]}[split]
-    dataset = build_dataset(
-        config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", model.integrated.detector.config.id2label,
-        image_size=config["IMAGE_SIZE"], train=False, percent=config["VAL_PERCENT"],
-        coco_ratio=1.0 - rain_fraction, rain_ratio=rain_fraction, seed=config["SEED"],
-    )
-    loader = DataLoader(
-        dataset, batch_size=config["BATCH_SIZE"], shuffle=False, collate_fn=collate_fn,
-        **loader_settings(config["DATALOADER_WORKERS"], choose_device(config["DEVICE"])),
-    )
-    return loader, dataset.annotation_file, dataset.label_to_category_id
+    return build_val_loader(config, model.integrated.detector.config.id2label, rain_fraction)
 
 
 @torch.inference_mode()

@@ -257,24 +257,8 @@ class CocoRainDataset(torch.utils.data.Dataset):
         return image.float() / 255.0, target
 
 
-def build_dataset(
-    coco_dir: str,
-    coco_rain_dir: str | Sequence[str] | None,
-    split: str,
-    id2label: Mapping[int, str] | None,
-    image_size: int = 640,
-    train: bool = False,
-    percent: float = 100.0,
-    coco_ratio: float = 0.0,
-    rain_ratio: float = 1.0,
-    seed: int = 42,
-    return_clean_pair: bool = False,
-) -> CocoRainDataset:
-    """The dataset for a split. ``train`` turns on horizontal flips (chosen from seed, epoch, image)."""
-    return CocoRainDataset(
-        coco_dir, coco_rain_dir, split, id2label, image_size=image_size, train=train, percent=percent,
-        coco_ratio=coco_ratio, rain_ratio=rain_ratio, seed=seed, return_clean_pair=return_clean_pair,
-    )
+# The factory name the scripts use (DETR's build_dataset); the class takes the same arguments.
+build_dataset = CocoRainDataset
 
 
 def collate_fn(batch: list):

@@ -19,7 +19,7 @@ from utils.coco_eval import METRIC_NAMES, post_process
 from utils.detector import load_detector
 from utils.engine import autocast, check_precision, evaluate
 from utils.integrated_model import IntegratedModel
-from utils.pipelines import build_spdnet, choose_device  # noqa: F401  (choose_device: the scripts' import point)
+from utils.pipelines import build_spdnet, choose_device
 
 PIPELINE_TITLES = {
     "vanilla": "Vanilla RT-DETR",
@@ -62,14 +62,14 @@ def build_three_pipelines(config: dict, device: torch.device) -> Pipelines:
     )
 
 
-def build_val_loader(config: dict, id2label: dict, rainy: bool):
-    """(loader, annotation file, label -> category id) for the rainy or clean validation split."""
+def build_val_loader(config: dict, id2label: dict, rain_fraction: float):
+    """(loader, annotation file, label -> category id) for the validation split, ``rain_fraction`` of
+    its images rainy (1: the rainy split, 0: the clean one, in between: a seeded mix)."""
     from utils.data import build_dataset, collate_fn, loader_settings
 
     dataset = build_dataset(
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", id2label, image_size=config["IMAGE_SIZE"], train=False,
-        percent=config["VAL_PERCENT"], coco_ratio=0.0 if rainy else 1.0, rain_ratio=1.0 if rainy else 0.0,
-        seed=config["SEED"],
+        percent=config["VAL_PERCENT"], coco_ratio=1.0 - rain_fraction, rain_ratio=rain_fraction, seed=config["SEED"],
     )
     loader = DataLoader(
         dataset, batch_size=config["BATCH_SIZE"], shuffle=False, collate_fn=collate_fn,
@@ -130,7 +130,7 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
         {split: {PIPELINE_TITLES[n]: v for n, v in split_results.items()} for split, split_results in results.items()},
         ["AP", "AP50", "AP75"], os.path.join(output_dir, "eval_bars.png"),
     )
-    loader, _, _ = build_val_loader(dict(config, VAL_PERCENT=100, DATALOADER_WORKERS=0), pipelines.detector.config.id2label, rainy=True)
+    loader, _, _ = build_val_loader(dict(config, VAL_PERCENT=100, DATALOADER_WORKERS=0), pipelines.detector.config.id2label, 1.0)
     id2label = pipelines.detector.config.id2label
     rows = []
     for batch in loader:

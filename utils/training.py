@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from utils.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
 from utils.engine import TrainState, check_precision, evaluate, train_one_epoch
 from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
-from utils.pipelines import choose_device
+from utils.pipelines import build_spdnet, choose_device
 
 CHECKPOINT_NAME = "checkpoint.pt"
 ADAPTED_NAME = "spdnet_adapted.pt"
@@ -95,7 +95,6 @@ def teardown(run: Run) -> None:
 def build_model(config: dict, device: torch.device) -> IntegratedModel:
     """SPDNet (from SPDNET_WEIGHTS) in front of the frozen DETECTOR, on ``device``."""
     from utils.detector import load_detector
-    from utils.pipelines import build_spdnet
 
     if config["SPDNET_WEIGHTS"] is None:
         print("warning: SPDNET_WEIGHTS is None, SPDNet starts from a random initialisation", flush=True)
