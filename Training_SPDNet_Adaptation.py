@@ -43,6 +43,7 @@ MAX_STEPS = None  # stop (resumably) after this many optimizer steps in all (Non
 FP16 = False  # refused: SPDNet overflows fp16 (use PRECISION = "bf16")
 PRECISION = "fp32"  # "fp32" or "bf16" (autocast; weights and loss stay fp32)
 GRADIENT_CHECKPOINTING = False  # recompute SPDNet's activations in backward to save memory
+CHANNELS_LAST = False  # SPDNet in NHWC memory layout (faster convolutions, bf16 above all)
 # ---- system
 DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
 DATALOADER_WORKERS = 8  # data loading processes per GPU

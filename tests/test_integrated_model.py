@@ -125,3 +125,13 @@ def test_model_state_block_for_the_default_models():
         "Total parameters: 23,493,349",
         "Trainable parameters: 3,318,741 (14.1%)",
     ]
+
+
+def test_channels_last_gives_the_same_output():
+    reference = tiny_integrated_model().eval()
+    nhwc = tiny_integrated_model().eval()
+    nhwc = IntegratedModel(nhwc.spdnet, nhwc.detector, channels_last=True)
+    assert nhwc.spdnet.conv_init1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images, _ = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc.derain(images), reference.derain(images), rtol=1e-4, atol=1e-5)

@@ -39,11 +39,16 @@ class IntegratedModel(nn.Module):
     from the model's class name.
     """
 
-    def __init__(self, spdnet: nn.Module, detector: nn.Module, freeze_detection: bool = True):
+    def __init__(self, spdnet: nn.Module, detector: nn.Module, freeze_detection: bool = True, channels_last: bool = False):
         super().__init__()
         self.spdnet = spdnet
         self.detector = detector
         self.freeze_detection = freeze_detection
+        # SPDNet is all 3x3 convolutions on full-resolution maps: NHWC is what oneDNN and cuDNN's
+        # fastest kernels (bf16 above all) want, so keep its weights and its input in that layout.
+        self.channels_last = channels_last
+        if channels_last:
+            spdnet.to(memory_format=torch.channels_last)
         if freeze_detection:
             freeze(detector)
 
@@ -62,7 +67,10 @@ class IntegratedModel(nn.Module):
 
     def derain(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """SPDNet's derained image. (B, 3, H, W) in 0-1 -> (B, 3, H, W) in 0-1."""
-        out3, _, _ = self.spdnet(pixel_values * 255.0)
+        scaled = pixel_values * 255.0
+        if self.channels_last:
+            scaled = scaled.contiguous(memory_format=torch.channels_last)
+        out3, _, _ = self.spdnet(scaled)
         return (out3 / 255.0).clamp(0.0, 1.0)
 
     def forward(

@@ -119,6 +119,13 @@ class HaarIDWT(_HaarFilterBuffers):
 # Building blocks (official names in comments where ours differ)
 
 
+def run_maybe_checkpointed(module: nn.Module, enabled: bool, *inputs: torch.Tensor):
+    """``module(*inputs)``, recomputed in backward instead of stored when ``enabled`` and training."""
+    if enabled and torch.is_grad_enabled():
+        return checkpoint(module, *inputs, use_reentrant=False)
+    return module(*inputs)
+
+
 def residue_channel(x: torch.Tensor) -> torch.Tensor:
     """The residue channel prior: max minus min over RGB. (B, 3, H, W) -> (B, 1, H, W)."""
     return x.amax(dim=1, keepdim=True) - x.amin(dim=1, keepdim=True)
@@ -201,9 +208,10 @@ class ResidueEncoder(nn.Module):
         self.conv_init1 = ReflectConvReLU(3, n_feats // 2, 3, 1)
         self.conv_init2 = ReflectConvReLU(n_feats // 2, n_feats, 3, 1)
         self.extra = ResidualGroup(n_feats, n_blocks)
+        self.checkpoint_groups = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.extra(self.conv_init2(self.conv_init1(x)))
+        return run_maybe_checkpointed(self.extra, self.checkpoint_groups, self.conv_init2(self.conv_init1(x)))
 
 
 class Fuse(nn.Module):
@@ -274,6 +282,7 @@ class WaveletStage(nn.Module):
         self.branch3_2_u = UpsampleTo(n, n, 3, 2)
         self.fuse12 = Fuse(n)
         self.fuse23 = Fuse(n)
+        self.checkpoint_groups = False
 
     def _to_subband_channels(self, x: torch.Tensor) -> torch.Tensor:
         """DWT, then (LH, HL, HH, LL) concatenated along channels: (B, n, H, W) -> (B, 4n, H', W')."""
@@ -296,9 +305,9 @@ class WaveletStage(nn.Module):
         scale2 = self.DWT_2(self._to_subband_channels(scale1))
         scale3 = self.DWT_3(self._to_subband_channels(scale2))
         for column in (1, 2, 3):
-            scale1 = getattr(self, f"branch1_{column}")(scale1)
-            scale2 = getattr(self, f"branch2_{column}")(scale2)
-            scale3 = getattr(self, f"branch3_{column}")(scale3)
+            scale1 = run_maybe_checkpointed(getattr(self, f"branch1_{column}"), self.checkpoint_groups, scale1)
+            scale2 = run_maybe_checkpointed(getattr(self, f"branch2_{column}"), self.checkpoint_groups, scale2)
+            scale3 = run_maybe_checkpointed(getattr(self, f"branch3_{column}"), self.checkpoint_groups, scale3)
         scale2 = self.fuse23(self._from_subband_channels(self.IDWT_3(scale3)), scale2)
         return self.fuse12(self._from_subband_channels(self.IDWT_2(scale2)), scale1)
 
@@ -320,7 +329,6 @@ class SPDNet(nn.Module):
             raise ValueError(f"n_feats must be an even number >= 2, got {n_feats}")
         n = n_feats
         self.n_feats, self.n_resblocks = n_feats, n_resblocks
-        self.gradient_checkpointing = gradient_checkpointing
         self.conv_init1 = ReflectConvReLU(3, n // 2, 3, 1)
         self.conv_init2 = ReflectConvReLU(n // 2, n, 3, 1)
         for stage in (1, 2, 3):
@@ -333,16 +341,26 @@ class SPDNet(nn.Module):
         self.output1 = nn.Conv2d(n, 3, 3, 1, padding=1)
         self.output2 = nn.Conv2d(n, 3, 3, 1, padding=1)
         self.output3 = nn.Conv2d(n, 3, 3, 1, padding=1)
+        self.gradient_checkpointing = gradient_checkpointing
 
-    def _run(self, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(module, *inputs, use_reentrant=False)
-        return module(*inputs)
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self._gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enabled: bool) -> None:
+        # Two nested levels: each stage keeps only its inputs during forward, and while a stage is
+        # recomputed in backward its residual groups (most of its activations) are recomputed again,
+        # so at most one stage's non-group activations and one group's are alive at a time.
+        self._gradient_checkpointing = bool(enabled)
+        for stage in (1, 2, 3):
+            getattr(self, f"res_extra{stage}").checkpoint_groups = bool(enabled)
+            getattr(self, f"sub{stage}").checkpoint_groups = bool(enabled)
 
     def _stage(self, stage: int, features: torch.Tensor, previous_output: torch.Tensor) -> torch.Tensor:
         residue = residue_channel(previous_output).expand(-1, 3, -1, -1)
-        residue_features = self._run(getattr(self, f"res_extra{stage}"), residue)
-        return self._run(getattr(self, f"sub{stage}"), features, residue_features)
+        residue_features = run_maybe_checkpointed(getattr(self, f"res_extra{stage}"), self._gradient_checkpointing, residue)
+        return run_maybe_checkpointed(getattr(self, f"sub{stage}"), self._gradient_checkpointing, features, residue_features)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x_init = self.conv_init2(self.conv_init1(x))

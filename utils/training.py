@@ -100,7 +100,7 @@ def build_model(config: dict, device: torch.device) -> IntegratedModel:
         print("warning: SPDNET_WEIGHTS is None, SPDNet starts from a random initialisation", flush=True)
     spdnet = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
     spdnet.gradient_checkpointing = config["GRADIENT_CHECKPOINTING"]
-    model = IntegratedModel(spdnet, load_detector(config["DETECTOR"]))
+    model = IntegratedModel(spdnet, load_detector(config["DETECTOR"]), channels_last=config["CHANNELS_LAST"])
     return model.to(device)
 
 
