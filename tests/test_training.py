@@ -157,3 +157,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_world, tmp_path):
     assert "SIGTERM: saving a checkpoint and stopping" in output and "continue with --RESUME=True" in output
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert checkpoint["state"]["step"] >= 8  # at least the two finished epochs of 4 steps
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(tiny_world, tmp_path):
+    # The random tiny detector scores 0.0 on every epoch: epoch 1 is the best, epoch 2 does not improve.
+    result = run(tiny_world, tmp_path, "--NUM_EPOCHS=5", "--EARLY_STOPPING_PATIENCE=1")
+    assert result["early_stopped"] and result["state"]["epoch"] == 2 and result["state"]["best_epoch"] == 1
+    records = [json.loads(line) for line in open(tmp_path / "training_log.jsonl")]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]
+    assert all(r["unreadable_images"] == 0 for r in records if r["type"] == "epoch")

@@ -285,15 +285,15 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
             with open(log_path, "a") as file:
                 file.write(json.dumps(record) + "\n")
 
-    def save_checkpoint(_state: TrainState) -> None:
-        verify_detector(model, fingerprint, f"at step {_state.step}")
+    def save_checkpoint(current: TrainState) -> None:
+        verify_detector(model, fingerprint, f"at step {current.step}")
         if run.is_main:
-            atomic_save(training_checkpoint(config, model, optimizer, scheduler, _state, fingerprint), run.path(CHECKPOINT_NAME))
+            atomic_save(training_checkpoint(config, model, optimizer, scheduler, current, fingerprint), run.path(CHECKPOINT_NAME))
 
-    def periodic_checkpoint(_state: TrainState) -> None:
+    def periodic_checkpoint(current: TrainState) -> None:
         every = config["CHECKPOINT_EVERY_STEPS"]
-        if every and _state.step % every == 0:
-            save_checkpoint(_state)
+        if every and current.step % every == 0:
+            save_checkpoint(current)
 
     def score(epoch_label: str) -> dict:
         return evaluate(
@@ -342,6 +342,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
             "type": "epoch", "epoch": epoch_number, "step": state.step, "train_loss": result["loss"],
             "val_AP": metrics["AP"], "val_AP50": metrics["AP50"], "val_AP75": metrics["AP75"],
             "best_AP": state.best_map, "nonfinite_total": state.nonfinite_micro_batches,
+            "unreadable_images": int(data.train_dataset.unreadable),
             "epoch_seconds": time.perf_counter() - epoch_start,
         }
         log(record)

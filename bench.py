@@ -1,0 +1,326 @@
+"""Measure the adaptation training step: speed, memory and FLOP/s per configuration (nanoGPT-style bench).
+
+    python bench.py                                   # CPU defaults: timing at 256x256, memory at 640x640
+    python bench.py --IMAGE_SIZE=640 --BATCH_SIZE=2   # on a GPU
+
+For each configuration (fp32, fp32 + activation checkpointing, bf16 + channels_last, bf16 +
+checkpointing + channels_last) it times the full step (forward, backward, optimizer) after warm-up,
+median of RUNS; measures memory in a fresh process per configuration at MEMORY_IMAGE_SIZE; counts
+FLOPs with torch.utils.flop_counter against a matmul peak measured in the same run; times one data
+loader worker and the conditional model's clean and rainy paths. Prints a table, writes JSON.
+
+Memory: on CUDA, torch.cuda.max_memory_allocated over the step. On CPU, the step's peak resident
+memory above the process's level before it (VmHWM after resetting it, with glibc told to map every
+large block so freed tensors really leave), plus the peak bytes of tensors saved for backward as
+torch.autograd.graph.saved_tensors_hooks sees them. That hook does not see inside checkpointed
+regions (checkpointing keeps their activations out of the graph on purpose), so for checkpointed
+configurations only the peak memory column tells the whole story.
+"""
+
+from __future__ import annotations
+
+IMAGE_SIZE = 256  # timing resolution (the CPU default keeps the run to minutes; 640 on a GPU)
+BATCH_SIZE = 1  # images per step
+RUNS = 3  # timed steps per configuration (median reported)
+WARMUP = 1  # untimed steps first
+MEMORY_IMAGE_SIZE = 640  # memory is measured at this size, one step in a fresh process (0: skip)
+CONFIGURATIONS = ["fp32", "fp32+ckpt", "bf16+cl", "bf16+ckpt+cl"]  # precision [+ckpt] [+cl = channels_last]
+SPDNET_N_FEATS = 32  # SPDNet width
+SPDNET_N_RESBLOCKS = 3  # SPDNet blocks
+DETECTOR = None  # None: the r18vd architecture at random init (offline); or a hub id / local directory
+LOADER_IMAGES = 48  # photo-sized JPEGs generated to time one loader worker (0: skip)
+DEVICE = "auto"  # "auto", "cuda", "cpu"
+OUTPUT_DIR = "./outputs_spdnet_adaptation"  # bench.json goes here
+
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from utils.config import load_config  # noqa: E402
+
+
+def parse_configuration(name: str) -> dict:
+    parts = name.split("+")
+    if parts[0] not in ("fp32", "bf16") or any(p not in ("ckpt", "cl") for p in parts[1:]):
+        raise ValueError(f"configuration {name!r}: 'fp32' or 'bf16', then optional '+ckpt' and '+cl'")
+    return {"precision": parts[0], "checkpointing": "ckpt" in parts, "channels_last": "cl" in parts}
+
+
+def build(config: dict, configuration: str, device):
+    import torch
+
+    from utils.detector import load_detector, rtdetr_r18vd_config
+    from utils.integrated_model import IntegratedModel
+    from utils.spdnet import SPDNet
+
+    settings = parse_configuration(configuration)
+    torch.manual_seed(0)
+    spdnet = SPDNet(config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"], gradient_checkpointing=settings["checkpointing"])
+    detector = load_detector(config["DETECTOR"] or rtdetr_r18vd_config())
+    model = IntegratedModel(spdnet, detector, channels_last=settings["channels_last"]).to(device).train()
+    optimizer = torch.optim.AdamW(list(model.trainable_parameters()), lr=1e-5)
+    return model, optimizer, settings["precision"]
+
+
+def synthetic_batch(batch_size: int, size: int, num_labels: int, device):
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(batch_size, 3, size, size, generator=generator).to(device)
+    labels = [
+        {"class_labels": torch.randint(0, num_labels, (3,), generator=generator).to(device),
+         "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.5, 0.3, 0.4], [0.5, 0.8, 0.5, 0.2]]).to(device)}
+        for _ in range(batch_size)
+    ]
+    return images, labels
+
+
+def training_step(model, optimizer, precision, images, labels, device) -> None:
+    from utils.engine import autocast
+
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        loss = model(images, labels=labels).loss.float()
+    loss.backward()
+    optimizer.step()
+
+
+def synchronise(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(function, runs: int, warmup: int, device) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(runs):
+        synchronise(device)
+        start = time.perf_counter()
+        function()
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_flops(dtype, device) -> float:
+    """FLOP/s of a large square matmul: the ceiling the step's FLOP/s is compared with."""
+    import torch
+
+    n = 4096 if device.type == "cuda" else 1536
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / median_seconds(lambda: a @ b, runs=5, warmup=2, device=device)
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as file:
+        for line in file:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+class SavedTensorCounter:
+    """Peak bytes of tensors autograd saves for backward, each storage counted once while alive."""
+
+    def __init__(self):
+        self.live: dict[int, list] = {}
+        self.current = self.peak = 0
+
+    def _release(self, key: int) -> None:
+        entry = self.live[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[key]
+
+    def pack(self, tensor):
+        import weakref
+
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self.live:
+            self.live[key][1] += 1
+        else:
+            self.live[key] = [storage.nbytes(), 1]
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+        holder = _Holder(tensor)
+        weakref.finalize(holder, self._release, key)
+        return holder
+
+    @staticmethod
+    def unpack(holder):
+        return holder.tensor
+
+
+class _Holder:
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def memory_probe(config: dict, configuration: str) -> dict:
+    """One step at MEMORY_IMAGE_SIZE in this (fresh) process: peak memory and saved-tensor bytes."""
+    import torch
+
+    from utils.pipelines import choose_device
+
+    device = choose_device(config["DEVICE"])
+    model, optimizer, precision = build(config, configuration, device)
+    num_labels = len(model.detector.config.id2label)
+    small = synthetic_batch(config["BATCH_SIZE"], 128, num_labels, device)  # r18vd needs >= 300 anchors
+    training_step(model, optimizer, precision, *small, device)  # kernels, optimizer state, allocator warm
+    images, labels = synthetic_batch(config["BATCH_SIZE"], config["MEMORY_IMAGE_SIZE"], num_labels, device)
+    counter = SavedTensorCounter()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = _proc_status_kb("VmRSS") * 1024
+        with open("/proc/self/clear_refs", "w") as file:
+            file.write("5")  # reset VmHWM to the current resident size
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        training_step(model, optimizer, precision, images, labels, device)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+    else:
+        peak = _proc_status_kb("VmHWM") * 1024 - before
+    images_in_batch = config["BATCH_SIZE"]
+    return {"peak_gb_per_image": peak / images_in_batch / 1e9, "saved_gb_per_image": counter.peak / images_in_batch / 1e9}
+
+
+def measure_memory(config: dict, configuration: str) -> dict:
+    code = (
+        "import json, sys, bench\n"
+        f"print('RESULT' + json.dumps(bench.memory_probe(json.loads(sys.argv[1]), {configuration!r})))\n"
+    )
+    # Large blocks always mmapped: freed tensors go back to the system, so resident memory follows them.
+    environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True,
+                            env=environment, cwd=os.path.dirname(os.path.abspath(__file__)))
+    line = next((l for l in result.stdout.splitlines() if l.startswith("RESULT")), None)
+    if result.returncode != 0 or line is None:
+        raise RuntimeError(f"memory probe for {configuration} failed:\n{result.stderr[-2000:]}")
+    return json.loads(line[len("RESULT"):])
+
+
+def loader_rate(images: int) -> float:
+    """Images/s of one loader worker at 640x640 on generated 640x480 JPEGs."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from utils.data import benchmark_loader, build_dataset
+    from utils.synthetic import CATEGORIES, render_scene
+
+    with tempfile.TemporaryDirectory() as root:
+        folder = os.path.join(root, "val2017")
+        os.makedirs(folder)
+        os.makedirs(os.path.join(root, "annotations"))
+        entries = []
+        for index in range(images):
+            pixels, _ = render_scene(np.random.default_rng([index]), 640)
+            noise = np.random.default_rng(index).integers(-20, 20, pixels[:480].shape)  # photo-like detail
+            Image.fromarray(np.clip(pixels[:480].astype(int) + noise, 0, 255).astype(np.uint8)).save(
+                os.path.join(folder, f"{index:012d}.jpg"), quality=90)
+            entries.append({"id": index, "file_name": f"{index:012d}.jpg", "width": 640, "height": 480})
+        with open(os.path.join(root, "annotations", "instances_val2017.json"), "w") as file:
+            json.dump({"images": entries, "annotations": [], "categories": CATEGORIES}, file)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # what a DataLoader worker gets
+        try:
+            dataset = build_dataset(root, None, "val", None, image_size=640, train=True, coco_ratio=1.0, rain_ratio=0.0)
+            return benchmark_loader(dataset, images)
+        finally:
+            torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from utils.pipelines import choose_device
+
+    config = load_config(globals(), argv)
+    device = choose_device(config["DEVICE"])
+    for configuration in config["CONFIGURATIONS"]:
+        parse_configuration(configuration)
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+              "image_size": config["IMAGE_SIZE"], "batch_size": config["BATCH_SIZE"], "configurations": {}}
+    peaks = {"fp32": matmul_peak_flops(torch.float32, device), "bf16": matmul_peak_flops(torch.bfloat16, device)}
+    report["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
+    flops_per_step = None
+    for configuration in config["CONFIGURATIONS"]:
+        print(f"timing {configuration} ...", flush=True)
+        model, optimizer, precision = build(config, configuration, device)
+        batch = synthetic_batch(config["BATCH_SIZE"], config["IMAGE_SIZE"], len(model.detector.config.id2label), device)
+        if flops_per_step is None:  # FLOPs of the step without recomputation: the useful work
+            counter = FlopCounterMode(display=False)
+            with counter:
+                training_step(model, optimizer, precision, *batch, device)
+            flops_per_step = counter.get_total_flops()
+            report["gflop_per_image"] = flops_per_step / config["BATCH_SIZE"] / 1e9
+        seconds = median_seconds(lambda: training_step(model, optimizer, precision, *batch, device),
+                                 config["RUNS"], config["WARMUP"], device)
+        entry = {"step_seconds": seconds, "images_per_s": config["BATCH_SIZE"] / seconds,
+                 "tflops": flops_per_step / seconds / 1e12}
+        entry["fraction_of_matmul_peak"] = flops_per_step / seconds / peaks[precision]
+        del model, optimizer
+        if config["MEMORY_IMAGE_SIZE"]:
+            print(f"memory {configuration} at {config['MEMORY_IMAGE_SIZE']}x{config['MEMORY_IMAGE_SIZE']} ...", flush=True)
+            entry.update(measure_memory(config, configuration))
+        report["configurations"][configuration] = entry
+    baseline = report["configurations"].get("fp32")
+    if baseline:
+        for entry in report["configurations"].values():
+            entry["speedup_vs_fp32"] = entry["images_per_s"] / baseline["images_per_s"]
+
+    print("timing the conditional model's paths ...", flush=True)
+    model, _, _ = build(config, "fp32", device)
+    model.eval()
+    images, _ = synthetic_batch(1, config["IMAGE_SIZE"], 1, device)
+    with torch.inference_mode():
+        clean = median_seconds(lambda: model(images, derain=False), config["RUNS"], config["WARMUP"], device)
+        rainy = median_seconds(lambda: model(images, derain=True), config["RUNS"], config["WARMUP"], device)
+    report["conditional"] = {"clean_path_ms": 1000 * clean, "rainy_path_ms": 1000 * rainy, "clean_path_speedup": rainy / clean}
+    if config["LOADER_IMAGES"]:
+        print("timing one data loader worker ...", flush=True)
+        report["loader_images_per_s_per_worker"] = loader_rate(config["LOADER_IMAGES"])
+    print_report(report, config)
+    os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
+    path = os.path.join(config["OUTPUT_DIR"], "bench.json")
+    with open(path, "w") as file:
+        json.dump(report, file, indent=2)
+    print(f"wrote {path}")
+    return report
+
+
+def print_report(report: dict, config: dict) -> None:
+    size, memory_size = config["IMAGE_SIZE"], config["MEMORY_IMAGE_SIZE"]
+    print(f"\n{report['device']}: training step, batch {config['BATCH_SIZE']} at {size}x{size}; "
+          f"memory per image at {memory_size}x{memory_size}; {report['gflop_per_image']:.0f} GFLOP per image")
+    header = f"{'configuration':<16}{'img/s':>8}{'vs fp32':>9}{'TFLOP/s':>9}{'% peak':>8}{'peak GB':>9}{'saved GB':>10}"
+    print(header + "\n" + "-" * len(header))
+    for name, entry in report["configurations"].items():
+        print(f"{name:<16}{entry['images_per_s']:>8.3f}{entry.get('speedup_vs_fp32', float('nan')):>8.2f}x"
+              f"{entry['tflops']:>9.3f}{100 * entry['fraction_of_matmul_peak']:>7.1f}%"
+              f"{entry.get('peak_gb_per_image', float('nan')):>9.2f}{entry.get('saved_gb_per_image', float('nan')):>10.2f}")
+    peaks = report["matmul_peak_tflops"]
+    print(f"matmul peak: {peaks['fp32']:.3f} TFLOP/s fp32, {peaks['bf16']:.3f} TFLOP/s bf16")
+    conditional = report["conditional"]
+    print(f"conditional model at {size}x{size}: clean path {conditional['clean_path_ms']:.0f} ms/img, rainy path "
+          f"{conditional['rainy_path_ms']:.0f} ms/img ({conditional['clean_path_speedup']:.1f}x)")
+    if "loader_images_per_s_per_worker" in report:
+        print(f"data loader: {report['loader_images_per_s_per_worker']:.1f} images/s per worker at 640x640")
+
+
+if __name__ == "__main__":
+    main()
