@@ -1,0 +1,42 @@
+"""bench.py's measuring pieces, and a smoke run of the whole benchmark at toy size."""
+
+import json
+
+import pytest
+import torch
+
+import bench
+
+
+def test_configuration_names():
+    assert bench.parse_configuration("bf16+ckpt+cl") == {"precision": "bf16", "checkpointing": True, "channels_last": True}
+    assert bench.parse_configuration("fp32") == {"precision": "fp32", "checkpointing": False, "channels_last": False}
+    with pytest.raises(ValueError, match="'fp32' or 'bf16'"):
+        bench.parse_configuration("fp16+ckpt")
+
+
+def test_saved_tensor_counter_counts_live_saved_bytes_once_per_storage():
+    counter = bench.SavedTensorCounter()
+    weight = torch.ones(256, 256, requires_grad=True)  # 256 KiB
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        hidden = weight * weight  # saves weight (once, although twice referenced)
+        loss = (hidden.exp()).sum()  # saves exp's output
+    assert counter.peak == 2 * 256 * 256 * 4
+    loss.backward()
+    del hidden, loss
+    assert counter.current == 0  # everything released after backward
+
+
+def test_benchmark_smoke_run_writes_its_report(tmp_path):
+    report = bench.main([
+        "--IMAGE_SIZE=128", "--MEMORY_IMAGE_SIZE=128", "--RUNS=1", "--WARMUP=0", "--LOADER_IMAGES=2",
+        "--CONFIGURATIONS=['fp32', 'bf16+ckpt+cl']", "--SPDNET_N_FEATS=8", "--SPDNET_N_RESBLOCKS=1",
+        "--DEVICE=cpu", f"--OUTPUT_DIR={tmp_path}",
+    ])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    for entry in saved["configurations"].values():
+        assert entry["images_per_s"] > 0 and entry["tflops"] > 0
+        assert entry["peak_gb_per_image"] > 0 and entry["saved_gb_per_image"] > 0
+    assert saved["configurations"]["fp32"]["speedup_vs_fp32"] == 1.0
+    assert saved["conditional"]["clean_path_speedup"] > 1 and saved["loader_images_per_s_per_worker"] > 0
