@@ -91,7 +91,7 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
     probability, is_rainy, routed = torch.cat(probabilities), torch.cat(actual), torch.cat(gated_rainy)
     images_total = len(probability)
     n_rainy_path, n_clean_path = int(routed.sum()), int((~routed).sum())
-    result = {route: {m: v for m, v in evaluators[route].summarize().items()} for route in ROUTES}
+    result = {route: evaluators[route].summarize() for route in ROUTES}
     for route in ROUTES:
         result[route]["ms_per_image"] = 1000 * sum(seconds[route].values()) / images_total
     rainy_path_ms = 1000 * seconds["always"]["rainy_path"] / images_total

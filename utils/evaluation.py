@@ -130,7 +130,7 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
         {split: {PIPELINE_TITLES[n]: v for n, v in split_results.items()} for split, split_results in results.items()},
         ["AP", "AP50", "AP75"], os.path.join(output_dir, "eval_bars.png"),
     )
-    loader, _, _ = build_val_loader(dict(config, VAL_PERCENT=100, DATALOADER_WORKERS=0), pipelines.detector.config.id2label, 1.0)
+    loader, _, _ = build_val_loader(dict(config, DATALOADER_WORKERS=0), pipelines.detector.config.id2label, 1.0)
     id2label = pipelines.detector.config.id2label
     rows = []
     for batch in loader:
