@@ -1,13 +1,17 @@
 """Render rainy copies of COCO splits into the COCO_rain layout the loaders read.
 
     python Make_COCO_Rain.py                                                   # val + train, medium rain
-    python Make_COCO_Rain.py --PRESETS="['light', 'medium', 'heavy']" --VARIANTS_PER_PRESET=2
-    python Make_COCO_Rain.py --COCO_DIR=./my_images_coco --SPLITS="['val']" --LIMIT=100
+    python Make_COCO_Rain.py --PRESETS="['light', 'medium', 'heavy']" --VARIANTS_PER_PRESET=2 --WORKERS=8
+    python Make_COCO_Rain.py --COCO_DIR=./my_coco --COCO_RAIN_DIR=./my_coco_rain --SPLITS="['val']" --LIMIT=100
 
 Input: COCO_DIR/{split}2017/*.jpg and COCO_DIR/annotations/instances_{split}2017.json. Output: the
-same layout under COCO_RAIN_DIR (same file names, annotation files copied); with several variants,
-one sub-directory each (COCO_RAIN_DIR/<preset>_v<k>/...), which the training loader samples per
-image and epoch. Already rendered files are skipped, so an interrupted run just continues.
+same layout under COCO_RAIN_DIR (same file names, annotation files copied). Variants are named
+<preset>_v<k>; a single one fills COCO_RAIN_DIR itself, several get one sub-directory each
+(COCO_RAIN_DIR/<preset>_v<k>/{split}2017/...), among which the training loader picks per image and
+epoch. Each variant folder records its settings in rain_settings.json; files already rendered are
+skipped, so an interrupted run just continues (and a run with other settings into the same folder
+is refused rather than mixed). Unreadable source images are listed at the end and make the exit
+status 1; everything else is still rendered.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ COCO_RAIN_DIR = "./data/coco_rain"  # where the rainy copies go
 SPLITS = ["val", "train"]  # which splits to render ("train", "val")
 PRESETS = ["medium"]  # rain strengths: "light", "medium", "heavy"
 VARIANTS_PER_PRESET = 1  # differently seeded renderings of each preset
-WORKERS = 2  # parallel processes (each renders on one core)
-SEED = 0  # the rain of an image depends only on (SEED, image id, variant)
+WORKERS = 2  # parallel processes (each renders on one core; 0: in this process)
+SEED = 0  # the rain of an image depends only on (SEED, image id, variant name)
 JPEG_QUALITY = 95  # quality of the written JPEGs
 LIMIT = None  # render only the first LIMIT images of each split (None: all)
 
@@ -42,11 +46,14 @@ def main(argv: list[str] | None = None) -> dict:
         )
         print(
             f"{split}: wrote {report['written']} images, skipped {report['skipped']} already there, "
-            f"{report['seconds']:.1f} s, {report['images_per_second_per_worker']:.1f} images/s per worker"
+            f"{len(report['failed'])} unreadable; {report['seconds']:.1f} s, "
+            f"{report['images_per_second_per_worker']:.1f} images/s per worker", flush=True,
         )
         reports[split] = report
     return reports
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.exit(1 if any(report["failed"] for report in main().values()) else 0)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 IMAGE_SIZE = 256  # timing resolution (the CPU default keeps the run to minutes; 640 on a GPU)
 BATCH_SIZE = 1  # images per step
-RUNS = 3  # timed steps per configuration (median reported)
+RUNS = 5  # timed steps per configuration, taken round-robin (median reported)
 WARMUP = 1  # untimed steps first
 MEMORY_IMAGE_SIZE = 640  # memory is measured at this size, one step in a fresh process (0: skip)
 CONFIGURATIONS = ["fp32", "fp32+ckpt", "bf16+cl", "bf16+ckpt+cl"]  # precision [+ckpt] [+cl = channels_last]
@@ -95,9 +95,11 @@ def synchronise(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(function, runs: int, warmup: int, device) -> float:
+def median_seconds(function, runs: int, warmup: int, device) -> float | None:
     for _ in range(warmup):
         function()
+    if runs == 0:
+        return None
     times = []
     for _ in range(runs):
         synchronise(device)
@@ -168,9 +170,10 @@ def memory_probe(config: dict, configuration: str) -> dict:
     """One step at MEMORY_IMAGE_SIZE in this (fresh) process: peak memory and saved-tensor bytes."""
     import torch
 
-    from utils.pipelines import choose_device
+    from utils.pipelines import choose_device, enable_fast_cuda_math
 
     device = choose_device(config["DEVICE"])
+    enable_fast_cuda_math(device)
     model, optimizer, precision = build(config, configuration, device)
     num_labels = len(model.detector.config.id2label)
     small = synthetic_batch(config["BATCH_SIZE"], 128, num_labels, device)  # r18vd needs >= 300 anchors
@@ -247,10 +250,11 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from utils.pipelines import choose_device
+    from utils.pipelines import choose_device, enable_fast_cuda_math
 
     config = load_config(globals(), argv)
     device = choose_device(config["DEVICE"])
+    enable_fast_cuda_math(device)
     for configuration in config["CONFIGURATIONS"]:
         parse_configuration(configuration)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
@@ -265,14 +269,26 @@ def main(argv: list[str] | None = None) -> dict:
         training_step(model, optimizer, precision, *batch, device)
     flops_per_step = counter.get_total_flops()
     report["gflop_per_image"] = flops_per_step / config["BATCH_SIZE"] / 1e9
+    # Round-robin timing: this machine's speed drifts over minutes, so every configuration gets
+    # one step in turn and the medians compare like with like.
+    setups = {}
     for configuration in config["CONFIGURATIONS"]:
-        print(f"timing {configuration} ...", flush=True)
         model, optimizer, precision = build(config, configuration, device)
-        seconds = median_seconds(lambda: training_step(model, optimizer, precision, *batch, device),
-                                 config["RUNS"], config["WARMUP"], device)
+        setups[configuration] = lambda m=model, o=optimizer, p=precision: training_step(m, o, p, *batch, device)
+    print(f"timing {', '.join(setups)} round-robin ...", flush=True)
+    for step in setups.values():
+        median_seconds(step, runs=0, warmup=config["WARMUP"], device=device)
+    times = {configuration: [] for configuration in setups}
+    for _ in range(config["RUNS"]):
+        for configuration, step in setups.items():
+            times[configuration].append(median_seconds(step, runs=1, warmup=0, device=device))
+    del setups
+    for configuration, samples in times.items():
+        seconds = statistics.median(samples)
+        precision = parse_configuration(configuration)["precision"]
         entry = {"step_seconds": seconds, "images_per_s": config["BATCH_SIZE"] / seconds,
-                 "tflops": flops_per_step / seconds / 1e12}
-        entry["fraction_of_matmul_peak"] = flops_per_step / seconds / peaks[precision]
+                 "tflops": flops_per_step / seconds / 1e12,
+                 "fraction_of_matmul_peak": flops_per_step / seconds / peaks[precision]}
         if config["MEMORY_IMAGE_SIZE"]:
             print(f"memory {configuration} at {config['MEMORY_IMAGE_SIZE']}x{config['MEMORY_IMAGE_SIZE']} ...", flush=True)
             entry.update(measure_memory(config, configuration))

@@ -3,18 +3,24 @@
 Layout (COCO_RAIN_DIR mirrors COCO_DIR, rainy images under the same file names)::
 
     COCO_DIR/train2017/*.jpg  COCO_DIR/val2017/*.jpg  COCO_DIR/annotations/instances_{train,val}2017.json
-    COCO_RAIN_DIR/train2017/*.jpg  COCO_RAIN_DIR/val2017/*.jpg          (one rain variant), or
-    COCO_RAIN_DIR/<variant>/{train,val}2017/*.jpg                         (several, e.g. light_v0, heavy_v1),
-    or a list of directories, one per variant.
+    COCO_RAIN_DIR/{train,val}2017/*.jpg                  one rain variant, or
+    COCO_RAIN_DIR/<variant>/{train,val}2017/*.jpg        several (e.g. light_v0, heavy_v1: what
+                                                         Make_COCO_Rain.py writes), or
+    a list of directories (or one string joining them with os.pathsep), one per variant.
 
-A sample is ``(image, target)``: image (3, S, S) float in 0-1, a plain resize of the whole picture
+A sample is ``(image, target)``: image (3, S, S) float32 in 0-1, a plain resize of the whole picture
 to S x S as RTDetrImageProcessor does (no normalisation); target a dict with ``class_labels`` (N,)
-int64 (the detector's contiguous labels), ``boxes`` (N, 4) normalised cx, cy, w, h, ``image_id``,
-``orig_size`` (h, w), ``is_rainy``, ``variant`` and, with ``return_clean_pair``, ``clean_image``.
+int64 (the detector's contiguous labels), ``boxes`` (N, 4) float32 normalised cx, cy, w, h,
+``image_id`` int, ``orig_size`` (2,) int64 (h, w), ``is_rainy`` bool, ``variant`` int (index into
+``rain_dirs``, -1 for a clean sample) and, with ``return_clean_pair``, ``clean_image`` (3, S, S): the
+clean original under the same resize and flip. ``collate_fn`` makes ``(images (B, 3, S, S), [target,
+...])``.
 
-Decoding: PIL, which leaves EXIF orientation alone. COCO's boxes are annotated on the stored pixel
-grid (cocoapi and the official tools never apply EXIF rotation; the annotation's width and height are
-the stored ones), so applying the EXIF rotation would misplace every box of a rotated photo.
+Decoding: PIL (JPEG draft mode for large files), which leaves EXIF orientation alone. COCO's boxes
+are annotated on the stored pixel grid (cocoapi and the official tools never apply EXIF rotation; the
+annotation's width and height are the stored ones), so applying it would misplace every box of a
+rotated photo. torchvision.io makes this loader ~1.25x faster but is deprecated since torchvision 0.29
+(README: measured figures), and PIL reads every mode COCO has.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
@@ -34,35 +42,59 @@ from torchvision.transforms.v2 import functional as TF
 from utils.detector import coco_label_maps
 
 SPLIT_FOLDERS = {"train": "train2017", "val": "val2017"}
+# What a broken image file raises in PIL: unidentified or truncated files are OSErrors, some
+# corrupt headers SyntaxError or ValueError, absurd dimensions DecompressionBombError.
+UNREADABLE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def annotation_path(coco_dir: str, split: str) -> str:
     return os.path.join(coco_dir, "annotations", f"instances_{SPLIT_FOLDERS[split]}.json")
 
 
+def read_annotation_file(path: str) -> dict:
+    """A COCO annotation file, checked to exist, parse, and hold images, annotations and categories."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"annotation file {path!r} does not exist")
+    with open(path) as file:
+        try:
+            coco = json.load(file)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"annotation file {path!r} is not valid JSON: {error}") from error
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
+            raise ValueError(f"annotation file {path!r} has no {key!r} list")
+    return coco
+
+
 def rain_variant_dirs(coco_rain_dir: str | Sequence[str], split: str) -> list[str]:
     """The image folders of every rain variant for ``split``, checked to exist.
 
     ``coco_rain_dir`` is a directory with ``{split}2017/`` (one variant), a directory whose
-    sub-directories each have it (several variants, sorted by name), or a list of directories.
+    sub-directories each have it (several variants, sorted by name), or a list of directories (also
+    as one string joined with ``os.pathsep``, which a str-typed config constant can hold).
     """
     folder = SPLIT_FOLDERS[split]
+    if isinstance(coco_rain_dir, str) and os.pathsep in coco_rain_dir:
+        coco_rain_dir = [path for path in coco_rain_dir.split(os.pathsep) if path]
     if isinstance(coco_rain_dir, (list, tuple)):
         roots = list(coco_rain_dir)
     else:
         if not os.path.isdir(coco_rain_dir):
             raise FileNotFoundError(f"COCO_RAIN_DIR {coco_rain_dir!r} does not exist")
-        if os.path.isdir(os.path.join(coco_rain_dir, folder)):
-            roots = [coco_rain_dir]
-        else:
-            roots = sorted(
-                os.path.join(coco_rain_dir, name) for name in os.listdir(coco_rain_dir)
-                if os.path.isdir(os.path.join(coco_rain_dir, name, folder))
+        variants = sorted(
+            name for name in os.listdir(coco_rain_dir) if os.path.isdir(os.path.join(coco_rain_dir, name, folder))
+        )
+        direct = os.path.isdir(os.path.join(coco_rain_dir, folder))
+        if direct and variants:
+            raise ValueError(
+                f"COCO_RAIN_DIR {coco_rain_dir!r} has both its own {folder}/ and variant folders "
+                f"{variants} holding one: ambiguous; point COCO_RAIN_DIR at one of them, or list them"
             )
-            if not roots:
-                raise FileNotFoundError(
-                    f"COCO_RAIN_DIR {coco_rain_dir!r} has neither {folder}/ nor variant folders containing {folder}/"
-                )
+        if not direct and not variants:
+            raise FileNotFoundError(
+                f"COCO_RAIN_DIR {coco_rain_dir!r} has neither {folder}/ nor variant folders containing {folder}/"
+            )
+        roots = [coco_rain_dir] if direct else [os.path.join(coco_rain_dir, name) for name in variants]
     dirs = [os.path.join(root, folder) for root in roots]
     for directory in dirs:
         if not os.path.isdir(directory):
@@ -77,16 +109,45 @@ def stable_hash(*values) -> int:
 
 
 def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
-    """Decode any PIL mode (L, CMYK, RGBA, P, ...) to RGB; JPEGs decode straight at >= draft_size."""
+    """Decode any PIL mode (L, CMYK, RGBA, P, ...) to RGB, EXIF orientation not applied.
+
+    With ``draft_size``, a JPEG decodes straight at 1/2, 1/4 or 1/8 scale (DCT scaling, several
+    times faster) while staying at least ``draft_size`` on both sides. Alpha is dropped, as in
+    transformers' image processors.
+    """
     image = Image.open(path)
     if draft_size is not None and image.format == "JPEG":
-        # DCT scaling: decoding at 1/2, 1/4 or 1/8 is much faster and stays >= the requested size.
         image.draft("RGB", (draft_size, draft_size))
-    return image.convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 class CocoRainDataset(torch.utils.data.Dataset):
-    """Clean and/or rainy COCO-layout images with HF detection targets. See the module docstring."""
+    """Clean and/or rainy COCO-layout images with HF detection targets (shapes: module docstring).
+
+    Args:
+        coco_dir: COCO_DIR (``{split}2017/`` and ``annotations/``).
+        coco_rain_dir: COCO_RAIN_DIR in any form ``rain_variant_dirs`` takes; unused (may be None)
+            when ``rain_ratio`` is 0.
+        split: "train" or "val".
+        id2label: the detector's ``config.id2label``; categories are matched to it by name
+            (``coco_label_maps``). None: the annotation file's categories in order (labels unused).
+        image_size: S, the square training size.
+        train: horizontal flips, a function of (seed, epoch, image).
+        percent: PERCENT_DATASET, % of the split's images, a seeded subset (nested: 10 % of a seed
+            is part of its 20 %).
+        coco_ratio, rain_ratio: COCO_RATIO of the chosen images appear clean and RAIN_RATIO rainy;
+            the two parts are disjoint while the ratios sum to <= 1 (both 1: every image twice).
+            ``coco_ratio=1, rain_ratio=0`` is the clean split, ``0, 1`` the rainy one, both with the
+            same image ids for the same percent and seed.
+        seed: drives the subset, the flips and the per-epoch choice of rain variant.
+        return_clean_pair: add each sample's clean original as ``target["clean_image"]``.
+
+    Every file a sample needs is checked to exist (a cheap stat) before any training starts. A file
+    that cannot be decoded later is reported on stderr, counted in ``unreadable`` and its sample
+    dropped by ``collate_fn``.
+    """
 
     def __init__(
         self,
@@ -108,6 +169,8 @@ class CocoRainDataset(torch.utils.data.Dataset):
             raise ValueError(f"percent must be in (0, 100], got {percent}")
         if coco_ratio < 0 or rain_ratio < 0 or coco_ratio + rain_ratio <= 0:
             raise ValueError(f"coco_ratio and rain_ratio must be >= 0 with a positive sum, got {coco_ratio}, {rain_ratio}")
+        if rain_ratio > 0 and coco_rain_dir is None:
+            raise ValueError("rain_ratio > 0 needs COCO_RAIN_DIR")
         self.split, self.image_size, self.train, self.seed = split, image_size, train, seed
         self.return_clean_pair = return_clean_pair
         if not os.path.isdir(coco_dir):
@@ -116,41 +179,33 @@ class CocoRainDataset(torch.utils.data.Dataset):
         if not os.path.isdir(self.clean_dir):
             raise FileNotFoundError(f"clean image folder {self.clean_dir!r} does not exist")
         self.annotation_file = annotation_path(coco_dir, split)
-        if not os.path.isfile(self.annotation_file):
-            raise FileNotFoundError(f"annotation file {self.annotation_file!r} does not exist")
-        with open(self.annotation_file) as file:
-            try:
-                coco = json.load(file)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"annotation file {self.annotation_file!r} is not valid JSON: {error}") from error
-        for key in ("images", "annotations", "categories"):
-            if key not in coco:
-                raise ValueError(f"annotation file {self.annotation_file!r} has no {key!r} list")
+        coco = read_annotation_file(self.annotation_file)
 
-        if id2label is None:  # labels unused (e.g. the rain gate): the file's own categories, in order
+        if id2label is None:
             id2label = {index: category["name"] for index, category in enumerate(coco["categories"])}
         self.id2label = {int(k): v for k, v in id2label.items()}
         self.category_id_to_label, self.label_to_category_id = coco_label_maps(self.id2label, coco["categories"])
-
-        images = sorted(coco["images"], key=lambda image: image["id"])
-        self.images = {image["id"]: image for image in images}
-        self.annotations: dict[int, list] = {image["id"]: [] for image in images}
-        for annotation in coco["annotations"]:
-            if annotation["image_id"] in self.annotations:
-                self.annotations[annotation["image_id"]].append(annotation)
-
-        if rain_ratio > 0 and coco_rain_dir is None:
-            raise ValueError("rain_ratio > 0 needs COCO_RAIN_DIR")
         self.rain_dirs = rain_variant_dirs(coco_rain_dir, split) if rain_ratio > 0 else []
-        self.samples = self._choose_samples([image["id"] for image in images], percent, coco_ratio, rain_ratio)
+
+        all_ids = sorted(image["id"] for image in coco["images"])
+        self.samples = self._choose_samples(all_ids, percent, coco_ratio, rain_ratio)
+        # Only what the chosen images need, in small arrays: the full COCO json is gigabytes of Python
+        # objects that every DataLoader worker would otherwise copy.
+        chosen = {image_id for image_id, _ in self.samples}
+        self.images = {
+            image["id"]: (image["file_name"], int(image["height"]), int(image["width"]))
+            for image in coco["images"] if image["id"] in chosen
+        }
+        self.targets = self._training_targets(coco["annotations"])
+        del coco
         self._check_files_exist()
-        # Shared with DataLoader workers (persistent ones too): the epoch drives rain variant and flip.
+        # Shared with DataLoader workers, persistent ones too: set_epoch reaches them.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.unreadable = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def _choose_samples(self, image_ids: list[int], percent: float, coco_ratio: float, rain_ratio: float):
-        """(image_id, is_rainy) pairs: ``percent`` % of the images, seeded; ``coco_ratio`` of them clean,
-        ``rain_ratio`` rainy (the two parts overlap only when the ratios sum to more than 1)."""
+        """Sorted (image_id, is_rainy) pairs: the first ``percent`` % of a seeded permutation, the
+        first ``coco_ratio`` of those clean and the last ``rain_ratio`` rainy."""
         generator = torch.Generator().manual_seed(self.seed)
         order = [image_ids[i] for i in torch.randperm(len(image_ids), generator=generator).tolist()]
         chosen = order[: max(1, round(len(order) * percent / 100))] if order else []
@@ -160,10 +215,38 @@ class CocoRainDataset(torch.utils.data.Dataset):
         samples += [(image_id, True) for image_id in chosen[len(chosen) - n_rainy :]]
         return sorted(samples)
 
+    def _training_targets(self, annotations: list) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """image id -> (boxes (N, 4) float32 x, y, w, h in original pixels, labels (N,) int64).
+
+        Crowd regions, categories the detector lacks and boxes with no area inside the image are
+        left out (COCOeval still sees them all through the annotation file); images without any
+        annotation keep empty targets.
+        """
+        boxes: dict[int, list] = {image_id: [] for image_id in self.images}
+        labels: dict[int, list] = {image_id: [] for image_id in self.images}
+        for annotation in annotations:
+            image_id = annotation["image_id"]
+            if image_id not in boxes or annotation.get("iscrowd", 0):
+                continue
+            label = self.category_id_to_label.get(annotation["category_id"])
+            if label is None:
+                continue
+            _, height, width = self.images[image_id]
+            x, y, w, h = annotation["bbox"]
+            x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)
+            if x1 > x0 and y1 > y0:
+                boxes[image_id].append([x0, y0, x1 - x0, y1 - y0])
+                labels[image_id].append(label)
+        return {
+            image_id: (np.asarray(boxes[image_id], np.float32).reshape(-1, 4), np.asarray(labels[image_id], np.int64))
+            for image_id in self.images
+        }
+
     def _check_files_exist(self) -> None:
-        """Every listed clean image, and every rainy one in every variant, must exist (a cheap stat)."""
+        """Every file a sample can read must exist: its clean image (when shown or paired) and its
+        rainy copy in every variant."""
         for image_id, is_rainy in self.samples:
-            file_name = self.images[image_id]["file_name"]
+            file_name = self.images[image_id][0]
             folders = self.rain_dirs if is_rainy else []
             if not is_rainy or self.return_clean_pair:
                 folders = [self.clean_dir, *folders]
@@ -174,7 +257,8 @@ class CocoRainDataset(torch.utils.data.Dataset):
                     raise FileNotFoundError(f"{kind} {path!r} is listed in {self.annotation_file} but missing")
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose this epoch's rain variants and flips (seen by persistent workers too)."""
+        """Choose this epoch's rain variants and flips. Call it before iterating the loader: it writes
+        shared memory, which persistent workers read at every sample."""
         self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
@@ -192,69 +276,51 @@ class CocoRainDataset(torch.utils.data.Dataset):
     def flips(self, image_id: int, epoch: int) -> bool:
         return self.train and stable_hash("flip", self.seed, epoch, image_id) % 2 == 1
 
-    def targets_of(self, image_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training targets in original pixels: boxes (N, 4) x, y, w, h and labels (N,).
-
-        Crowd regions, categories the detector lacks, and boxes with no area inside the image are
-        left out (COCOeval still sees them all through the annotation file).
-        """
-        info = self.images[image_id]
-        boxes, labels = [], []
-        for annotation in self.annotations[image_id]:
-            if annotation.get("iscrowd", 0) or annotation["category_id"] not in self.category_id_to_label:
-                continue
-            x, y, w, h = annotation["bbox"]
-            x0, y0 = max(0.0, x), max(0.0, y)
-            x1, y1 = min(float(info["width"]), x + w), min(float(info["height"]), y + h)
-            if x1 - x0 <= 0 or y1 - y0 <= 0:
-                continue
-            boxes.append([x0, y0, x1 - x0, y1 - y0])
-            labels.append(self.category_id_to_label[annotation["category_id"]])
-        return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(labels, dtype=torch.int64)
-
-    def _load(self, path: str) -> torch.Tensor:
+    def _read(self, path: str, flip: bool) -> torch.Tensor:
+        """(3, S, S) float32 in 0-1: decoded, resized (from whatever size draft decoding gave), flipped."""
         with load_rgb(path, draft_size=self.image_size) as image:
-            return TF.pil_to_tensor(image)
+            pixels = TF.pil_to_tensor(image)
+        pixels = TF.resize(pixels, [self.image_size, self.image_size], antialias=True)
+        if flip:
+            pixels = TF.horizontal_flip(pixels)
+        # The uint8 resize returns channels-last strides: converting after .contiguous() is 2x faster.
+        return pixels.contiguous().to(torch.float32).div_(255.0)
 
     def __getitem__(self, index: int):
         image_id, is_rainy = self.samples[index]
-        info = self.images[image_id]
+        file_name, height, width = self.images[image_id]
         epoch = int(self._epoch)
         variant = self.variant_of(image_id, epoch) if is_rainy else -1
-        path = os.path.join(self.rain_dirs[variant] if is_rainy else self.clean_dir, info["file_name"])
+        flip = self.flips(image_id, epoch)
+        path = os.path.join(self.rain_dirs[variant] if is_rainy else self.clean_dir, file_name)
         try:
-            image = self._load(path)
-            clean = self._load(os.path.join(self.clean_dir, info["file_name"])) if self.return_clean_pair else None
-        except (OSError, SyntaxError, ValueError) as error:
-            # Never a crash hours in: report, count, and let the collate function drop the sample.
+            image = clean = self._read(path, flip)
+            if self.return_clean_pair and is_rainy:
+                path = os.path.join(self.clean_dir, file_name)
+                clean = self._read(path, flip)
+        except UNREADABLE_ERRORS as error:
+            # Never a crash hours in: report, count, and let collate_fn drop the sample.
             self.unreadable += 1
             print(f"warning: skipping unreadable image {path}: {error}", file=sys.stderr, flush=True)
             return None
 
-        xywh, labels = self.targets_of(image_id)
-        height, width = int(info["height"]), int(info["width"])
-        boxes = tv_tensors.BoundingBoxes(xywh, format="XYWH", canvas_size=(height, width))
-        size = [self.image_size, self.image_size]
-        # Decoding may have used JPEG draft scaling, so the image is resized from whatever it is; the
-        # boxes from the annotation's size. Both end on the same S x S canvas.
-        image, boxes = TF.resize(image, size, antialias=True), TF.resize(boxes, size)
-        if clean is not None:
-            clean = TF.resize(clean, size, antialias=True)
-        if self.flips(image_id, epoch):
-            image, boxes = TF.horizontal_flip(image), TF.horizontal_flip(boxes)
-            clean = TF.horizontal_flip(clean) if clean is not None else None
+        xywh, labels = self.targets[image_id]
+        boxes = tv_tensors.BoundingBoxes(torch.from_numpy(xywh), format="XYWH", canvas_size=(height, width))
+        boxes = TF.resize(boxes, [self.image_size, self.image_size])
+        if flip:
+            boxes = TF.horizontal_flip(boxes)
         boxes = TF.convert_bounding_box_format(boxes, new_format=tv_tensors.BoundingBoxFormat.CXCYWH)
         target = {
-            "class_labels": labels,
+            "class_labels": torch.from_numpy(labels),
             "boxes": boxes.as_subclass(torch.Tensor) / self.image_size,
             "image_id": image_id,
             "orig_size": torch.tensor([height, width]),
             "is_rainy": is_rainy,
             "variant": variant,
         }
-        if clean is not None:
-            target["clean_image"] = clean.float() / 255.0
-        return image.float() / 255.0, target
+        if self.return_clean_pair:
+            target["clean_image"] = clean
+        return image, target
 
 
 # The factory name the scripts use (DETR's build_dataset); the class takes the same arguments.
@@ -264,7 +330,8 @@ build_dataset = CocoRainDataset
 def collate_fn(batch: list):
     """Samples -> (images (B, 3, S, S), [target, ...]); unreadable samples (None) are dropped.
 
-    Returns None when every sample of the batch was unreadable.
+    Returns None when every sample of the batch was unreadable. Clean pairs stay in the targets:
+    ``torch.stack([t["clean_image"] for t in targets])``.
     """
     batch = [sample for sample in batch if sample is not None]
     if not batch:
@@ -274,41 +341,69 @@ def collate_fn(batch: list):
 
 
 def loader_settings(workers: int, device: torch.device) -> dict:
-    """DataLoader keyword arguments that keep an accelerator fed."""
+    """DataLoader keyword arguments that keep an accelerator fed: ``workers`` processes that stay
+    alive across epochs (set_epoch still reaches them) with 4 batches each in flight, pinned memory
+    for asynchronous host-to-GPU copies."""
     settings = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers > 0:
         settings.update(persistent_workers=True, prefetch_factor=4)
     return settings
 
 
-def check_split(dataset: CocoRainDataset, show_progress: bool = True) -> list[str]:
-    """Fully decode every file the dataset can read (clean and every rain variant): the problems found."""
+def check_file(path: str, expected_size: tuple[int, int]) -> str | None:
+    """Fully decode one file: None if fine, else the problem (missing, unreadable, wrong size)."""
+    try:
+        with load_rgb(path) as image:
+            image.load()
+            if image.size != expected_size:
+                return (
+                    f"{path}: stored size {image.size[0]}x{image.size[1]} differs from the annotation's "
+                    f"{expected_size[0]}x{expected_size[1]}"
+                )
+    except FileNotFoundError:
+        return f"{path}: missing"
+    except UNREADABLE_ERRORS as error:
+        return f"{path}: unreadable ({type(error).__name__}: {error})"
+    return None
+
+
+def _check_job(job: tuple) -> str | None:
+    return check_file(*job)
+
+
+def check_split(dataset: CocoRainDataset, workers: int | None = None, show_progress: bool = True) -> list[str]:
+    """Fully decode every file the dataset can read (clean and every rain variant): the problems found.
+
+    Every file must decode and have the annotation's width x height (the boxes live on that grid).
+    ``workers``: processes, None = one per CPU core, 0 = this process only.
+    """
+    from multiprocessing import get_context
+
     from tqdm import tqdm
 
-    problems = []
-    image_ids = sorted({image_id for image_id, _ in dataset.samples})
     folders = [dataset.clean_dir, *dataset.rain_dirs]
-    for image_id in tqdm(image_ids, desc=f"checking {dataset.split}", disable=not show_progress, dynamic_ncols=True):
-        info = dataset.images[image_id]
-        for folder in folders:
-            path = os.path.join(folder, info["file_name"])
-            try:
-                with Image.open(path) as image:
-                    image.load()
-                    if folder == dataset.clean_dir and image.size != (info["width"], info["height"]):
-                        problems.append(
-                            f"{path}: stored size {image.size[0]}x{image.size[1]} differs from the annotation's "
-                            f"{info['width']}x{info['height']}"
-                        )
-            except FileNotFoundError:
-                problems.append(f"{path}: missing")
-            except (OSError, SyntaxError, ValueError) as error:
-                problems.append(f"{path}: unreadable ({error})")
+    jobs = [
+        (os.path.join(folder, file_name), (width, height))
+        for file_name, height, width in (dataset.images[i] for i in sorted(dataset.images))
+        for folder in folders
+    ]
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    problems = []
+    with ExitStack() as stack:
+        if workers > 0:
+            pool = stack.enter_context(get_context().Pool(workers))
+            results = pool.imap(_check_job, jobs, chunksize=64)
+        else:
+            results = map(_check_job, jobs)
+        for problem in tqdm(results, total=len(jobs), desc=f"checking {dataset.split}", unit="file",
+                            disable=not show_progress, dynamic_ncols=True):
+            if problem is not None:
+                problems.append(problem)
     return problems
 
 
 def benchmark_loader(dataset: CocoRainDataset, images: int = 200) -> float:
-    """Images per second one worker (this process) delivers: decode, resize, targets."""
+    """Images per second one worker (this process) delivers: decode, resize, flip, targets."""
     count = min(images, len(dataset))
     for index in range(min(5, count)):  # warm the page cache and the allocator
         dataset[index]

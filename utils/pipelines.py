@@ -16,6 +16,14 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def enable_fast_cuda_math(device: torch.device) -> None:
+    """TF32 matmuls and convolutions plus cudnn autotuning on CUDA (fixed-size training inputs)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
 def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int):
     """SPDNet of the given size, with ``weights`` (a path or None for random init) loaded.
 

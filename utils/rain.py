@@ -1,97 +1,132 @@
 """Synthetic rain: streaks plus rain accumulation (veiling haze), vectorised.
 
-Streaks: sparse bright noise -> motion blur along a random angle -> threshold, in two layers (near:
-long and bright, far: short and faint). Accumulation follows the heavy-rain model
+Streaks: sparse random drops (thresholded uniform noise) -> motion blur along the wind direction with
+a tapered profile -> threshold (crisp ends) -> a 3x3 soften (anti-aliased, ~1.5 px wide), in two
+layers: near (long, bright, dense) and far (short, faint, at almost the same angle). Accumulation
+follows the heavy-rain model
 
     O = t * (B + S) + (1 - t) * A
 
-with background B, streak layer S, transmission t < 1 and atmospheric light A. Every random choice
-comes from ``numpy.random.default_rng([seed, image_id, variant])``, so a rendered image depends on
-those three numbers alone, whichever worker renders it and in which order.
+with background B, streak layer S, transmission t < 1 (lower towards the top of the picture, a
+stand-in for depth) and atmospheric light A. Every random choice comes from
+``rain_rng(seed, image_id, variant)``, so a rendered image depends on those three alone (the variant
+is its name, e.g. ``"heavy_v1"``), whichever worker renders it, in which order, and whatever other
+variants the same run renders.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+
+# Bumped whenever the renderer's output changes, so a resume never mixes two renderers' rain.
+RENDERER_VERSION = 2
+SETTINGS_FILE = "rain_settings.json"
 
 
 @dataclass(frozen=True)
 class RainPreset:
-    density: float  # fraction of pixels seeding a near streak
+    density: float  # fraction of pixels seeding a near streak (the far layer gets 1.4x as many)
     length: float  # near streak length, as a fraction of the image's shorter side
     brightness: float  # streak intensity added before the haze, 0-1
-    transmission: float  # t of the haze model: 1 = no haze
-    angle_range: float  # streaks lean up to this many degrees from vertical
+    transmission: float  # t of the haze model at the top of the picture: 1 = no haze
+    angle_range: float  # the wind leans streaks up to this many degrees from vertical
 
 
 PRESETS = {
-    "light": RainPreset(density=0.0025, length=0.035, brightness=0.55, transmission=0.92, angle_range=20.0),
-    "medium": RainPreset(density=0.005, length=0.05, brightness=0.75, transmission=0.82, angle_range=25.0),
-    "heavy": RainPreset(density=0.009, length=0.07, brightness=0.9, transmission=0.68, angle_range=30.0),
+    "light": RainPreset(density=0.0025, length=0.035, brightness=0.6, transmission=0.9, angle_range=15.0),
+    "medium": RainPreset(density=0.005, length=0.05, brightness=0.8, transmission=0.78, angle_range=20.0),
+    "heavy": RainPreset(density=0.009, length=0.07, brightness=0.95, transmission=0.62, angle_range=25.0),
 }
 
 
-def rain_rng(seed: int, image_id: int, variant: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(image_id), int(variant)])
+def rain_rng(seed: int, image_id: int, variant: str) -> np.random.Generator:
+    """The random stream of one rainy rendering: a function of (seed, image id, variant name) only."""
+    variant_code = int.from_bytes(hashlib.blake2b(str(variant).encode(), digest_size=8).digest(), "little")
+    return np.random.default_rng([int(seed), int(image_id), variant_code])
 
 
 def motion_blur(drops: torch.Tensor, length: int, angle_degrees: float) -> torch.Tensor:
-    """Smear (H, W) drops along a line of ``length`` px at ``angle`` from vertical (mean of shifts).
+    """Smear (H, W) drops along a ``length`` px line at ``angle`` from vertical, tapered at both ends.
 
-    A line kernel has only ``length`` non-zero taps, so summing that many shifted copies is an
-    order of magnitude cheaper than a dense length x length convolution. Shifts wrap around the
-    border, which for a random streak field is invisible.
+    A lone drop becomes a streak as bright as the drop in its middle, fading towards its ends. A
+    line kernel has only ``length`` non-zero taps, so summing that many shifted copies is an order
+    of magnitude cheaper than a dense length x length convolution. Shifts wrap around the border,
+    which for a random streak field is invisible.
     """
     angle = math.radians(angle_degrees)
-    offsets = torch.arange(length, dtype=torch.float64) - (length - 1) / 2
-    shifts = {(round(float(t) * math.cos(angle)), round(float(t) * math.sin(angle))) for t in offsets}
+    half = (length - 1) / 2
+    taps: dict[tuple[int, int], float] = {}
+    for offset in np.linspace(-half, half, length):
+        shift = (round(offset * math.cos(angle)), round(offset * math.sin(angle)))
+        taps[shift] = max(taps.get(shift, 0.0), 1.0 - (abs(offset) / (half + 1)) ** 3)
     smeared = torch.zeros_like(drops)
-    for dy, dx in shifts:
-        smeared += torch.roll(drops, shifts=(dy, dx), dims=(0, 1))
-    return smeared / len(shifts)
+    for (dy, dx), weight in taps.items():
+        smeared.add_(torch.roll(drops, shifts=(dy, dx), dims=(0, 1)), alpha=weight)
+    return smeared
 
 
-def streak_layer(height: int, width: int, preset: RainPreset, rng: np.random.Generator, scale: float) -> torch.Tensor:
-    """(H, W) streaks in 0-1 for one layer; ``scale`` shrinks density, length and brightness for far rain."""
-    short_side = min(height, width)
-    angle = rng.uniform(-preset.angle_range, preset.angle_range)
-    length = max(3, round(preset.length * short_side * scale))
-    seeds = torch.from_numpy(rng.random((height, width), dtype=np.float32))
-    drops = (seeds < preset.density * (2.0 - scale)).float() * torch.from_numpy(
-        rng.uniform(0.6, 1.0, size=(height, width)).astype(np.float32)
-    )
-    # Average over the streak, then scale back up: a lone drop becomes a line of its own brightness,
-    # overlapping drops saturate; the threshold removes the faint fringes left by near-misses.
-    blurred = motion_blur(drops, length, angle) * length
-    streaks = torch.where(blurred > 0.15, blurred, torch.zeros_like(blurred))
-    return (streaks * preset.brightness * scale).clamp(0, 1)
+_SOFTEN_KERNEL = (torch.tensor([1.0, 2.0, 1.0])[:, None] * torch.tensor([1.0, 2.0, 1.0])[None, :] / 16.0)[None, None]
+
+
+def streak_layer(
+    height: int, width: int, preset: RainPreset, angle: float, rng: np.random.Generator, scale: float
+) -> torch.Tensor:
+    """(H, W) streaks >= 0 for one layer; ``scale`` < 1 makes far rain: shorter, fainter, denser."""
+    # At least 10 px (near): shorter streaks read as drizzle dots on small images.
+    length = round(max(10.0, preset.length * min(height, width)) * scale)
+    seeded = torch.from_numpy(rng.random((height, width), dtype=np.float32) < preset.density * (2.4 - 1.4 * scale))
+    drops = torch.zeros(height, width)
+    drops[seeded] = torch.from_numpy(rng.uniform(0.6, 1.0, size=int(seeded.sum())).astype(np.float32))
+    streaks = motion_blur(drops, length, angle)
+    # The taper leaves long faint tails; cutting them gives streaks with definite ends.
+    streaks = torch.where(streaks > 0.25, streaks, torch.zeros_like(streaks))
+    return streaks * preset.brightness * scale
+
+
+def soften(layer: torch.Tensor) -> torch.Tensor:
+    """3x3 binomial blur of an (H, W) layer, times 2 to restore a thin line's peak.
+
+    Rounded shifts draw jagged 1 px lines; this anti-aliases them into ~1.5 px streaks.
+    """
+    return F.conv2d(layer[None, None], _SOFTEN_KERNEL, padding=1)[0, 0] * 2.0
+
+
+def resolve_preset(preset: str | RainPreset) -> RainPreset:
+    if isinstance(preset, RainPreset):
+        return preset
+    if preset not in PRESETS:
+        raise ValueError(f"rain preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    return PRESETS[preset]
 
 
 def render_rain(image: np.ndarray, preset: str | RainPreset, rng: np.random.Generator) -> np.ndarray:
     """Rainy copy of an (H, W, 3) uint8 RGB image, same shape and dtype."""
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"rain preset must be one of {sorted(PRESETS)}, got {preset!r}")
-        preset = PRESETS[preset]
+    preset = resolve_preset(preset)
     height, width = image.shape[:2]
-    background = torch.from_numpy(image.astype(np.float32)) / 255.0
-    streaks = streak_layer(height, width, preset, rng, 1.0) + streak_layer(height, width, preset, rng, 0.6)
-    # The haze is denser far away; a vertical gradient is the cheapest stand-in for depth.
-    depth = torch.linspace(1.0, 0.6, height)[:, None, None]
+    background = torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0)
+    wind = rng.uniform(-preset.angle_range, preset.angle_range)  # one wind for the whole scene
+    near = streak_layer(height, width, preset, wind, rng, 1.0)
+    far = streak_layer(height, width, preset, wind + rng.uniform(-4.0, 4.0), rng, 0.6)
+    streaks = soften(near + far).clamp_(0, 1)[..., None]
+    depth = torch.linspace(1.0, 0.6, height)[:, None, None]  # haze is densest at the (distant) top
     transmission = 1.0 - (1.0 - preset.transmission) * depth * rng.uniform(0.85, 1.15)
     atmosphere = float(rng.uniform(0.75, 0.95))
-    rainy = transmission * (background + streaks[..., None]) + (1.0 - transmission) * atmosphere
-    return (rainy.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
+    rainy = transmission * (background + streaks) + (1.0 - transmission) * atmosphere
+    return rainy.clamp_(0, 1).mul_(255.0).add_(0.5).to(torch.uint8).numpy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,8 +136,7 @@ def render_rain(image: np.ndarray, preset: str | RainPreset, rng: np.random.Gene
 def variant_names(presets: Sequence[str], variants_per_preset: int) -> list[str]:
     """One name per rain variant: ``<preset>_v<k>``."""
     for preset in presets:
-        if preset not in PRESETS:
-            raise ValueError(f"rain preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        resolve_preset(preset)
     if variants_per_preset < 1:
         raise ValueError(f"variants per preset must be >= 1, got {variants_per_preset}")
     return [f"{preset}_v{k}" for preset in presets for k in range(variants_per_preset)]
@@ -113,17 +147,63 @@ def variant_root(coco_rain_dir: str, names: Sequence[str], name: str) -> str:
     return coco_rain_dir if len(names) == 1 else os.path.join(coco_rain_dir, name)
 
 
-def _render_one(job: tuple) -> int:
+def claim_variant_root(root: str, name: str, seed: int, split_folder: str) -> None:
+    """Record which rain ``root`` holds, or refuse when it already holds different or unknown rain.
+
+    Resuming skips files that exist, so rendering into a folder made with another seed, preset or
+    renderer would silently mix two kinds of rain.
+    """
+    settings = {"variant": name, "seed": int(seed), "renderer_version": RENDERER_VERSION}
+    path = os.path.join(root, SETTINGS_FILE)
+    if os.path.isfile(path):
+        with open(path) as file:
+            existing = json.load(file)
+        if existing != settings:
+            raise ValueError(
+                f"{root!r} holds rain rendered with {existing}, this run asks for {settings}: "
+                "choose another COCO_RAIN_DIR, or delete that folder to render it again"
+            )
+        return
+    images = os.path.join(root, split_folder)
+    if os.path.isdir(images) and os.listdir(images):
+        raise ValueError(
+            f"{images!r} already holds files but {root!r} has no {SETTINGS_FILE}, so their rain is unknown: "
+            "choose another COCO_RAIN_DIR, or delete that folder"
+        )
+    os.makedirs(root, exist_ok=True)
+    with open(path + ".tmp", "w") as file:
+        json.dump(settings, file)
+    os.replace(path + ".tmp", path)
+
+
+def copy_if_changed(source: str, destination: str) -> None:
+    """Copy atomically (with the source's mtime), skipping an identical copy from an earlier run."""
+    if os.path.isfile(destination):
+        src, dst = os.stat(source), os.stat(destination)
+        if (src.st_size, src.st_mtime_ns) == (dst.st_size, dst.st_mtime_ns):
+            return
+    shutil.copy2(source, destination + ".tmp")
+    os.replace(destination + ".tmp", destination)
+
+
+def render_file(job: tuple) -> tuple[str, str | None]:
+    """Render one rainy file. Returns (status, error): "written", "skipped" or "failed"."""
     source, destination, preset, seed, image_id, variant, quality = job
     if os.path.exists(destination):
-        return 0  # resumable: what a previous run finished is kept
-    with Image.open(source) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    rainy = render_rain(pixels, preset, rain_rng(seed, image_id, variant))
+        return "skipped", None  # resumable: what a previous run finished is kept
     temporary = f"{destination}.tmp{os.getpid()}"
-    Image.fromarray(rainy).save(temporary, format="JPEG", quality=quality)
-    os.replace(temporary, destination)
-    return 1
+    try:
+        with Image.open(source) as image:
+            pixels = np.asarray(image.convert("RGB"))  # EXIF orientation untouched, as in the loader
+        rainy = render_rain(pixels, preset, rain_rng(seed, image_id, variant))
+        Image.fromarray(rainy).save(temporary, format="JPEG", quality=quality)
+        os.replace(temporary, destination)
+        return "written", None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return "failed", f"{source}: {type(error).__name__}: {error}"
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 def _init_worker() -> None:
@@ -145,55 +225,68 @@ def make_rainy_split(
 ) -> dict:
     """Render rainy copies of ``coco_dir/split_folder`` for every variant, and copy the annotations.
 
-    Files already present are skipped (resume), each is written to a temporary name and renamed.
-    Returns {"written": n, "skipped": n, "seconds": s, "images_per_second_per_worker": r}.
+    Variants are named ``<preset>_v<k>``; one variant is written straight into ``coco_rain_dir``,
+    several into ``coco_rain_dir/<name>/`` each (``{split_folder}/`` + ``annotations/`` inside).
+    Files already present are skipped (resume); each is written to a temporary name and renamed.
+    An unreadable source image is reported and counted, and the others are still rendered.
+
+    Returns:
+        {"written": n, "skipped": n, "failed": [message, ...], "seconds": s,
+        "images_per_second_per_worker": rate of the files written}.
     """
     from multiprocessing import get_context
 
     from tqdm import tqdm
 
+    from utils.data import read_annotation_file
+
     source_dir = os.path.join(coco_dir, split_folder)
     if not os.path.isdir(source_dir):
         raise FileNotFoundError(f"image folder {source_dir!r} does not exist")
-    if not os.path.isfile(annotation_file):
-        raise FileNotFoundError(f"annotation file {annotation_file!r} does not exist")
-    with open(annotation_file) as file:
-        images = json.load(file)["images"]
-    if limit is not None:
-        images = images[:limit]
+    images = read_annotation_file(annotation_file)["images"][:limit]
     names = variant_names(presets, variants_per_preset)
+    single_there = any(os.path.exists(os.path.join(coco_rain_dir, entry)) for entry in (SETTINGS_FILE, split_folder))
+    if len(names) > 1 and single_there:
+        raise ValueError(
+            f"{coco_rain_dir!r} holds one rain variant itself; several variants go into sub-directories, "
+            "which the loader could not tell apart from it: choose another COCO_RAIN_DIR"
+        )
     jobs = []
-    for variant_index, name in enumerate(names):
+    for name in names:
         root = variant_root(coco_rain_dir, names, name)
+        claim_variant_root(root, name, seed, split_folder)
         os.makedirs(os.path.join(root, split_folder), exist_ok=True)
         os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-        shutil.copyfile(annotation_file, os.path.join(root, "annotations", os.path.basename(annotation_file)))
+        copy_if_changed(annotation_file, os.path.join(root, "annotations", os.path.basename(annotation_file)))
         preset = name.rsplit("_v", 1)[0]
         for image in images:
             source = os.path.join(source_dir, image["file_name"])
             if not os.path.isfile(source):
                 raise FileNotFoundError(f"image {source!r} is listed in {annotation_file} but missing")
             destination = os.path.join(root, split_folder, image["file_name"])
-            jobs.append((source, destination, preset, seed, image["id"], variant_index, quality))
+            jobs.append((source, destination, preset, seed, image["id"], name, quality))
 
     start = time.perf_counter()
-    progress = tqdm(total=len(jobs), desc=f"rain {split_folder}", unit="img", disable=not show_progress, dynamic_ncols=True)
-    written = 0
-    if workers > 0:
-        with get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-            for done in pool.imap_unordered(_render_one, jobs, chunksize=16):
-                written += done
-                progress.update(1)
-    else:
-        previous_threads = torch.get_num_threads()
-        _init_worker()
-        try:
-            for job in jobs:
-                written += _render_one(job)
-                progress.update(1)
-        finally:
-            torch.set_num_threads(previous_threads)
-    progress.close()
+    counts, failed = {"written": 0, "skipped": 0, "failed": 0}, []
+    with ExitStack() as stack:
+        if workers > 0:
+            pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=_init_worker))
+            results = pool.imap_unordered(render_file, jobs, chunksize=16)
+        else:
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            _init_worker()
+            results = map(render_file, jobs)
+        for status, error in tqdm(results, total=len(jobs), desc=f"rain {split_folder}", unit="img",
+                                  disable=not show_progress, dynamic_ncols=True):
+            counts[status] += 1
+            if error is not None:
+                failed.append(error)
+    for message in failed:
+        print(f"warning: could not render {message}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
-    rate = written / seconds / max(1, workers) if written else 0.0
-    return {"written": written, "skipped": len(jobs) - written, "seconds": seconds, "images_per_second_per_worker": rate}
+    rate = counts["written"] / seconds / max(1, workers) if counts["written"] else 0.0
+    return {
+        "written": counts["written"], "skipped": counts["skipped"], "failed": failed, "seconds": seconds,
+        "images_per_second_per_worker": rate,
+    }
+

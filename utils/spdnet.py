@@ -119,11 +119,11 @@ class HaarIDWT(_HaarFilterBuffers):
 # Building blocks (official names in comments where ours differ)
 
 
-def run_maybe_checkpointed(module: nn.Module, enabled: bool, *inputs: torch.Tensor):
-    """``module(*inputs)``, recomputed in backward instead of stored when ``enabled`` and training."""
+def run_maybe_checkpointed(function, enabled: bool, *inputs: torch.Tensor):
+    """``function(*inputs)``, recomputed in backward instead of stored when ``enabled`` and training."""
     if enabled and torch.is_grad_enabled():
-        return checkpoint(module, *inputs, use_reentrant=False)
-    return module(*inputs)
+        return checkpoint(function, *inputs, use_reentrant=False)
+    return function(*inputs)
 
 
 def residue_channel(x: torch.Tensor) -> torch.Tensor:
@@ -299,17 +299,27 @@ class WaveletStage(nn.Module):
         grouped = x.reshape(batch, channels // 4, 4, height, width)
         return self.IDWT(grouped[:, :, 0], grouped[:, :, 1:])
 
-    def forward(self, x: torch.Tensor, residue_features: torch.Tensor) -> torch.Tensor:
+    def _encode(self, x: torch.Tensor, residue_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prior guidance, then the three scales: (B, n, H, W), (B, n, H/2, W/2), (B, n, H/4, W/4)."""
         x, residue_features = self.prior(x, residue_features)
         scale1 = self.fuse_res(torch.cat((x, residue_features), dim=1))
         scale2 = self.DWT_2(self._to_subband_channels(scale1))
         scale3 = self.DWT_3(self._to_subband_channels(scale2))
-        for column in (1, 2, 3):
-            scale1 = run_maybe_checkpointed(getattr(self, f"branch1_{column}"), self.checkpoint_groups, scale1)
-            scale2 = run_maybe_checkpointed(getattr(self, f"branch2_{column}"), self.checkpoint_groups, scale2)
-            scale3 = run_maybe_checkpointed(getattr(self, f"branch3_{column}"), self.checkpoint_groups, scale3)
+        return scale1, scale2, scale3
+
+    def _decode(self, scale1: torch.Tensor, scale2: torch.Tensor, scale3: torch.Tensor) -> torch.Tensor:
+        """Inverse DWTs and fusion back to the finest scale: (B, n, H, W)."""
         scale2 = self.fuse23(self._from_subband_channels(self.IDWT_3(scale3)), scale2)
         return self.fuse12(self._from_subband_channels(self.IDWT_2(scale2)), scale1)
+
+    def forward(self, x: torch.Tensor, residue_features: torch.Tensor) -> torch.Tensor:
+        segmented = self.checkpoint_groups  # each piece below recomputed on its own in backward
+        scale1, scale2, scale3 = run_maybe_checkpointed(self._encode, segmented, x, residue_features)
+        for column in (1, 2, 3):
+            scale1 = run_maybe_checkpointed(getattr(self, f"branch1_{column}"), segmented, scale1)
+            scale2 = run_maybe_checkpointed(getattr(self, f"branch2_{column}"), segmented, scale2)
+            scale3 = run_maybe_checkpointed(getattr(self, f"branch3_{column}"), segmented, scale3)
+        return run_maybe_checkpointed(self._decode, segmented, scale1, scale2, scale3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,26 +360,41 @@ class SPDNet(nn.Module):
     @gradient_checkpointing.setter
     def gradient_checkpointing(self, enabled: bool) -> None:
         # Two nested levels: each stage keeps only its inputs during forward, and while a stage is
-        # recomputed in backward its residual groups (most of its activations) are recomputed again,
-        # so at most one stage's non-group activations and one group's are alive at a time.
+        # recomputed in backward its residual groups and encode / decode pieces are recomputed once
+        # more, so one stage's boundary tensors and one piece's activations are alive at a time.
         self._gradient_checkpointing = bool(enabled)
         for stage in (1, 2, 3):
             getattr(self, f"res_extra{stage}").checkpoint_groups = bool(enabled)
             getattr(self, f"sub{stage}").checkpoint_groups = bool(enabled)
 
-    def _stage(self, stage: int, features: torch.Tensor, previous_output: torch.Tensor) -> torch.Tensor:
+    def _wavelet_stage(self, stage: int, features: torch.Tensor, previous_output: torch.Tensor) -> torch.Tensor:
         residue = residue_channel(previous_output).expand(-1, 3, -1, -1)
-        residue_features = run_maybe_checkpointed(getattr(self, f"res_extra{stage}"), self._gradient_checkpointing, residue)
-        return run_maybe_checkpointed(getattr(self, f"sub{stage}"), self._gradient_checkpointing, features, residue_features)
+        return getattr(self, f"sub{stage}")(features, getattr(self, f"res_extra{stage}")(residue))
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_init2(self.conv_init1(x))
+
+    def _stage1(self, x_init: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x1 = self._wavelet_stage(1, x_init, x)
+        return x1, self.output1(x1)
+
+    def _stage2(self, x_init: torch.Tensor, x1: torch.Tensor, out1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x2 = self._wavelet_stage(2, self.ag1(torch.cat((x1, x_init), dim=1)), out1)
+        return x2, self.output2(self.ag2_en(torch.cat((x2, x1), dim=1)))
+
+    def _stage3(self, x_init: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, out2: torch.Tensor) -> torch.Tensor:
+        x3 = self._wavelet_stage(3, self.ag2(torch.cat((x2, x1, x_init), dim=1)), out2)
+        return self.output3(self.ag_en(torch.cat((x3, x2, x1), dim=1)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x_init = self.conv_init2(self.conv_init1(x))
-        x1 = self._stage(1, x_init, x)
-        out1 = self.output1(x1)
-        x2 = self._stage(2, self.ag1(torch.cat((x1, x_init), dim=1)), out1)
-        out2 = self.output2(self.ag2_en(torch.cat((x2, x1), dim=1)))
-        x3 = self._stage(3, self.ag2(torch.cat((x2, x1, x_init), dim=1)), out2)
-        out3 = self.output3(self.ag_en(torch.cat((x3, x2, x1), dim=1)))
+        # With checkpointing, only the tensors passed between these four calls stay alive through
+        # the forward pass; each stage (its 64-96-channel concatenations included) is recomputed
+        # in backward, and inside it each residual group and encode/decode piece once more.
+        segmented = self._gradient_checkpointing
+        x_init = run_maybe_checkpointed(self._stem, segmented, x)
+        x1, out1 = run_maybe_checkpointed(self._stage1, segmented, x_init, x)
+        x2, out2 = run_maybe_checkpointed(self._stage2, segmented, x_init, x1, out1)
+        out3 = run_maybe_checkpointed(self._stage3, segmented, x_init, x1, x2, out2)
         return out3, out2, out1
 
 

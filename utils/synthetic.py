@@ -4,34 +4,40 @@ Scenes are textured gradient backgrounds with 1-``max_objects`` shapes of six cl
 colours, sizes and positions (overlaps allowed, up to IoU 0.3), with exact boxes. They are written
 as COCO_DIR (``{train,val}2017/*.jpg`` + ``annotations/instances_*.json``) and rendered rainy into
 COCO_RAIN_DIR by the same code as Make_COCO_Rain.py, so they go through the very loader real COCO
-goes through. Everything is a function of the seed.
+goes through. Everything is a function of the seed. The category names (``SHAPES``) are the
+detector's labels: ``ID2LABEL`` is its ``id2label``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from utils.rain import make_rainy_split
+from utils.rain import RENDERER_VERSION, make_rainy_split
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 CATEGORIES = [{"id": index + 1, "name": name, "supercategory": "shape"} for index, name in enumerate(SHAPES)]
+ID2LABEL = dict(enumerate(SHAPES))
+# Bumped whenever scenes change, so that a world built by older code is rebuilt rather than reused.
+WORLD_VERSION = 1
+WORLD_FILE = "world.json"
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A two-colour gradient at a random angle plus low-frequency texture. (size, size, 3) uint8."""
-    start, end = rng.uniform(20, 235, size=3), rng.uniform(20, 235, size=3)
+    start, end = rng.uniform(20, 235, size=3).astype(np.float32), rng.uniform(20, 235, size=3).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
-    ys, xs = np.mgrid[0:size, 0:size] / max(1, size - 1)
-    ramp = (xs * np.cos(angle) + ys * np.sin(angle))
-    ramp = (ramp - ramp.min()) / max(1e-6, np.ptp(ramp))
-    image = start + (end - start) * ramp[..., None]
-    coarse = rng.normal(0, 18, size=(8, 8, 3))
-    texture = np.asarray(Image.fromarray(coarse.astype(np.float32).mean(-1)).resize((size, size), Image.BICUBIC))
-    image += texture[..., None] + rng.normal(0, 4, size=(size, size, 1))
+    axis = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    ramp = axis[None, :] * np.float32(np.cos(angle)) + axis[:, None] * np.float32(np.sin(angle))
+    ramp = (ramp - ramp.min()) / max(1e-6, float(np.ptp(ramp)))
+    coarse = rng.normal(0, 10, size=(8, 8)).astype(np.float32)
+    texture = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BICUBIC))
+    grain = rng.standard_normal((size, size), dtype=np.float32) * 4
+    image = start + (end - start) * ramp[..., None] + (texture + grain)[..., None]
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -89,15 +95,23 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int = 6, min_
     return np.asarray(image), objects
 
 
+def _write_json(path: str, content) -> None:
+    with open(path + ".tmp", "w") as file:
+        json.dump(content, file)
+    os.replace(path + ".tmp", path)
+
+
 def write_coco_split(coco_dir: str, split_folder: str, num_images: int, size: int, seed: int, first_id: int,
-                     max_objects: int = 6) -> str:
+                     max_objects: int = 6, show_progress: bool = True) -> str:
     """Render ``num_images`` scenes into COCO_DIR/split_folder and write its annotation file."""
+    from tqdm import tqdm
+
     image_dir = os.path.join(coco_dir, split_folder)
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(os.path.join(coco_dir, "annotations"), exist_ok=True)
     images, annotations = [], []
-    for index in range(num_images):
-        image_id = first_id + index
+    for image_id in tqdm(range(first_id, first_id + num_images), desc=f"scenes {split_folder}", unit="img",
+                         disable=not show_progress, dynamic_ncols=True):
         pixels, objects = render_scene(np.random.default_rng([seed, image_id]), size, max_objects)
         file_name = f"{image_id:012d}.jpg"
         Image.fromarray(pixels).save(os.path.join(image_dir, file_name), quality=95)
@@ -108,10 +122,7 @@ def write_coco_split(coco_dir: str, split_folder: str, num_images: int, size: in
                 "area": bbox[2] * bbox[3], "iscrowd": 0,
             })
     path = os.path.join(coco_dir, "annotations", f"instances_{split_folder}.json")
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump({"images": images, "annotations": annotations, "categories": CATEGORIES}, file)
-    os.replace(temporary, path)
+    _write_json(path, {"images": images, "annotations": annotations, "categories": CATEGORIES})
     return path
 
 
@@ -127,12 +138,39 @@ def build_synthetic_world(
     workers: int = 0,
     show_progress: bool = True,
 ) -> dict[str, str]:
-    """Write ``root/coco`` and ``root/coco_rain``; returns {"coco_dir": ..., "coco_rain_dir": ...}."""
-    coco_dir, coco_rain_dir = os.path.join(root, "coco"), os.path.join(root, "coco_rain")
+    """Write ``root/coco`` and ``root/coco_rain``; returns {"coco_dir": ..., "coco_rain_dir": ...}.
+
+    Train image ids are 1..num_train, val ids 1,000,000 onwards; image_size x image_size JPEGs. A root
+    whose ``world.json`` records these very settings is reused as it is (a demo can call this every
+    run); a world of other settings, or an unfinished one, is deleted and built again. A root with
+    ``coco/`` or ``coco_rain/`` but no ``world.json`` is not ours to delete: FileExistsError.
+    """
+    paths = {"coco_dir": os.path.join(root, "coco"), "coco_rain_dir": os.path.join(root, "coco_rain")}
+    settings = {
+        "num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed,
+        "rain_presets": list(rain_presets), "variants_per_preset": variants_per_preset, "max_objects": max_objects,
+        "world_version": WORLD_VERSION, "rain_renderer_version": RENDERER_VERSION,
+    }
+    manifest = os.path.join(root, WORLD_FILE)
+    if os.path.isfile(manifest):
+        with open(manifest) as file:
+            if json.load(file) == {**settings, "complete": True}:
+                if show_progress:
+                    print(f"synthetic world in {root} already built with these settings: reused", flush=True)
+                return paths
+    elif any(os.path.exists(path) for path in paths.values()):
+        raise FileExistsError(f"{root!r} holds coco/ or coco_rain/ but no {WORLD_FILE}: not a synthetic world, left alone")
+    for path in paths.values():
+        shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(root, exist_ok=True)
+    _write_json(manifest, {**settings, "complete": False})
     for split_folder, count, first_id in (("train2017", num_train, 1), ("val2017", num_val, 1_000_000)):
-        annotation_file = write_coco_split(coco_dir, split_folder, count, image_size, seed, first_id, max_objects)
-        make_rainy_split(
-            coco_dir, coco_rain_dir, split_folder, annotation_file, rain_presets, variants_per_preset, seed=seed,
-            workers=workers, show_progress=show_progress,
+        annotation_file = write_coco_split(
+            paths["coco_dir"], split_folder, count, image_size, seed, first_id, max_objects, show_progress
         )
-    return {"coco_dir": coco_dir, "coco_rain_dir": coco_rain_dir}
+        make_rainy_split(
+            paths["coco_dir"], paths["coco_rain_dir"], split_folder, annotation_file, rain_presets, variants_per_preset,
+            seed=seed, workers=workers, show_progress=show_progress,
+        )
+    _write_json(manifest, {**settings, "complete": True})
+    return paths

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from utils.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
 from utils.engine import TrainState, check_precision, evaluate, train_one_epoch
 from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
-from utils.pipelines import build_spdnet, choose_device
+from utils.pipelines import build_spdnet, choose_device, enable_fast_cuda_math
 
 CHECKPOINT_NAME = "checkpoint.pt"
 ADAPTED_NAME = "spdnet_adapted.pt"
@@ -78,10 +78,7 @@ def setup_run(config: dict) -> Run:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    enable_fast_cuda_math(device)
     seed_everything(config["SEED"])
     os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
     return Run(device=device, rank=rank, world_size=world_size, output_dir=config["OUTPUT_DIR"])
