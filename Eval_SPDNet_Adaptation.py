@@ -29,8 +29,10 @@ DATALOADER_WORKERS = 4  # data loading processes
 NUM_EXAMPLES = 4  # rows of the qualitative picture
 SEED = 42  # the validation subset when VAL_PERCENT < 100
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where spdnet_adapted.pt is and results go
+PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
 from utils.config import load_config  # noqa: E402
+from Make_Demo import prepare_demo_if_asked  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     from utils.pipelines import choose_device
 
     config = load_config(globals(), argv)
+    prepare_demo_if_asked(config, argv)
     device = choose_device(config["DEVICE"])
     pipelines = evaluation.build_three_pipelines(config, device)
     id2label = pipelines.detector.config.id2label

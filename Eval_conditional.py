@@ -29,8 +29,10 @@ DEVICE = "auto"  # "auto", "cuda", "cpu", ...
 DATALOADER_WORKERS = 4  # data loading processes
 SEED = 42  # the validation subset and the mixed split's choice of rainy images
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the weights are and results go
+PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
 from utils.config import load_config  # noqa: E402
+from Make_Demo import prepare_demo_if_asked  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     from utils.pipelines import choose_device
 
     config = load_config(globals(), argv)
+    prepare_demo_if_asked(config, argv)
     device = choose_device(config["DEVICE"])
     model = conditional_eval.build_conditional_model(config, device)
     results = {}

@@ -25,8 +25,10 @@ SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record i
 PRECISION = "fp32"  # "fp32" or "bf16"
 DEVICE = "auto"  # "auto", "cuda", "cpu", ...
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the trained weights are
+PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
 from utils.config import load_config  # noqa: E402
+from Make_Demo import prepare_demo_if_asked  # noqa: E402
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from utils.visualize import draw_detections
 
     config = load_config(globals(), argv)
+    prepare_demo_if_asked(config, argv)
     files = list_images(config["INPUT"])
     output = config["OUTPUT"] or os.path.join(config["OUTPUT_DIR"], "inference")
     os.makedirs(output, exist_ok=True)

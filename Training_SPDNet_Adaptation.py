@@ -50,12 +50,14 @@ DATALOADER_WORKERS = 8  # data loading processes per GPU
 SEED = 42  # seeds the subset, the data order, the rain variants and the initialisation
 # ---- output
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # checkpoints, spdnet_adapted.pt, logs and plots
+PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 RESUME = False  # continue from OUTPUT_DIR/checkpoint.pt
 CHECKPOINT_EVERY_STEPS = 200  # also checkpoint every this many optimizer steps (None: per epoch only)
 LOG_EVERY_STEPS = 10  # optimizer steps per line in training_log.jsonl
 EVAL_BEFORE_TRAINING = True  # score the starting SPDNet first, as the "epoch 0" baseline
 
 from utils.config import load_config  # noqa: E402  (the constants above come first, as users read them)
+from Make_Demo import prepare_demo_if_asked  # noqa: E402
 
 
 class StopRequested:
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     from utils.detector import model_state_lines
 
     config = load_config(globals(), argv)
+    prepare_demo_if_asked(config, argv)
     training.check_config(config)
     run = training.setup_run(config)
     model = training.build_model(config, run.device)

@@ -22,6 +22,13 @@ from utils.rain import RENDERER_VERSION, make_rainy_split
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 CATEGORIES = [{"id": index + 1, "name": name, "supercategory": "shape"} for index, name in enumerate(SHAPES)]
 ID2LABEL = dict(enumerate(SHAPES))
+
+
+def world_id2label(num_classes: int = len(SHAPES)) -> dict[int, str]:
+    """The labels of a world drawing only the first ``num_classes`` shapes: its detector's id2label."""
+    if not 1 <= num_classes <= len(SHAPES):
+        raise ValueError(f"num_classes must be in 1..{len(SHAPES)}, got {num_classes}")
+    return dict(enumerate(SHAPES[:num_classes]))
 # Bumped whenever scenes change, so that a world built by older code is rebuilt rather than reused.
 WORLD_VERSION = 1
 WORLD_FILE = "world.json"
@@ -68,7 +75,7 @@ def _iou(a, b) -> float:
 
 
 def render_scene(rng: np.random.Generator, size: int, max_objects: int = 6, min_fraction: float = 0.12,
-                 max_fraction: float = 0.35) -> tuple[np.ndarray, list[tuple[int, list[float]]]]:
+                 max_fraction: float = 0.35, num_classes: int = len(SHAPES)) -> tuple[np.ndarray, list[tuple[int, list[float]]]]:
     """One scene: (size, size, 3) uint8 and [(category_id, [x, y, w, h]), ...] with exact boxes."""
     image = Image.fromarray(_background(rng, size))
     draw = ImageDraw.Draw(image)
@@ -86,7 +93,7 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int = 6, min_
                 break
         else:
             continue
-        category = int(rng.integers(0, len(SHAPES)))
+        category = int(rng.integers(0, num_classes))
         colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
         # PIL draws inclusive of the end pixel: the drawn extent is exactly [x0, x0 + w) x [y0, y0 + h).
         _draw_shape(draw, SHAPES[category], (x0, y0, x0 + w - 1, y0 + h - 1), colour)
@@ -102,7 +109,7 @@ def _write_json(path: str, content) -> None:
 
 
 def write_coco_split(coco_dir: str, split_folder: str, num_images: int, size: int, seed: int, first_id: int,
-                     max_objects: int = 6, show_progress: bool = True) -> str:
+                     max_objects: int = 6, show_progress: bool = True, num_classes: int = len(SHAPES)) -> str:
     """Render ``num_images`` scenes into COCO_DIR/split_folder and write its annotation file."""
     from tqdm import tqdm
 
@@ -112,7 +119,7 @@ def write_coco_split(coco_dir: str, split_folder: str, num_images: int, size: in
     images, annotations = [], []
     for image_id in tqdm(range(first_id, first_id + num_images), desc=f"scenes {split_folder}", unit="img",
                          disable=not show_progress, dynamic_ncols=True):
-        pixels, objects = render_scene(np.random.default_rng([seed, image_id]), size, max_objects)
+        pixels, objects = render_scene(np.random.default_rng([seed, image_id]), size, max_objects, num_classes=num_classes)
         file_name = f"{image_id:012d}.jpg"
         Image.fromarray(pixels).save(os.path.join(image_dir, file_name), quality=95)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
@@ -122,7 +129,7 @@ def write_coco_split(coco_dir: str, split_folder: str, num_images: int, size: in
                 "area": bbox[2] * bbox[3], "iscrowd": 0,
             })
     path = os.path.join(coco_dir, "annotations", f"instances_{split_folder}.json")
-    _write_json(path, {"images": images, "annotations": annotations, "categories": CATEGORIES})
+    _write_json(path, {"images": images, "annotations": annotations, "categories": CATEGORIES[:num_classes]})
     return path
 
 
@@ -135,6 +142,7 @@ def build_synthetic_world(
     rain_presets: tuple[str, ...] = ("medium",),
     variants_per_preset: int = 1,
     max_objects: int = 6,
+    num_classes: int = len(SHAPES),
     workers: int = 0,
     show_progress: bool = True,
 ) -> dict[str, str]:
@@ -149,6 +157,7 @@ def build_synthetic_world(
     settings = {
         "num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed,
         "rain_presets": list(rain_presets), "variants_per_preset": variants_per_preset, "max_objects": max_objects,
+        "num_classes": num_classes,
         "world_version": WORLD_VERSION, "rain_renderer_version": RENDERER_VERSION,
     }
     manifest = os.path.join(root, WORLD_FILE)
@@ -166,7 +175,7 @@ def build_synthetic_world(
     _write_json(manifest, {**settings, "complete": False})
     for split_folder, count, first_id in (("train2017", num_train, 1), ("val2017", num_val, 1_000_000)):
         annotation_file = write_coco_split(
-            paths["coco_dir"], split_folder, count, image_size, seed, first_id, max_objects, show_progress
+            paths["coco_dir"], split_folder, count, image_size, seed, first_id, max_objects, show_progress, num_classes
         )
         make_rainy_split(
             paths["coco_dir"], paths["coco_rain_dir"], split_folder, annotation_file, rain_presets, variants_per_preset,

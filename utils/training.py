@@ -376,8 +376,9 @@ def adapted_weights(config: dict, model: IntegratedModel, epoch: int, metrics: d
     """What spdnet_adapted.pt holds: SPDNet's weights plus what they were trained for."""
     return {
         "spdnet": model.spdnet.state_dict(),
-        "n_feats": config["SPDNET_N_FEATS"],
-        "n_resblocks": config["SPDNET_N_RESBLOCKS"],
+        # The model's own size: a weights file that records its size wins over SPDNET_N_FEATS.
+        "n_feats": model.spdnet.n_feats,
+        "n_resblocks": model.spdnet.n_resblocks,
         "config": dict(config),
         "detector": config["DETECTOR"],
         "detector_fingerprint": model.detector_fingerprint(),

@@ -1,0 +1,27 @@
+# The CPU demo: every script on the synthetic world that Make_Demo.py builds (or reuses) first.
+#   python Training_SPDNet_Adaptation.py configs/demo.py
+#   python Eval_SPDNet_Adaptation.py configs/demo.py
+#   python Eval_conditional.py configs/demo.py
+PREPARE_DEMO = True  # build or reuse the world, detector, original SPDNet and rain gate (Make_Demo.py)
+DEMO_DIR = "./outputs_spdnet_adaptation/demo"
+OUTPUT_DIR = DEMO_DIR  # adapted SPDNet, logs, results and pictures next to the world
+COCO_DIR = DEMO_DIR + "/data/coco"
+COCO_RAIN_DIR = DEMO_DIR + "/data/coco_rain"
+DETECTOR = DEMO_DIR + "/detector"  # stands in for PekingU/rtdetr_r18vd
+SPDNET_WEIGHTS = DEMO_DIR + "/spdnet_original.pt"  # stands in for the official SPDNet weights
+RAIN_DETECTOR_WEIGHTS = DEMO_DIR + "/rain_detector.pt"  # the gate Make_Demo.py trains
+SPDNET_N_FEATS = 8  # the demo SPDNet's size (also recorded in its weights file)
+SPDNET_N_RESBLOCKS = 1
+IMAGE_SIZE = 128
+PERCENT_DATASET = 25  # 500 of the 2,000 rainy training scenes: one pass of 63 steps
+VAL_PERCENT = 100
+NUM_EPOCHS = 1
+BATCH_SIZE = 8
+GRADIENT_ACCUMULATION_STEPS = 1
+LEARNING_RATE = 1e-3
+WARMUP_STEPS = 5
+CHECKPOINT_EVERY_STEPS = 25
+LOG_EVERY_STEPS = 5
+GRADIENT_CHECKPOINTING = False  # 128 px images fit easily; recomputation would only cost time
+DATALOADER_WORKERS = 1
+EVAL_BEFORE_TRAINING = False  # Eval_SPDNet_Adaptation.py scores the original SPDNet anyway
