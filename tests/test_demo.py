@@ -53,7 +53,7 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
     assert build_spdnet(os.path.join(root, "spdnet_original.pt"), 32, 3).n_feats == 8
 
     results = Eval_SPDNet_Adaptation.main([DEMO_CONFIG, smoke])
-    assert set(results["rainy"]) == {"vanilla", "original", "adapted"} and "clean" in results
+    assert set(results["rainy"]) == {"vanilla", "original", "adapted"}
     assert os.path.isfile(os.path.join(root, "eval_results.json"))
     conditional = Eval_conditional.main([DEMO_CONFIG, smoke])
     assert set(conditional) >= {"clean", "rainy", "mixed"}

@@ -75,12 +75,30 @@ def _endless(loader: DataLoader, dataset):
         epoch += 1
 
 
+def optimise(model, optimizer, loss_of_batch, batches, steps: int, clip_norm: float, description: str) -> None:
+    """``steps`` AdamW steps on ``loss_of_batch(images, targets)`` with a one-cycle schedule and
+    gradient clipping, under a progress bar (the loss read back only every 20 steps)."""
+    max_lr = optimizer.param_groups[0]["lr"]
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps)
+    progress = tqdm(range(steps), desc=description, dynamic_ncols=True)
+    for step in progress:
+        loss = loss_of_batch(*next(batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        optimizer.step()
+        scheduler.step()
+        if step % 20 == 0 or step == steps - 1:
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+
+
 def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch.device, workers: int) -> dict:
     """Train a small RT-DETR on the clean training split; save it to ``output_dir``; score clean val.
 
-    ``settings`` holds the world's settings (its ``num_classes`` are the labels), image_size, seed, steps, batch_size, learning_rate and the model's sizes
-    (base_width, d_model, decoder_layers, num_queries, num_denoising). Train mode (denoising queries
-    on), AdamW with a one-cycle schedule and gradient clipping at 0.1, as RT-DETR's own recipe.
+    ``settings`` holds the world's settings (its ``num_classes`` give the labels), image_size, seed,
+    steps, batch_size, learning_rate and the model's sizes (base_width, d_model, decoder_layers,
+    num_queries, num_denoising). Train mode (denoising queries on), AdamW with a one-cycle schedule
+    and gradient clipping at 0.1, as RT-DETR's own recipe.
     Returns the clean-val COCO metrics.
     """
     torch.manual_seed(settings["seed"])
@@ -98,18 +116,11 @@ def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch
                             coco_ratio=1.0, rain_ratio=0.0, seed=settings["seed"])
     batches = _endless(_loader(dataset, settings["batch_size"], settings["seed"], workers, device), dataset)
     optimizer = torch.optim.AdamW(detector.parameters(), lr=settings["learning_rate"], weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings["learning_rate"], total_steps=settings["steps"])
-    progress = tqdm(range(settings["steps"]), desc="demo detector (clean images)", dynamic_ncols=True)
-    for step in progress:
-        images, targets = next(batches)
-        loss = detector(pixel_values=images.to(device), labels=detector_targets(targets, device)).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(detector.parameters(), 0.1)
-        optimizer.step()
-        scheduler.step()
-        if step % 20 == 0 or step == settings["steps"] - 1:
-            progress.set_postfix(loss=f"{loss.item():.3f}")
+
+    def detection_loss(images, targets):
+        return detector(pixel_values=images.to(device), labels=detector_targets(targets, device)).loss
+
+    optimise(detector, optimizer, detection_loss, batches, settings["steps"], 0.1, "demo detector (clean images)")
     detector.eval()
     staging = output_dir.rstrip("/") + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -168,21 +179,14 @@ def train_original_spdnet(settings: dict, coco_dir: str, coco_rain_dir: str, pat
                             coco_ratio=0.0, rain_ratio=1.0, seed=settings["seed"], return_clean_pair=True)
     batches = _endless(_loader(dataset, settings["batch_size"], settings["seed"], workers, device), dataset)
     optimizer = torch.optim.AdamW(spdnet.parameters(), lr=settings["learning_rate"], weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings["learning_rate"], total_steps=settings["steps"])
     generator = torch.Generator().manual_seed(settings["seed"])
-    progress = tqdm(range(settings["steps"]), desc="demo SPDNet (pixel MSE)", dynamic_ncols=True)
-    for step in progress:
-        images, targets = next(batches)
+
+    def pixel_loss(images, targets):
         clean = torch.stack([t["clean_image"] for t in targets])
         rainy_crop, clean_crop = random_crops(images, clean, settings["crop_size"], generator)
-        loss = deraining_loss(spdnet(rainy_crop.to(device) * 255.0), clean_crop.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(spdnet.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if step % 20 == 0 or step == settings["steps"] - 1:
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+        return deraining_loss(spdnet(rainy_crop.to(device) * 255.0), clean_crop.to(device))
+
+    optimise(spdnet, optimizer, pixel_loss, batches, settings["steps"], 1.0, "demo SPDNet (pixel MSE)")
     spdnet.eval()
     atomic_save({"spdnet": spdnet.state_dict(), "n_feats": spdnet.n_feats, "n_resblocks": spdnet.n_resblocks,
                  "demo_settings": settings}, path)
