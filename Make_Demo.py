@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
     import os
     import time
 
-    from utils.demo import MANIFEST, is_built, read_manifest, train_detector, train_original_spdnet, write_manifest
+    from utils.checkpoint import atomic_write_json
+    from utils.demo import MANIFEST, is_built, read_manifest, train_detector, train_original_spdnet
     from utils.pipelines import choose_device
     from utils.synthetic import build_synthetic_world
 
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"demo detector: reused {paths['detector']} (clean val {read_manifest(manifest)['clean_val']})", flush=True)
     else:
         metrics = train_detector(detector, paths["coco_dir"], paths["detector"], device, workers)
-        write_manifest(manifest, {"settings": detector, "clean_val": {k: metrics[k] for k in ("AP", "AP50")}})
+        atomic_write_json(manifest, {"settings": detector, "clean_val": {k: metrics[k] for k in ("AP", "AP50")}})
         print(f"demo detector: clean val AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}", flush=True)
 
     spdnet = {
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"demo original SPDNet: reused {paths['spdnet']} ({read_manifest(manifest)['rainy_val']})", flush=True)
     else:
         quality = train_original_spdnet(spdnet, paths["coco_dir"], paths["coco_rain_dir"], paths["spdnet"], device, workers)
-        write_manifest(manifest, {"settings": spdnet, "rainy_val": quality})
+        atomic_write_json(manifest, {"settings": spdnet, "rainy_val": quality})
         print(f"demo original SPDNet: rainy val PSNR {quality['rainy_psnr_db']:.2f} dB -> "
               f"{quality['derained_psnr_db']:.2f} dB derained", flush=True)
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"--NUM_EPOCHS={gate['epochs']}", "--BATCH_SIZE=32", f"--DATALOADER_WORKERS={workers}",
             f"--SEED={seed}", f"--DEVICE={config['DEMO_DEVICE']}",
         ])
-        write_manifest(manifest, {"settings": gate, "result": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}})
+        atomic_write_json(manifest, {"settings": gate, "result": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}})
     print(f"demo world ready in {config['DEMO_DIR']} ({time.perf_counter() - start:.0f} s)", flush=True)
     return paths
 

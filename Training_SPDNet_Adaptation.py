@@ -42,7 +42,7 @@ MAX_STEPS = None  # stop (resumably) after this many optimizer steps in all (Non
 # ---- precision and speed
 FP16 = False  # refused: SPDNet overflows fp16 (use PRECISION = "bf16")
 PRECISION = "fp32"  # "fp32" or "bf16" (autocast; weights and loss stay fp32)
-GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.8 -> 3.5 GB per 640² image at 0.81x speed (bench.py)
+GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.8 -> 2.1 GB per 640² image at 0.63x speed (bench.py, CPU)
 CHANNELS_LAST = False  # SPDNet in NHWC memory layout (faster convolutions, bf16 above all)
 # ---- system
 DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"

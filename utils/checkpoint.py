@@ -25,6 +25,15 @@ def atomic_save(obj, path: str) -> None:
         raise
 
 
+def atomic_write_json(path: str, content) -> None:
+    """Write JSON to a temporary name, then rename: a reader never sees half a file."""
+    import json
+
+    with open(path + ".tmp", "w") as file:
+        json.dump(content, file, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def load_checkpoint(path: str) -> dict:
     """A checkpoint written by this project, loaded with ``weights_only=True`` onto the CPU."""
     if not os.path.isfile(path):

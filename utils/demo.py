@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from utils.checkpoint import atomic_save
+from utils.coco_eval import load_coco
 from utils.data import build_dataset, collate_fn, loader_settings
 from utils.detector import load_detector, small_rtdetr_config
 from utils.engine import detector_targets, evaluate
@@ -41,12 +42,6 @@ def read_manifest(path: str) -> dict | None:
         return None
     with open(path) as file:
         return json.load(file)
-
-
-def write_manifest(path: str, content: dict) -> None:
-    with open(path + ".tmp", "w") as file:
-        json.dump(content, file, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def is_built(manifest_path: str, settings: dict, outputs: Sequence[str]) -> bool:
@@ -136,13 +131,8 @@ def score_detector(detector_dir: str, coco_dir: str, image_size: int, device: to
     dataset = build_dataset(coco_dir, None, "val", detector.config.id2label, image_size=image_size,
                             coco_ratio=1.0, rain_ratio=0.0)
     loader = DataLoader(dataset, batch_size=16, collate_fn=collate_fn, **loader_settings(workers, device))
-    from pycocotools.coco import COCO
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(dataset.annotation_file)
-    model = IntegratedModel(SPDNet(2, 1), detector).to(device)
+    coco_gt = load_coco(dataset.annotation_file)
+    model = IntegratedModel(SPDNet(2, 1), detector).to(device)  # derain=False below: SPDNet never runs
     with torch.no_grad():
         return evaluate(model, loader, coco_gt, dataset.label_to_category_id, device=device, derain=False,
                         description="demo detector clean val")

@@ -17,6 +17,7 @@ import shutil
 import numpy as np
 from PIL import Image, ImageDraw
 
+from utils.checkpoint import atomic_write_json
 from utils.rain import RENDERER_VERSION, make_rainy_split
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
@@ -102,12 +103,6 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int = 6, min_
     return np.asarray(image), objects
 
 
-def _write_json(path: str, content) -> None:
-    with open(path + ".tmp", "w") as file:
-        json.dump(content, file)
-    os.replace(path + ".tmp", path)
-
-
 def write_coco_split(coco_dir: str, split_folder: str, num_images: int, size: int, seed: int, first_id: int,
                      max_objects: int = 6, show_progress: bool = True, num_classes: int = len(SHAPES)) -> str:
     """Render ``num_images`` scenes into COCO_DIR/split_folder and write its annotation file."""
@@ -129,7 +124,7 @@ def write_coco_split(coco_dir: str, split_folder: str, num_images: int, size: in
                 "area": bbox[2] * bbox[3], "iscrowd": 0,
             })
     path = os.path.join(coco_dir, "annotations", f"instances_{split_folder}.json")
-    _write_json(path, {"images": images, "annotations": annotations, "categories": CATEGORIES[:num_classes]})
+    atomic_write_json(path, {"images": images, "annotations": annotations, "categories": CATEGORIES[:num_classes]})
     return path
 
 
@@ -172,7 +167,7 @@ def build_synthetic_world(
     for path in paths.values():
         shutil.rmtree(path, ignore_errors=True)
     os.makedirs(root, exist_ok=True)
-    _write_json(manifest, {**settings, "complete": False})
+    atomic_write_json(manifest, {**settings, "complete": False})
     for split_folder, count, first_id in (("train2017", num_train, 1), ("val2017", num_val, 1_000_000)):
         annotation_file = write_coco_split(
             paths["coco_dir"], split_folder, count, image_size, seed, first_id, max_objects, show_progress, num_classes
@@ -181,5 +176,5 @@ def build_synthetic_world(
             paths["coco_dir"], paths["coco_rain_dir"], split_folder, annotation_file, rain_presets, variants_per_preset,
             seed=seed, workers=workers, show_progress=show_progress,
         )
-    _write_json(manifest, {**settings, "complete": True})
+    atomic_write_json(manifest, {**settings, "complete": True})
     return paths
