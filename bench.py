@@ -95,11 +95,9 @@ def synchronise(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(function, runs: int, warmup: int, device) -> float | None:
+def median_seconds(function, runs: int, warmup: int, device) -> float:
     for _ in range(warmup):
         function()
-    if runs == 0:
-        return None
     times = []
     for _ in range(runs):
         synchronise(device)
@@ -277,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
         setups[configuration] = lambda m=model, o=optimizer, p=precision: training_step(m, o, p, *batch, device)
     print(f"timing {', '.join(setups)} round-robin ...", flush=True)
     for step in setups.values():
-        median_seconds(step, runs=0, warmup=config["WARMUP"], device=device)
+        for _ in range(config["WARMUP"]):
+            step()
     times = {configuration: [] for configuration in setups}
     for _ in range(config["RUNS"]):
         for configuration, step in setups.items():

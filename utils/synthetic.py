@@ -24,15 +24,16 @@ SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 CATEGORIES = [{"id": index + 1, "name": name, "supercategory": "shape"} for index, name in enumerate(SHAPES)]
 ID2LABEL = dict(enumerate(SHAPES))
 
+# Bumped whenever scenes change, so that a world built by older code is rebuilt rather than reused.
+WORLD_VERSION = 1
+WORLD_FILE = "world.json"
+
 
 def world_id2label(num_classes: int = len(SHAPES)) -> dict[int, str]:
     """The labels of a world drawing only the first ``num_classes`` shapes: its detector's id2label."""
     if not 1 <= num_classes <= len(SHAPES):
         raise ValueError(f"num_classes must be in 1..{len(SHAPES)}, got {num_classes}")
     return dict(enumerate(SHAPES[:num_classes]))
-# Bumped whenever scenes change, so that a world built by older code is rebuilt rather than reused.
-WORLD_VERSION = 1
-WORLD_FILE = "world.json"
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
