@@ -23,7 +23,7 @@ SPDNET_N_RESBLOCKS = 3  # residual blocks of the original SPDNet
 ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
 # ---- run
 BATCH_SIZE = 8  # images per batch
-PRECISION = "fp32"  # "fp32" or "bf16"
+PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = "auto"  # "auto", "cuda", "cpu", ...
 DATALOADER_WORKERS = 4  # data loading processes
 NUM_EXAMPLES = 4  # rows of the qualitative picture

@@ -24,7 +24,7 @@ SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
 # ---- run
 BATCH_SIZE = 8  # images per batch (split by the gate inside)
-PRECISION = "fp32"  # "fp32" or "bf16"
+PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = "auto"  # "auto", "cuda", "cpu", ...
 DATALOADER_WORKERS = 4  # data loading processes
 SEED = 42  # the validation subset and the mixed split's choice of rainy images

@@ -22,7 +22,7 @@ RAIN_DETECTOR_WEIGHTS = None  # the rain gate (None: OUTPUT_DIR/rain_detector.pt
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
 # ---- run
-PRECISION = "fp32"  # "fp32" or "bf16"
+PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = "auto"  # "auto", "cuda", "cpu", ...
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the trained weights are
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)

@@ -41,7 +41,7 @@ MAX_NONFINITE_IN_A_ROW = 20  # stop when this many micro-batches in a row give a
 MAX_STEPS = None  # stop (resumably) after this many optimizer steps in all (None: run every epoch)
 # ---- precision and speed
 FP16 = False  # refused: SPDNet overflows fp16 (use PRECISION = "bf16")
-PRECISION = "fp32"  # "fp32" or "bf16" (autocast; weights and loss stay fp32)
+PRECISION = "fp32"  # "fp32" or "bf16" (autocast for SPDNet; the detector, its loss and all weights stay fp32)
 GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.8 -> 2.1 GB per 640² image at 0.63x speed (bench.py, CPU)
 CHANNELS_LAST = False  # SPDNet in NHWC memory layout (faster convolutions, bf16 above all)
 # ---- system

@@ -1,11 +1,13 @@
 """Measure the adaptation training step: speed, memory and FLOP/s per configuration (nanoGPT-style bench).
 
-    python bench.py                                   # CPU defaults: timing at 256x256, memory at 640x640
+    python bench.py                                   # CPU defaults: timing at 192x192, memory at 320x320 (~5 min)
+    python bench.py --MEMORY_IMAGE_SIZE=640           # memory measured at 640x640 itself (minutes more)
     python bench.py --IMAGE_SIZE=640 --BATCH_SIZE=2   # on a GPU
 
 For each configuration (fp32, fp32 + activation checkpointing, bf16 + channels_last, bf16 +
 checkpointing + channels_last) it times the full step (forward, backward, optimizer) after warm-up,
-median of RUNS; measures memory in a fresh process per configuration at MEMORY_IMAGE_SIZE; counts
+median of RUNS; measures memory in a fresh process per configuration at MEMORY_IMAGE_SIZE and
+reports it per 640x640 image (scaled by the pixel count: activations grow with it); counts
 FLOPs with torch.utils.flop_counter against a matmul peak measured in the same run; times one data
 loader worker and the conditional model's clean and rainy paths. Prints a table, writes JSON.
 
@@ -19,11 +21,12 @@ configurations only the peak memory column tells the whole story.
 
 from __future__ import annotations
 
-IMAGE_SIZE = 256  # timing resolution (the CPU default keeps the run to minutes; 640 on a GPU)
+IMAGE_SIZE = 192  # timing resolution (the CPU default keeps the whole run to ~5 min; 640 on a GPU)
 BATCH_SIZE = 1  # images per step
 RUNS = 5  # timed steps per configuration, taken round-robin (median reported)
 WARMUP = 1  # untimed steps first
-MEMORY_IMAGE_SIZE = 640  # memory is measured at this size, one step in a fresh process (0: skip)
+MEMORY_IMAGE_SIZE = 320  # memory is measured at this size, one step in a fresh process (0: skip)
+MEMORY_REPORT_SIZE = 640  # ... and reported per image of this size, scaled by the pixel count
 CONFIGURATIONS = ["fp32", "fp32+ckpt", "bf16+cl", "bf16+ckpt+cl"]  # precision [+ckpt] [+cl = channels_last]
 SPDNET_N_FEATS = 32  # SPDNet width
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks
@@ -39,6 +42,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+from utils.checkpoint import atomic_write_json  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 
@@ -192,8 +196,10 @@ def memory_probe(config: dict, configuration: str) -> dict:
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
         peak = _proc_status_kb("VmHWM") * 1024 - before
-    images_in_batch = config["BATCH_SIZE"]
-    return {"peak_gb_per_image": peak / images_in_batch / 1e9, "saved_gb_per_image": counter.peak / images_in_batch / 1e9}
+    # Per 640x640 image: SPDNet's maps and the backbone's grow with the pixel count; the decoder's
+    # fixed-size query tensors are scaled too, so a small measurement errs on the high side.
+    per_image = config["BATCH_SIZE"] * 1e9 / (config["MEMORY_REPORT_SIZE"] / config["MEMORY_IMAGE_SIZE"]) ** 2
+    return {"peak_gb_per_image": peak / per_image, "saved_gb_per_image": counter.peak / per_image}
 
 
 def measure_memory(config: dict, configuration: str) -> dict:
@@ -250,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from utils.pipelines import choose_device, enable_fast_cuda_math
 
+    started = time.perf_counter()
     config = load_config(globals(), argv)
     device = choose_device(config["DEVICE"])
     enable_fast_cuda_math(device)
@@ -308,18 +315,20 @@ def main(argv: list[str] | None = None) -> dict:
     if config["LOADER_IMAGES"]:
         print("timing one data loader worker ...", flush=True)
         report["loader_images_per_s_per_worker"] = loader_rate(config["LOADER_IMAGES"])
+    report["bench_seconds"] = time.perf_counter() - started
     print_report(report, config)
     os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
     path = os.path.join(config["OUTPUT_DIR"], "bench.json")
-    with open(path, "w") as file:
-        json.dump(report, file, indent=2)
-    print(f"wrote {path}")
+    atomic_write_json(path, report)
+    print(f"wrote {path} ({report['bench_seconds']:.0f} s in all)")
     return report
 
 
 def print_report(report: dict, config: dict) -> None:
     size, memory_size = config["IMAGE_SIZE"], config["MEMORY_IMAGE_SIZE"]
-    memory = f"memory per image at {memory_size}x{memory_size}" if memory_size else "memory not measured"
+    report_size = config["MEMORY_REPORT_SIZE"]
+    memory = (f"memory per {report_size}x{report_size} image (measured at {memory_size}x{memory_size})"
+              if memory_size else "memory not measured")
     print(f"\n{report['device']}: training step, batch {config['BATCH_SIZE']} at {size}x{size}; "
           f"{memory}; {report['gflop_per_image']:.0f} GFLOP per image")
     header = f"{'configuration':<16}{'img/s':>8}{'vs fp32':>9}{'TFLOP/s':>9}{'% peak':>8}{'peak GB':>9}{'saved GB':>10}"

@@ -1,4 +1,4 @@
-"""bench.py's measuring pieces, and a smoke run of the whole benchmark at toy size."""
+"""bench.py's measuring pieces, and smoke runs of both benchmarks at toy size."""
 
 import json
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bench
+import bench_precision
 
 
 def test_configuration_names():
@@ -40,3 +41,16 @@ def test_benchmark_smoke_run_writes_its_report(tmp_path):
         assert entry["peak_gb_per_image"] > 0 and entry["saved_gb_per_image"] > 0
     assert saved["configurations"]["fp32"]["speedup_vs_fp32"] == 1.0
     assert saved["conditional"]["clean_path_speedup"] > 1 and saved["loader_images_per_s_per_worker"] > 0
+
+
+def test_precision_benchmark_smoke_run_writes_its_report(tmp_path):
+    report = bench_precision.main([
+        "--DETECTOR_STEPS=2", "--SPDNET_STEPS=2", "--BATCHES=2", "--BATCH_SIZE=2", f"--OUTPUT_DIR={tmp_path}",
+    ])
+    saved = json.loads((tmp_path / "bench_precision.json").read_text())
+    assert saved == json.loads(json.dumps(report)) and len(saved["batches"]) == 2
+    for row in saved["batches"]:
+        assert row["bf16"]["image_grey_levels"] > 0  # bf16 really ran: its image differs from fp32's
+        # sigma 0.1 grey level: mean |noise| 0.08, less where the image is clamped to 0 or 1.
+        assert 0 < row["fp32_noise_0.1"]["image_grey_levels"] < 0.1
+        assert all("gradient" not in entry for entry in row.values() if isinstance(entry, dict))

@@ -1,75 +1,78 @@
-"""bf16 autocast against fp32 on the same batch, with briefly trained models (the demo's own stages).
+"""PRECISION='bf16' against fp32 on the same batches, with briefly trained models (utils/precision.py).
 
-Random weights make this comparison meaningless: a random RT-DETR passes almost no gradient back to
-its input (~1e-10) and a random SPDNet's outputs are far outside 0-255, so both precisions compare
-noise. The demo's trainers, at test size, give a detector and a derainer that behave like real ones.
+bf16 autocasts SPDNet; the detector and its loss run in fp32 (``IntegratedModel.detect``). With the
+detector in bf16 too (loss still fp32), the same batches gave a loss 18% off, a gradient deviation of
+1.35x the batch-to-batch spread and a cosine of 0.45: each of the three tests below fails that way.
 
-What holds and is asserted: nothing non-finite on 0-255 inputs, a real gradient reaches SPDNet, and
-SPDNet's bf16 output is within a grey level of its fp32 output. What does not hold with these tiny,
-briefly trained models (measured, 2026-11-26): the speed issue's loss-within-a-few-percent and
-gradient-cosine > 0.99 (loss 6.22 vs 6.95, +11.6%, almost all from the detector running in bf16;
-cosine 0.905). So PRECISION stays "fp32" by default.
+Why the gradient is judged against the batch-to-batch spread and not by "cosine > 0.99" (figures from
+bench_precision.py on this project's CPU VM; README, "How close bf16 is to fp32"): the detection
+loss's gradient is ill-conditioned below one grey level. fp32 itself falls to cosine 0.982 on a
+batch when SPDNet's output moves by a tenth of a grey level (0.975 with other models), and bf16
+images differ from fp32 ones by ~0.5 grey level. What makes a gradient error matter is its size next
+to the noise SGD already lives with: fp32 gradients of these four batches are nearly orthogonal
+(cosines -0.53 to 0.56), and bf16 moves each by 0.13-0.32 of their spread (cosine 0.965-0.994).
+With better trained detectors bf16 lands further away (up to 1.84x the spread at 128 px), so this
+test guards the mechanics and the detector's precision; the demo's bf16 run (README) is the
+end-to-end evidence.
 """
 
 import pytest
 import torch
 
-from utils.demo import train_detector, train_original_spdnet
-from utils.detector import load_detector
-from utils.engine import autocast, detector_targets
-from utils.integrated_model import IntegratedModel
-from utils.pipelines import build_spdnet
+from utils.engine import autocast
+from utils.precision import CPU, batch_spread, build_model, cosine, rainy_batches, train_tiny_pair, training_step
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def trained_pair(tiny_world, tmp_path_factory):
-    root = tmp_path_factory.mktemp("precision")
-    cpu = torch.device("cpu")
-    world = {"num_classes": 6}  # the tiny world draws all six shapes
-    detector_settings = {
-        "world": world, "image_size": SIZE, "seed": 0, "steps": 60, "batch_size": 8, "learning_rate": 2e-3,
-        "base_width": 8, "d_model": 32, "decoder_layers": 1, "num_queries": 10, "num_denoising": 5,
-    }
-    train_detector(detector_settings, tiny_world["coco_dir"], str(root / "detector"), cpu, workers=0)
-    spdnet_settings = {
-        "world": world, "image_size": SIZE, "seed": 0, "n_feats": 8, "n_resblocks": 1, "steps": 40,
-        "batch_size": 4, "crop_size": 32, "learning_rate": 2e-3,
-    }
-    train_original_spdnet(spdnet_settings, tiny_world["coco_dir"], tiny_world["coco_rain_dir"], str(root / "spdnet.pt"),
-                          cpu, workers=0)
-    return str(root / "detector"), str(root / "spdnet.pt")
+    # The tiny world draws all six shapes.
+    return train_tiny_pair(tiny_world["coco_dir"], tiny_world["coco_rain_dir"], str(tmp_path_factory.mktemp("precision")),
+                           SIZE, num_classes=6)
 
 
-def loss_and_gradient(detector_dir, spdnet_path, precision, images, labels):
-    torch.manual_seed(0)
-    model = IntegratedModel(build_spdnet(spdnet_path, 8, 1), load_detector(detector_dir)).train()
-    with autocast(torch.device("cpu"), precision):
-        outputs = model(images, labels=labels)
-    loss = outputs.loss.float()
-    loss.backward()
-    # out1 / out2's heads do not feed the detector: they get no gradient.
-    gradient = torch.cat([p.grad.flatten() for p in model.trainable_parameters() if p.grad is not None])
-    return loss.detach(), gradient, outputs.derained.detach()
+@pytest.fixture(scope="module")
+def batches(tiny_world, trained_pair):
+    """The 16 rainy training images as four batches of four."""
+    return rainy_batches(tiny_world["coco_dir"], tiny_world["coco_rain_dir"], trained_pair[0], SIZE, batch_size=4, count=4)
 
 
-def test_bf16_step_is_finite_and_derains_like_fp32(tiny_world, trained_pair):
-    from torch.utils.data import DataLoader
+@pytest.fixture(scope="module")
+def steps(trained_pair, batches):
+    model = build_model(*trained_pair)
+    return [{precision: training_step(model, precision, *batch) for precision in ("fp32", "bf16")} for batch in batches]
 
-    from utils.data import build_dataset, collate_fn
 
-    dataset = build_dataset(tiny_world["coco_dir"], tiny_world["coco_rain_dir"], "train",
-                            load_detector(trained_pair[0]).config.id2label, image_size=SIZE, coco_ratio=0.0, rain_ratio=1.0)
-    images, targets = next(iter(DataLoader(dataset, batch_size=8, collate_fn=collate_fn)))
-    labels = detector_targets(targets, torch.device("cpu"))
+def test_bf16_loss_and_image_match_fp32_and_stay_finite(steps):
+    for step in steps:
+        fp32, bf16 = step["fp32"], step["bf16"]
+        assert bf16.loss.dtype == torch.float32  # the detection loss is computed in fp32
+        assert torch.isfinite(bf16.loss) and torch.isfinite(bf16.gradient).all() and torch.isfinite(bf16.derained).all()
+        assert bf16.derained.dtype == torch.float32
+        # SPDNet's derained image (the detector's input) agrees to well under one 8-bit grey level on average.
+        assert (bf16.derained - fp32.derained).abs().mean() < 1.0 / 255
+        # "A few percent" (measured here: at most 2.1%).
+        assert abs(bf16.loss / fp32.loss - 1) < 0.05
 
-    loss32, grad32, derained32 = loss_and_gradient(*trained_pair, "fp32", images, labels)
-    loss16, grad16, derained16 = loss_and_gradient(*trained_pair, "bf16", images, labels)
 
-    assert torch.isfinite(loss16) and torch.isfinite(grad16).all() and torch.isfinite(derained16).all()
-    assert grad32.norm() > 1e-4 and grad16.norm() > 1e-4  # a real signal reaches SPDNet through the frozen detector
-    # Both precisions push SPDNet the same way, if not (yet) by the same amounts: see the docstring.
-    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.5
-    # SPDNet's derained image (the detector's input) agrees to well under one 8-bit grey level on average.
-    assert (derained16 - derained32).abs().mean() < 1.0 / 255
+def test_bf16_gradient_error_is_small_next_to_batch_to_batch_spread(steps):
+    gradients32 = [step["fp32"].gradient for step in steps]
+    assert all(gradient.norm() > 1e-4 for gradient in gradients32)  # a real signal reaches SPDNet through the frozen detector
+    spread = batch_spread(gradients32)
+    for step in steps:
+        fp32, bf16 = step["fp32"].gradient, step["bf16"].gradient
+        # bf16 moves the gradient much less than drawing another batch of four does (measured: 0.13-0.32 of it).
+        assert (bf16 - fp32).norm() < 0.75 * spread
+        # And it points the same way (measured: 0.965-0.994; see the module docstring for 0.99).
+        assert cosine(bf16, fp32) > 0.9
+
+
+def test_clean_images_get_identical_detections_in_bf16(trained_pair, batches):
+    model = build_model(*trained_pair).eval()
+    images = batches[0][0]
+    with torch.no_grad():
+        fp32 = model(images, derain=False)
+        with autocast(CPU, "bf16"):
+            bf16 = model(images, derain=False)
+    assert torch.equal(fp32.logits, bf16.logits) and torch.equal(fp32.pred_boxes, bf16.pred_boxes)

@@ -74,7 +74,7 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
             # The guarantee: an image gated clean gets exactly the frozen detector's output.
             clean = (~outputs["gate"].derained).nonzero().squeeze(1)
             if len(clean):
-                direct = model.integrated.detector(pixel_values=images[clean])
+                direct = model.integrated.detect(images[clean])
                 same = torch.equal(direct.logits, outputs["gate"].logits[clean]) and torch.equal(
                     direct.pred_boxes, outputs["gate"].pred_boxes[clean]
                 )
