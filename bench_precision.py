@@ -39,10 +39,11 @@ def measure_batch(config: dict, detector_dir: str, spdnet_path: str, images, lab
     """Every comparison on one batch: fp32 reference first, then each variant against it."""
     import torch
 
-    from utils.precision import (NoisyOutput, build_model, cosine, detect_in_bf16, spdnet_gradient_for_upstream,
-                                 training_step)
+    from utils.precision import (NoisyOutput, build_model, cosine, detect_in_bf16, loss_and_gradient,
+                                 spdnet_gradient_for_upstream)
 
-    fp32 = training_step(build_model(detector_dir, spdnet_path), "fp32", images, labels)
+    model = build_model(detector_dir, spdnet_path)
+    fp32 = loss_and_gradient(model, "fp32", images, labels)
     row = {"loss_fp32": float(fp32.loss), "gradient_fp32": fp32.gradient}
 
     def compare(name: str, step) -> None:
@@ -50,17 +51,16 @@ def measure_batch(config: dict, detector_dir: str, spdnet_path: str, images, lab
                      "gradient": step.gradient,
                      "image_grey_levels": float((step.derained - fp32.derained).abs().mean() * 255)}
 
-    compare("bf16", training_step(build_model(detector_dir, spdnet_path), "bf16", images, labels))
+    compare("bf16", loss_and_gradient(model, "bf16", images, labels))
     detector_too = build_model(detector_dir, spdnet_path)
     detect_in_bf16(detector_too)
-    compare("bf16_detector_too", training_step(detector_too, "bf16", images, labels))
+    compare("bf16_detector_too", loss_and_gradient(detector_too, "bf16", images, labels))
     for grey_levels in config["NOISE_GREY_LEVELS"]:
         noisy = build_model(detector_dir, spdnet_path)
         noisy.spdnet = NoisyOutput(noisy.spdnet, grey_levels, config["SEED"])
-        compare(f"fp32_noise_{grey_levels}", training_step(noisy, "fp32", images, labels))
+        compare(f"fp32_noise_{grey_levels}", loss_and_gradient(noisy, "fp32", images, labels))
 
     # The upstream gradient dLoss/dImage at fp32's derained image, fed back through SPDNet in both precisions.
-    model = build_model(detector_dir, spdnet_path)
     image = fp32.derained.clone().requires_grad_(True)
     model.detect(image, labels).loss.backward()
     same_upstream = [spdnet_gradient_for_upstream(model.spdnet, precision, images, image.grad) for precision in ("fp32", "bf16")]

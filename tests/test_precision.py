@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from utils.engine import autocast
-from utils.precision import CPU, batch_spread, build_model, cosine, rainy_batches, train_tiny_pair, training_step
+from utils.precision import CPU, batch_spread, build_model, cosine, loss_and_gradient, rainy_batches, train_tiny_pair
 
 SIZE = 64
 
@@ -41,7 +41,7 @@ def batches(tiny_world, trained_pair):
 @pytest.fixture(scope="module")
 def steps(trained_pair, batches):
     model = build_model(*trained_pair)
-    return [{precision: training_step(model, precision, *batch) for precision in ("fp32", "bf16")} for batch in batches]
+    return [{precision: loss_and_gradient(model, precision, *batch) for precision in ("fp32", "bf16")} for batch in batches]
 
 
 def test_bf16_loss_and_image_match_fp32_and_stay_finite(steps):

@@ -67,7 +67,7 @@ class Step:
     derained: torch.Tensor  # (B, 3, H, W) the detector's input
 
 
-def training_step(model: IntegratedModel, precision: str, images: torch.Tensor, labels: Sequence[dict]) -> Step:
+def loss_and_gradient(model: IntegratedModel, precision: str, images: torch.Tensor, labels: Sequence[dict]) -> Step:
     """One step's loss, SPDNet's gradient and the derained image, as training computes them."""
     model.zero_grad(set_to_none=True)
     with autocast(CPU, precision):
