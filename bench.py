@@ -196,7 +196,7 @@ def memory_probe(config: dict, configuration: str) -> dict:
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
         peak = _proc_status_kb("VmHWM") * 1024 - before
-    # Per 640x640 image: SPDNet's maps and the backbone's grow with the pixel count; the decoder's
+    # Per MEMORY_REPORT_SIZE^2 image: SPDNet's maps and the backbone's grow with the pixel count; the decoder's
     # fixed-size query tensors are scaled too, so a small measurement errs on the high side.
     per_image = config["BATCH_SIZE"] * 1e9 / (config["MEMORY_REPORT_SIZE"] / config["MEMORY_IMAGE_SIZE"]) ** 2
     return {"peak_gb_per_image": peak / per_image, "saved_gb_per_image": counter.peak / per_image}

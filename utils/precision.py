@@ -73,9 +73,12 @@ def loss_and_gradient(model: IntegratedModel, precision: str, images: torch.Tens
     with autocast(CPU, precision):
         outputs = model(images, labels=labels)
     outputs.loss.backward()
-    # out1 / out2's heads do not feed the detector: they get no gradient.
-    gradient = torch.cat([p.grad.flatten() for p in model.trainable_parameters() if p.grad is not None])
-    return Step(outputs.loss.detach(), gradient.double(), outputs.derained.detach())
+    return Step(outputs.loss.detach(), spdnet_gradient(model), outputs.derained.detach())
+
+
+def spdnet_gradient(model: IntegratedModel) -> torch.Tensor:
+    """SPDNet's gradient, flattened, float64. out1 / out2's heads do not feed the detector: no gradient."""
+    return torch.cat([p.grad.flatten() for p in model.spdnet.parameters() if p.grad is not None]).double()
 
 
 class NoisyOutput(nn.Module):
@@ -116,16 +119,17 @@ def detect_in_bf16(model: IntegratedModel) -> None:
     model.detect = detect
 
 
-def spdnet_gradient_for_upstream(spdnet: nn.Module, precision: str, images: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+def spdnet_gradient_for_upstream(model: IntegratedModel, precision: str, images: torch.Tensor,
+                                 upstream: torch.Tensor) -> torch.Tensor:
     """SPDNet's gradient when ``upstream`` (dLoss/dImage, (B, 3, H, W)) is fed back into its output.
 
     Isolates SPDNet's own arithmetic: the same upstream gradient for both precisions.
     """
-    spdnet.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)
     with autocast(CPU, precision):
-        out3 = spdnet(images * 255.0)[0]
-    (out3.float() / 255.0).clamp(0.0, 1.0).backward(upstream)
-    return torch.cat([p.grad.flatten() for p in spdnet.parameters() if p.grad is not None]).double()
+        derained = model.derain(images)
+    derained.backward(upstream)
+    return spdnet_gradient(model)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
