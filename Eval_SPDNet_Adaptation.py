@@ -15,6 +15,7 @@ COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout (the first v
 VAL_PERCENT = 100  # percent of the validation images scored
 IMAGE_SIZE = 640  # square input size (multiple of 32), as in training
 EVAL_CLEAN = False  # also score the three pipelines on the clean validation split
+IMAGE_QUALITY = True  # PSNR / SSIM of the SPDNets' rainy-val outputs against the clean originals in COCO_DIR
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
 SPDNET_WEIGHTS = "./weights/spdnet_official.pt"  # the original (official) SPDNet weights
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> dict:
         loader, annotation_file, label_to_category_id = evaluation.build_val_loader(config, id2label, 1.0 if split == "rainy" else 0.0)
         results[split] = evaluation.score_pipelines(pipelines, loader, annotation_file, label_to_category_id, config, device, split)
         print(evaluation.comparison_table(results[split], split))
+    if config["IMAGE_QUALITY"]:
+        spdnets = {"original": pipelines.original.spdnet, "adapted": pipelines.adapted.spdnet}
+        results["rainy_image_quality"] = evaluation.image_quality(
+            spdnets, config["COCO_DIR"], config["COCO_RAIN_DIR"], config["IMAGE_SIZE"], device, config["VAL_PERCENT"],
+            config["SEED"])
+        print(evaluation.quality_line(results["rainy_image_quality"]))
     evaluation.write_results(results, config["OUTPUT_DIR"], "eval_results.json")
     evaluation.save_comparison_pictures(pipelines, results, config, device)
     return results

@@ -2,13 +2,14 @@
 #   python Training_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_conditional.py configs/demo.py
-PREPARE_DEMO = True  # build or reuse the world, detector, original SPDNet and rain gate (Make_Demo.py)
+PREPARE_DEMO = True  # build or reuse the world and rain gate, measure the kept stand-ins on it (Make_Demo.py)
 DEMO_DIR = "./outputs_spdnet_adaptation/demo"
+DEMO_WEIGHTS_DIR = "./demo_weights"  # kept in the repository, made by `python Make_Demo.py --DEMO_PRETRAIN=True`
 OUTPUT_DIR = DEMO_DIR  # adapted SPDNet, logs, results and pictures next to the world
 COCO_DIR = DEMO_DIR + "/data/coco"
 COCO_RAIN_DIR = DEMO_DIR + "/data/coco_rain"
-DETECTOR = DEMO_DIR + "/detector"  # stands in for PekingU/rtdetr_r18vd
-SPDNET_WEIGHTS = DEMO_DIR + "/spdnet_original.pt"  # stands in for the official SPDNet weights
+DETECTOR = DEMO_WEIGHTS_DIR + "/detector"  # stands in for PekingU/rtdetr_r18vd
+SPDNET_WEIGHTS = DEMO_WEIGHTS_DIR + "/spdnet_original.pt"  # stands in for the official SPDNet weights
 RAIN_DETECTOR_WEIGHTS = DEMO_DIR + "/rain_detector.pt"  # the gate Make_Demo.py trains
 SPDNET_N_FEATS = 8  # the demo SPDNet's size (also recorded in its weights file)
 SPDNET_N_RESBLOCKS = 1

@@ -1,10 +1,8 @@
-# A second demo world, built from scratch with another seed (scenes, rain, detector, SPDNet, gate):
+# A second demo world, with another seed (scenes, rain and gate; the same kept detector and SPDNet):
 #   python Training_SPDNet_Adaptation.py configs/demo.py configs/demo_world1.py   (and the two evaluations alike)
 DEMO_SEED = 1
 DEMO_DIR = "./outputs_spdnet_adaptation/demo_world1"
 OUTPUT_DIR = DEMO_DIR
 COCO_DIR = DEMO_DIR + "/data/coco"
 COCO_RAIN_DIR = DEMO_DIR + "/data/coco_rain"
-DETECTOR = DEMO_DIR + "/detector"
-SPDNET_WEIGHTS = DEMO_DIR + "/spdnet_original.pt"
 RAIN_DETECTOR_WEIGHTS = DEMO_DIR + "/rain_detector.pt"

@@ -40,7 +40,11 @@ def test_three_pipeline_comparison_writes_results_and_pictures(tiny_world, train
     assert "Vanilla RT-DETR mAP:" in printed and "Original SPDNet + RT-DETR:" in printed and "Adapted SPDNet + RT-DETR:" in printed
     saved = json.loads(open(trained["output"] / "eval_results.json").read())
     assert saved == json.loads(json.dumps(results))
-    assert set(saved) == {"rainy", "clean"}
+    assert set(saved) == {"rainy", "clean", "rainy_image_quality"}
+    assert "image quality against the clean originals: rainy input" in printed
+    quality = saved.pop("rainy_image_quality")
+    assert set(quality) == {"rainy", "original", "adapted"}
+    assert all(0 < row["ssim"] <= 1 and row["psnr_db"] > 0 for row in quality.values())
     for split in saved.values():
         assert set(split) == {"vanilla", "original", "adapted"}
         for row in split.values():

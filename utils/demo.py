@@ -1,23 +1,28 @@
-"""The CPU demo's stand-ins for what real users download: a pretrained detector, an original SPDNet.
+"""The CPU demo's stand-ins for what real users download, and the demo worlds they are used on.
 
-Make_Demo.py builds, in DEMO_DIR (each stage skipped when its output records the same settings):
+``Make_Demo.py --DEMO_PRETRAIN=True`` makes the stand-ins, kept in DEMO_WEIGHTS_DIR (the repository's
+``demo_weights/``), on a pretraining world of their own (DEMO_PRETRAIN_SEED):
 
-1. ``data/``: the synthetic world (utils.synthetic), clean + rainy, in the COCO layout;
-2. ``detector/``: a small RT-DETR trained from scratch on the clean training images only, written
-   with ``save_pretrained`` so that every script loads it through ``load_detector`` like a hub model;
-3. ``spdnet_original.pt``: SPDNet trained with pixel MSE on rainy -> clean crops (the official
-   recipe's objective), standing in for the official deraining weights;
-4. ``rain_detector.pt``: the rain gate, by Training_Rain_Detector.py.
+1. ``detector/``: a small RT-DETR trained from scratch on the pretraining world's clean training
+   images, written with ``save_pretrained`` (fp16, to keep the file small) so that every script loads
+   it through ``load_detector`` like ``PekingU/rtdetr_r18vd``;
+2. ``spdnet_original.pt``: SPDNet trained with a pixel MSE loss on rainy -> clean crops (the
+   official recipe's objective), standing in for the official deraining weights.
 
-A stage's settings include those of the stages it depends on, so a changed world rebuilds the rest.
+Each records its settings and its quality on the pretraining world's validation split beside it
+(``demo_settings.json``, ``spdnet_original.pt.json``). ``Make_Demo.py`` (what configs/demo.py runs)
+then builds a demo world (DEMO_SEED: other scenes, other rain), measures both stand-ins on it
+(``demo_quality.json``) and trains the rain gate on it. A stage's settings include those of the
+stages it depends on, so a changed world rebuilds the rest; a stage whose output records the same
+settings is reused.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
+import time
 from typing import Sequence
 
 import torch
@@ -25,16 +30,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils.checkpoint import atomic_save
+from utils.checkpoint import atomic_save, atomic_write_json
 from utils.coco_eval import load_coco
 from utils.data import build_dataset, collate_fn, loader_settings
 from utils.detector import load_detector, small_rtdetr_config
 from utils.engine import detector_targets, evaluate
+from utils.evaluation import image_quality
 from utils.integrated_model import IntegratedModel
+from utils.pipelines import build_spdnet, choose_device
 from utils.spdnet import SPDNet
-from utils.synthetic import world_id2label
+from utils.synthetic import build_synthetic_world, world_id2label
 
 MANIFEST = "demo_settings.json"
+QUALITY_FILE = "demo_quality.json"
 
 
 def read_manifest(path: str) -> dict | None:
@@ -50,6 +58,138 @@ def is_built(manifest_path: str, settings: dict, outputs: Sequence[str]) -> bool
     return (
         manifest is not None and manifest.get("settings") == settings and all(os.path.exists(path) for path in outputs)
     )
+
+
+def weights_paths(weights_dir: str) -> dict[str, str]:
+    """Where the kept stand-ins and their records are."""
+    return {
+        "detector": os.path.join(weights_dir, "detector"),
+        "detector_manifest": os.path.join(weights_dir, "detector", MANIFEST),
+        "spdnet": os.path.join(weights_dir, "spdnet_original.pt"),
+        "spdnet_manifest": os.path.join(weights_dir, "spdnet_original.pt.json"),
+    }
+
+
+def world_paths(demo_dir: str) -> dict[str, str]:
+    """A demo world's data, gate and quality record."""
+    return {
+        "world": os.path.join(demo_dir, "data"), "coco_dir": os.path.join(demo_dir, "data", "coco"),
+        "coco_rain_dir": os.path.join(demo_dir, "data", "coco_rain"), "gate": os.path.join(demo_dir, "rain_detector.pt"),
+        "quality": os.path.join(demo_dir, QUALITY_FILE),
+    }
+
+
+def world_settings(config: dict, seed: int, num_train: int) -> dict:
+    return {
+        "num_train": num_train, "num_val": config["DEMO_NUM_VAL"], "image_size": config["DEMO_IMAGE_SIZE"],
+        "seed": seed, "rain_presets": list(config["DEMO_RAIN_PRESETS"]), "max_objects": config["DEMO_MAX_OBJECTS"],
+        "num_classes": config["DEMO_NUM_CLASSES"],
+    }
+
+
+def build_world(world: dict, root: str) -> None:
+    build_synthetic_world(root, world["num_train"], world["num_val"], image_size=world["image_size"], seed=world["seed"],
+                          rain_presets=tuple(world["rain_presets"]), max_objects=world["max_objects"],
+                          num_classes=world["num_classes"])
+
+
+def pretrain_stand_ins(config: dict) -> dict[str, str]:
+    """Train the kept detector and original SPDNet on the pretraining world (each only when its
+    record differs from the settings) and record their quality on its validation split."""
+    start = time.perf_counter()
+    world = world_settings(config, config["DEMO_PRETRAIN_SEED"], config["DEMO_PRETRAIN_NUM_TRAIN"])
+    build_world(world, world_paths(config["DEMO_PRETRAIN_DIR"])["world"])
+    pretrain_detector(config, world)
+    pretrain_spdnet(config, world)
+    print(f"kept stand-ins ready in {config['DEMO_WEIGHTS_DIR']} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return weights_paths(config["DEMO_WEIGHTS_DIR"])
+
+
+def pretrain_detector(config: dict, world: dict) -> None:
+    """The detector stage of ``pretrain_stand_ins``; it sees clean images only, so the rain is not
+    part of its settings."""
+    paths, data = weights_paths(config["DEMO_WEIGHTS_DIR"]), world_paths(config["DEMO_PRETRAIN_DIR"])
+    device = choose_device(config["DEMO_DEVICE"])
+    settings = {
+        "world": {key: value for key, value in world.items() if key != "rain_presets"}, "seed": world["seed"],
+        "steps": config["DEMO_DETECTOR_STEPS"], "batch_size": config["DEMO_DETECTOR_BATCH_SIZE"],
+        "learning_rate": config["DEMO_DETECTOR_LEARNING_RATE"], "base_width": config["DEMO_DETECTOR_WIDTH"],
+        "d_model": config["DEMO_DETECTOR_D_MODEL"], "decoder_layers": config["DEMO_DETECTOR_DECODER_LAYERS"],
+        "num_queries": config["DEMO_DETECTOR_QUERIES"], "num_denoising": config["DEMO_DETECTOR_DENOISING"],
+    }
+    if is_built(paths["detector_manifest"], settings, [paths["detector"]]):
+        print(f"demo detector: {paths['detector']} already made with these settings", flush=True)
+        return
+    train_detector(settings, data["coco_dir"], paths["detector"], device, config["DEMO_WORKERS"], half=True)
+    metrics = score_detector(paths["detector"], data["coco_dir"], world["image_size"], device, config["DEMO_WORKERS"])
+    atomic_write_json(paths["detector_manifest"], {
+        "command": "python Make_Demo.py --DEMO_PRETRAIN=True", "settings": settings,
+        "pretraining_world_clean_val": {k: round(metrics[k], 4) for k in ("AP", "AP50", "AP75")},
+    })
+    print(f"demo detector: clean val AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}", flush=True)
+
+
+def pretrain_spdnet(config: dict, world: dict) -> None:
+    """The original-SPDNet stage of ``pretrain_stand_ins``."""
+    paths, data = weights_paths(config["DEMO_WEIGHTS_DIR"]), world_paths(config["DEMO_PRETRAIN_DIR"])
+    device = choose_device(config["DEMO_DEVICE"])
+    settings = {
+        "world": world, "seed": world["seed"], "n_feats": config["DEMO_SPDNET_N_FEATS"],
+        "n_resblocks": config["DEMO_SPDNET_N_RESBLOCKS"], "steps": config["DEMO_SPDNET_STEPS"],
+        "batch_size": config["DEMO_SPDNET_BATCH_SIZE"], "crop_size": config["DEMO_SPDNET_CROP"],
+        "learning_rate": config["DEMO_SPDNET_LEARNING_RATE"], "loss": "mse",
+    }
+    if is_built(paths["spdnet_manifest"], settings, [paths["spdnet"]]):
+        print(f"demo original SPDNet: {paths['spdnet']} already made with these settings", flush=True)
+        return
+    train_original_spdnet(settings, data["coco_dir"], data["coco_rain_dir"], paths["spdnet"], device, config["DEMO_WORKERS"])
+    quality = deraining_quality(build_spdnet(paths["spdnet"], 32, 3), data["coco_dir"], data["coco_rain_dir"],
+                                world["image_size"], device)
+    atomic_write_json(paths["spdnet_manifest"], {
+        "command": "python Make_Demo.py --DEMO_PRETRAIN=True", "settings": settings, "pretraining_world_rainy_val": quality,
+    })
+    print(f"demo original SPDNet: {describe_quality(quality)}", flush=True)
+
+
+def build_demo(config: dict) -> dict[str, str]:
+    """Build (or reuse) the demo world and measure the kept stand-ins on it; the gate is trained by
+    the caller (Make_Demo.py) into ``world_paths(DEMO_DIR)["gate"]``."""
+    device = choose_device(config["DEMO_DEVICE"])
+    paths = {**weights_paths(config["DEMO_WEIGHTS_DIR"]), **world_paths(config["DEMO_DIR"])}
+    kept = {name: read_manifest(paths[f"{name}_manifest"]) for name in ("detector", "spdnet")}
+    for name, manifest in kept.items():
+        if manifest is None or not os.path.exists(paths[name]):
+            raise FileNotFoundError(
+                f"DEMO_WEIGHTS_DIR: {paths[name]!r} or its record is missing; make the demo's stand-ins with "
+                "`python Make_Demo.py --DEMO_PRETRAIN=True` (or restore demo_weights/ from git)"
+            )
+    world = world_settings(config, config["DEMO_SEED"], config["DEMO_NUM_TRAIN"])
+    for name in ("detector", "spdnet"):
+        made_on = kept[name]["settings"]["world"]
+        for key in ("image_size", "num_classes"):
+            if made_on[key] != world[key]:
+                raise ValueError(f"DEMO_{key.upper()} is {world[key]} but {paths[name]} was made for {made_on[key]}")
+    os.makedirs(config["DEMO_DIR"], exist_ok=True)
+    build_world(world, paths["world"])
+
+    settings = {"world": world, "detector": kept["detector"]["settings"], "spdnet": kept["spdnet"]["settings"]}
+    if is_built(paths["quality"], settings, []):
+        quality = read_manifest(paths["quality"])
+    else:
+        detector = score_detector(paths["detector"], paths["coco_dir"], world["image_size"], device, config["DEMO_WORKERS"])
+        spdnet = build_spdnet(paths["spdnet"], 32, 3)
+        quality = {
+            "settings": settings,
+            "detector_clean_val": {k: round(detector[k], 4) for k in ("AP", "AP50", "AP75")},
+            "spdnet_rainy_val": deraining_quality(spdnet, paths["coco_dir"], paths["coco_rain_dir"], world["image_size"], device),
+        }
+        atomic_write_json(paths["quality"], quality)
+    detector = quality["detector_clean_val"]
+    print(f"demo detector {paths['detector']}: clean val AP {detector['AP']:.3f}, AP50 {detector['AP50']:.3f} "
+          f"on this world", flush=True)
+    print(f"demo original SPDNet {paths['spdnet']}: {describe_quality(quality['spdnet_rainy_val'])} on this world",
+          flush=True)
+    return paths
 
 
 def _loader(dataset, batch_size: int, seed: int, workers: int, device: torch.device) -> DataLoader:
@@ -87,14 +227,15 @@ def optimise(model, optimizer, loss_of_batch, batches, steps: int, clip_norm: fl
             progress.set_postfix(loss=f"{loss.item():.4f}")
 
 
-def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch.device, workers: int) -> dict:
-    """Train a small RT-DETR on the clean training split; save it to ``output_dir``; score clean val.
+def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch.device, workers: int,
+                   half: bool = False) -> None:
+    """Train a small RT-DETR on the clean training split and save it to ``output_dir`` (in fp16 with
+    ``half``: a kept file half the size; ``load_detector`` runs it in fp32).
 
-    ``settings`` holds the world's settings (its ``num_classes`` give the labels), image_size, seed,
-    steps, batch_size, learning_rate and the model's sizes (base_width, d_model, decoder_layers,
-    num_queries, num_denoising). Train mode (denoising queries on), AdamW with a one-cycle schedule
-    and gradient clipping at 0.1, as RT-DETR's own recipe.
-    Returns the clean-val COCO metrics.
+    ``settings`` holds the world's settings (its ``num_classes`` give the labels, its ``image_size``
+    the input), seed, steps, batch_size, learning_rate and the model's sizes (base_width, d_model,
+    decoder_layers, num_queries, num_denoising). Train mode (denoising queries on), AdamW with a
+    one-cycle schedule and gradient clipping at 0.1, as RT-DETR's own recipe.
     """
     torch.manual_seed(settings["seed"])
     id2label = world_id2label(settings["world"]["num_classes"])
@@ -107,7 +248,7 @@ def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch
     for parameter in detector.parameters():
         parameter.requires_grad_(True)
     detector.train()
-    dataset = build_dataset(coco_dir, None, "train", id2label, image_size=settings["image_size"], train=True,
+    dataset = build_dataset(coco_dir, None, "train", id2label, image_size=settings["world"]["image_size"], train=True,
                             coco_ratio=1.0, rain_ratio=0.0, seed=settings["seed"])
     batches = _endless(_loader(dataset, settings["batch_size"], settings["seed"], workers, device), dataset)
     optimizer = torch.optim.AdamW(detector.parameters(), lr=settings["learning_rate"], weight_decay=1e-4)
@@ -116,13 +257,11 @@ def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch
         return detector(pixel_values=images.to(device), labels=detector_targets(targets, device)).loss
 
     optimise(detector, optimizer, detection_loss, batches, settings["steps"], 0.1, "demo detector (clean images)")
-    detector.eval()
     staging = output_dir.rstrip("/") + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    detector.save_pretrained(staging)
+    (detector.eval().half() if half else detector.eval()).save_pretrained(staging)
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(staging, output_dir)
-    return score_detector(output_dir, coco_dir, settings["image_size"], device, workers)
 
 
 def score_detector(detector_dir: str, coco_dir: str, image_size: int, device: torch.device, workers: int) -> dict:
@@ -148,52 +287,41 @@ def random_crops(images: torch.Tensor, clean: torch.Tensor, size: int, generator
 
 
 def deraining_loss(outputs: Sequence[torch.Tensor], clean: torch.Tensor) -> torch.Tensor:
-    """Pixel MSE (in 0-1 units) of all three SPDNet outputs against the clean image (deep supervision)."""
+    """Pixel MSE (in 0-1 units) of all three SPDNet outputs against the clean image (deep supervision),
+    the official recipe's loss."""
     return sum(F.mse_loss(output / 255.0, clean) for output in outputs) / len(outputs)
 
 
-def psnr(images: torch.Tensor, clean: torch.Tensor) -> float:
-    mse = F.mse_loss(images.clamp(0, 1), clean).item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
 def train_original_spdnet(settings: dict, coco_dir: str, coco_rain_dir: str, path: str, device: torch.device,
-                          workers: int) -> dict:
-    """SPDNet trained with pixel MSE on rainy -> clean crops; saved to ``path`` with its size.
-
-    Returns PSNR on the rainy validation images before (rainy input) and after deraining.
-    """
+                          workers: int) -> None:
+    """SPDNet trained with a pixel MSE loss on rainy -> clean crops (or whole images); saved to ``path``
+    with its size and settings."""
     torch.manual_seed(settings["seed"])
     spdnet = SPDNet(settings["n_feats"], settings["n_resblocks"]).to(device).train()
-    dataset = build_dataset(coco_dir, coco_rain_dir, "train", None, image_size=settings["image_size"], train=True,
-                            coco_ratio=0.0, rain_ratio=1.0, seed=settings["seed"], return_clean_pair=True)
+    dataset = build_dataset(coco_dir, coco_rain_dir, "train", None, image_size=settings["world"]["image_size"],
+                            train=True, coco_ratio=0.0, rain_ratio=1.0, seed=settings["seed"], return_clean_pair=True)
     batches = _endless(_loader(dataset, settings["batch_size"], settings["seed"], workers, device), dataset)
     optimizer = torch.optim.AdamW(spdnet.parameters(), lr=settings["learning_rate"], weight_decay=0.0)
     generator = torch.Generator().manual_seed(settings["seed"])
 
     def pixel_loss(images, targets):
         clean = torch.stack([t["clean_image"] for t in targets])
-        rainy_crop, clean_crop = random_crops(images, clean, settings["crop_size"], generator)
-        return deraining_loss(spdnet(rainy_crop.to(device) * 255.0), clean_crop.to(device))
+        if settings["crop_size"]:
+            images, clean = random_crops(images, clean, settings["crop_size"], generator)
+        return deraining_loss(spdnet(images.to(device) * 255.0), clean.to(device))
 
     optimise(spdnet, optimizer, pixel_loss, batches, settings["steps"], 1.0, "demo SPDNet (pixel MSE)")
-    spdnet.eval()
-    atomic_save({"spdnet": spdnet.state_dict(), "n_feats": spdnet.n_feats, "n_resblocks": spdnet.n_resblocks,
+    atomic_save({"spdnet": spdnet.eval().state_dict(), "n_feats": spdnet.n_feats, "n_resblocks": spdnet.n_resblocks,
                  "demo_settings": settings}, path)
-    return deraining_quality(spdnet, coco_dir, coco_rain_dir, settings["image_size"], device)
 
 
-@torch.no_grad()
 def deraining_quality(spdnet: SPDNet, coco_dir: str, coco_rain_dir: str, image_size: int, device: torch.device) -> dict:
-    """Mean PSNR (dB) against the clean originals on the rainy val split: rainy input vs derained."""
-    dataset = build_dataset(coco_dir, coco_rain_dir, "val", None, image_size=image_size, coco_ratio=0.0,
-                            rain_ratio=1.0, return_clean_pair=True)
-    loader = DataLoader(dataset, batch_size=16, collate_fn=collate_fn)
-    rainy_psnr, derained_psnr, batches = 0.0, 0.0, 0
-    for images, targets in tqdm(loader, desc="demo SPDNet PSNR", dynamic_ncols=True, leave=False):
-        clean = torch.stack([t["clean_image"] for t in targets]).to(device)
-        images = images.to(device)
-        rainy_psnr += psnr(images, clean)
-        derained_psnr += psnr(spdnet(images * 255.0)[0] / 255.0, clean)
-        batches += 1
-    return {"rainy_psnr_db": rainy_psnr / batches, "derained_psnr_db": derained_psnr / batches}
+    """PSNR (dB) and SSIM of the rainy val input and of SPDNet's output, against the clean originals."""
+    quality = image_quality({"derained": spdnet}, coco_dir, coco_rain_dir, image_size, device)
+    return {f"{name}_{metric}": value for name in ("rainy", "derained") for metric, value in quality[name].items()}
+
+
+def describe_quality(quality: dict) -> str:
+    gain = quality["derained_psnr_db"] - quality["rainy_psnr_db"]
+    return (f"rainy val PSNR {quality['rainy_psnr_db']:.2f} -> {quality['derained_psnr_db']:.2f} dB ({gain:+.2f} dB), "
+            f"SSIM {quality['rainy_ssim']:.3f} -> {quality['derained_ssim']:.3f}")

@@ -183,7 +183,7 @@ def load_detector(source) -> nn.Module:
             f"(`hf download {source} --local-dir ./{source.split('/')[-1]}`) and set DETECTOR to that "
             f"local directory. Underlying error: {error}"
         ) from error
-    return freeze(model)
+    return freeze(model.float())  # weights kept in fp16 (the demo's) run in fp32 like any other
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from utils.coco_eval import METRIC_NAMES, post_process
+from utils.coco_eval import METRIC_NAMES, cxcywh_to_xyxy, post_process
 from utils.detector import load_detector
 from utils.engine import autocast, check_precision, evaluate
 from utils.integrated_model import IntegratedModel
@@ -89,6 +90,43 @@ def score_pipelines(pipelines: Pipelines, loader, annotation_file, label_to_cate
     }
 
 
+@torch.no_grad()
+def image_quality(spdnets: dict, coco_dir: str, coco_rain_dir: str, image_size: int, device: torch.device,
+                  percent: float = 100, seed: int = 0) -> dict:
+    """Per-image mean PSNR (dB) and SSIM against the clean originals (COCO_DIR, same file names) on
+    the rainy val split: ``{"rainy": {"psnr_db", "ssim"}}`` for the input itself and one entry per
+    SPDNet of ``spdnets`` ({name: SPDNet}), its output clamped to 0-1 as every pipeline feeds it on."""
+    from utils.data import build_dataset, collate_fn
+    from utils.image_quality import psnr, ssim
+
+    dataset = build_dataset(coco_dir, coco_rain_dir, "val", None, image_size=image_size, percent=percent,
+                            coco_ratio=0.0, rain_ratio=1.0, seed=seed, return_clean_pair=True)
+    loader = DataLoader(dataset, batch_size=16, collate_fn=collate_fn)
+    names = ["rainy", *spdnets]
+    sums = {name: {"psnr_db": 0.0, "ssim": 0.0} for name in names}
+    count = 0
+    for batch in tqdm(loader, desc="rainy val: PSNR / SSIM", dynamic_ncols=True, leave=False):
+        if batch is None:  # every image of the batch was unreadable
+            continue
+        images, targets = batch
+        clean = torch.stack([t["clean_image"] for t in targets]).to(device)
+        images = images.to(device)
+        for name in names:
+            picture = images if name == "rainy" else spdnets[name].to(device).eval()(images * 255.0)[0] / 255.0
+            sums[name]["psnr_db"] += psnr(picture, clean).sum().item()
+            sums[name]["ssim"] += ssim(picture, clean).sum().item()
+        count += len(images)
+    return {name: {metric: round(total / max(count, 1), 4) for metric, total in sums[name].items()} for name in names}
+
+
+def quality_line(quality: dict) -> str:
+    """One line: PSNR / SSIM of the rainy input and of each SPDNet's output."""
+    titles = {"rainy": "rainy input", "original": "original SPDNet", "adapted": "adapted SPDNet"}
+    return "image quality against the clean originals: " + "; ".join(
+        f"{titles.get(name, name)} {value['psnr_db']:.2f} dB, SSIM {value['ssim']:.3f}" for name, value in quality.items()
+    )
+
+
 def comparison_table(results: dict, split: str) -> str:
     """The plan's three lines (mAP and change against vanilla), then every metric and the speed."""
     vanilla = results["vanilla"]["AP"]
@@ -122,12 +160,13 @@ def write_results(results: dict, output_dir: str, name: str) -> str:
 
 @torch.inference_mode()
 def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, device: torch.device) -> list[str]:
-    """eval_bars.png (metrics per pipeline) and eval_examples.png (rainy input | original | adapted)."""
+    """eval_bars.png (metrics per pipeline) and eval_examples.png (rainy input | original | adapted):
+    ground-truth boxes in green, each pipeline's best detections in yellow with their scores."""
     from utils.visualize import draw_detections, save_grid, save_metric_bars
 
     output_dir = config["OUTPUT_DIR"]
     bars = save_metric_bars(
-        {split: {PIPELINE_TITLES[n]: v for n, v in split_results.items()} for split, split_results in results.items()},
+        {split: {PIPELINE_TITLES[n]: v for n, v in results[split].items()} for split in ("rainy", "clean") if split in results},
         ["AP", "AP50", "AP75"], os.path.join(output_dir, "eval_bars.png"),
     )
     loader, _, _ = build_val_loader(dict(config, DATALOADER_WORKERS=0), pipelines.detector.config.id2label, 1.0)
@@ -136,7 +175,7 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
     for batch in loader:
         if batch is None:  # every image of the batch was unreadable
             continue
-        images, _ = batch
+        images, targets = batch
         images = images.to(device)
         size = [images.shape[-2:]] * len(images)
         with autocast(device, config["PRECISION"]):
@@ -146,9 +185,14 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
                 pipelines.adapted(images, derain=True),
             ]
         detections = [post_process(out.logits, out.pred_boxes, size) for out in columns]
-        for index in range(len(images)):
+        for index, target in enumerate(targets):
+            # The boxes are normalised (cx, cy, w, h) of the resized image the pipelines saw.
+            truth = cxcywh_to_xyxy(target["boxes"]) * images.shape[-1]
+            top_k = max(1, len(truth))  # as many guesses as there are objects, whatever their scores
             rows.append([
-                draw_detections(columns[c].derained[index], detections[c][index], id2label) for c in range(3)
+                draw_detections(columns[c].derained[index], detections[c][index], id2label, top_k=top_k,
+                                ground_truth=truth)
+                for c in range(3)
             ])
             if len(rows) == config["NUM_EXAMPLES"]:
                 break
@@ -157,6 +201,7 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
     grid = save_grid(
         rows, ["rainy input -> RT-DETR", "original SPDNet -> RT-DETR", "adapted SPDNet -> RT-DETR"],
         os.path.join(output_dir, "eval_examples.png"),
+        caption="green: ground truth; yellow: each pipeline's best detections (as many as there are objects) and scores",
     )
     print(f"wrote {bars} and {grid}")
     return [bars, grid]

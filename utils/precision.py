@@ -30,14 +30,14 @@ SPDNET_SIZE = (8, 1)  # n_feats, n_resblocks of the tiny SPDNet
 def train_tiny_pair(coco_dir: str, coco_rain_dir: str, root: str, image_size: int, num_classes: int,
                     detector_steps: int = 60, spdnet_steps: int = 40) -> tuple[str, str]:
     """A small RT-DETR trained on the clean images, a small SPDNet trained with pixel MSE; their paths."""
-    world = {"num_classes": num_classes}
+    world = {"num_classes": num_classes, "image_size": image_size}
     detector_dir, spdnet_path = os.path.join(root, "detector"), os.path.join(root, "spdnet.pt")
     train_detector({
-        "world": world, "image_size": image_size, "seed": 0, "steps": detector_steps, "batch_size": 8,
+        "world": world, "seed": 0, "steps": detector_steps, "batch_size": 8,
         "learning_rate": 2e-3, "base_width": 8, "d_model": 32, "decoder_layers": 1, "num_queries": 10, "num_denoising": 5,
     }, coco_dir, detector_dir, CPU, workers=0)
     train_original_spdnet({
-        "world": world, "image_size": image_size, "seed": 0, "n_feats": SPDNET_SIZE[0], "n_resblocks": SPDNET_SIZE[1],
+        "world": world, "seed": 0, "n_feats": SPDNET_SIZE[0], "n_resblocks": SPDNET_SIZE[1],
         "steps": spdnet_steps, "batch_size": 4, "crop_size": 32, "learning_rate": 2e-3,
     }, coco_dir, coco_rain_dir, spdnet_path, CPU, workers=0)
     return detector_dir, spdnet_path

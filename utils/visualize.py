@@ -6,34 +6,48 @@ from typing import Mapping, Sequence
 
 import torch
 
-# Detections drawn in pictures; scores are not thresholded for mAP, only for the eye.
+# Infer.py's pictures: detections drawn when their score reaches this (mAP itself uses every score).
 DRAW_SCORE_THRESHOLD = 0.5
+GROUND_TRUTH_COLOUR, DETECTION_COLOUR = "lime", "yellow"
 
 
 def draw_detections(
     image: torch.Tensor, detection: Mapping[str, torch.Tensor], id2label: Mapping[int, str],
-    threshold: float = DRAW_SCORE_THRESHOLD,
+    threshold: float = DRAW_SCORE_THRESHOLD, top_k: int | None = None, ground_truth: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(3, H, W) image in 0-1 plus a post-processed detection in its pixel coordinates -> (3, H, W) uint8."""
+    """(3, H, W) image in 0-1 plus a post-processed detection in its pixel coordinates -> (3, H, W) uint8.
+
+    Draws the detections scoring at least ``threshold``, or, with ``top_k``, the ``top_k`` best
+    whatever their score (``post_process`` sorts them), in yellow with their label and score;
+    ``ground_truth`` boxes ((N, 4) x0, y0, x1, y1 pixels) in green underneath, without labels.
+    """
     from torchvision.utils import draw_bounding_boxes
 
-    keep = detection["scores"] >= threshold
-    boxes = detection["boxes"][keep].detach().float().cpu()
+    canvas = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    height, width = canvas.shape[-2:]
+
+    def clamped(boxes: torch.Tensor) -> torch.Tensor:
+        boxes = boxes.detach().float().cpu().clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width - 1)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height - 1)
+        return boxes
+
+    if ground_truth is not None and len(ground_truth):
+        canvas = draw_bounding_boxes(canvas, clamped(ground_truth), colors=GROUND_TRUTH_COLOUR, width=1)
+    keep = torch.arange(len(detection["scores"])) < top_k if top_k is not None else detection["scores"] >= threshold
+    keep = keep.to(detection["scores"].device)
     labels = [
         f"{id2label.get(int(label), str(int(label)))} {float(score):.2f}"
         for label, score in zip(detection["labels"][keep], detection["scores"][keep])
     ]
-    canvas = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
-    if len(boxes) == 0:
+    if not labels:
         return canvas
-    height, width = canvas.shape[-2:]
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width - 1)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height - 1)
-    return draw_bounding_boxes(canvas, boxes, labels=labels, colors="yellow", width=2)
+    return draw_bounding_boxes(canvas, clamped(detection["boxes"][keep]), labels=labels, colors=DETECTION_COLOUR, width=1)
 
 
-def save_grid(rows: Sequence[Sequence[torch.Tensor]], column_titles: Sequence[str], path: str) -> str:
-    """A PNG of uint8 (3, H, W) images, one row per example, one titled column per pipeline."""
+def save_grid(rows: Sequence[Sequence[torch.Tensor]], column_titles: Sequence[str], path: str, caption: str | None = None) -> str:
+    """A PNG of uint8 (3, H, W) images, one row per example, one titled column per pipeline, with an
+    optional caption underneath."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +61,9 @@ def save_grid(rows: Sequence[Sequence[torch.Tensor]], column_titles: Sequence[st
             axes[r][c].axis("off")
             if r == 0:
                 axes[r][c].set_title(column_titles[c], fontsize=10)
-    figure.tight_layout()
+    if caption:
+        figure.text(0.5, 0.002, caption, ha="center", va="bottom", fontsize=9)
+    figure.tight_layout(rect=(0, 0.02 if caption else 0, 1, 1))
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path

@@ -1,0 +1,127 @@
+"""The README's demo table: adaptation seeds x demo worlds, mean and spread, and which orderings hold.
+
+    python tools/demo_table.py                                   # worlds 0 and 1, seeds 42 7 123 (~50 min on 2 cores)
+    python tools/demo_table.py --worlds 0 --seeds 42 --jobs 1    # one run
+    python tools/demo_table.py --collect-only                    # tabulate the runs already on disk
+
+For each world it builds (or reuses) the demo world with Make_Demo.py, then for each seed runs the
+real scripts as a user would, each in its own process:
+
+    Training_SPDNet_Adaptation.py configs/demo.py [configs/demo_world1.py] --SEED=s --OUTPUT_DIR=<world>/seed<s>
+    Eval_SPDNet_Adaptation.py     (same)  --EVAL_CLEAN=True
+
+and reads back each run's eval_results.json and the world's demo_quality.json. ``--jobs 2`` runs two
+seeds at once with one thread each (the figures are the same, only the wall time changes). Writes
+outputs_spdnet_adaptation/demo_table.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORLD_CONFIGS = {0: ["configs/demo.py"], 1: ["configs/demo.py", "configs/demo_world1.py"]}
+WORLD_DIRS = {0: "outputs_spdnet_adaptation/demo", 1: "outputs_spdnet_adaptation/demo_world1"}
+ROWS = [  # (label, split, pipeline)
+    ("rainy val, vanilla RT-DETR", "rainy", "vanilla"),
+    ("rainy val, original SPDNet + RT-DETR", "rainy", "original"),
+    ("rainy val, adapted SPDNet + RT-DETR", "rainy", "adapted"),
+    ("clean val, vanilla RT-DETR", "clean", "vanilla"),
+    ("clean val, original SPDNet + RT-DETR", "clean", "original"),
+    ("clean val, adapted SPDNet (always derain)", "clean", "adapted"),
+]
+
+
+def run(command: list[str], log_path: str, threads: int | None) -> float:
+    """Run one script to completion, its output into ``log_path``; the wall seconds it took."""
+    environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        code = subprocess.call([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    if code:
+        raise SystemExit(f"{' '.join(command)} failed (exit {code}); see {log_path}")
+    return time.perf_counter() - start
+
+
+def run_seed(world: int, seed: int, threads: int | None) -> dict:
+    output_dir = os.path.join(WORLD_DIRS[world], f"seed{seed}")
+    os.makedirs(os.path.join(ROOT, output_dir), exist_ok=True)
+    arguments = [*WORLD_CONFIGS[world], f"--SEED={seed}", f"--OUTPUT_DIR={output_dir}"]
+    log = os.path.join(ROOT, output_dir, "run.log")
+    seconds = run(["Training_SPDNet_Adaptation.py", *arguments], log, threads)
+    seconds += run(["Eval_SPDNet_Adaptation.py", *arguments, "--EVAL_CLEAN=True"], log + ".eval", threads)
+    print(f"world {world}, seed {seed}: done in {seconds:.0f} s", flush=True)
+    return {"world": world, "seed": seed, "seconds": seconds, **read_run(world, seed)}
+
+
+def read_run(world: int, seed: int) -> dict:
+    with open(os.path.join(ROOT, WORLD_DIRS[world], f"seed{seed}", "eval_results.json")) as file:
+        return {"results": json.load(file)}
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def table(runs: list[dict], worlds: list[int]) -> str:
+    quality = {}
+    for world in worlds:
+        with open(os.path.join(ROOT, WORLD_DIRS[world], "demo_quality.json")) as file:
+            quality[world] = json.load(file)
+    header = "| COCO AP, 200 val images | " + " | ".join(
+        f"world {w} ({len([r for r in runs if r['world'] == w])} seeds)" for w in worlds) + " |"
+    lines = [header, "|---" * (len(worlds) + 1) + "|"]
+    for label, split, pipeline in ROWS:
+        cells = [spread([r["results"][split][pipeline]["AP"] for r in runs if r["world"] == w]) for w in worlds]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| detector clean val AP / AP50 (no SPDNet) | " + " | ".join(
+        f"{quality[w]['detector_clean_val']['AP']:.3f} / {quality[w]['detector_clean_val']['AP50']:.3f}" for w in worlds) + " |")
+    lines.append("| original SPDNet, rainy val PSNR dB: input -> output | " + " | ".join(
+        f"{quality[w]['spdnet_rainy_val']['rainy_psnr_db']:.2f} -> {quality[w]['spdnet_rainy_val']['derained_psnr_db']:.2f}"
+        for w in worlds) + " |")
+    lines.append("| original SPDNet, rainy val SSIM: input -> output | " + " | ".join(
+        f"{quality[w]['spdnet_rainy_val']['rainy_ssim']:.3f} -> {quality[w]['spdnet_rainy_val']['derained_ssim']:.3f}"
+        for w in worlds) + " |")
+    lines += ["", "Orderings (rainy val AP) over all runs:"]
+    for better, worse in (("adapted", "original"), ("original", "vanilla"), ("adapted", "vanilla")):
+        margins = [r["results"]["rainy"][better]["AP"] - r["results"]["rainy"][worse]["AP"] for r in runs]
+        held = sum(margin > 0 for margin in margins)
+        lines.append(f"- {better} > {worse} in {held} of {len(runs)} runs (margin {min(margins):+.3f} to {max(margins):+.3f})")
+    margins = [r["results"]["clean"]["adapted"]["AP"] / r["results"]["clean"]["vanilla"]["AP"] for r in runs]
+    lines.append(f"- always-derain keeps {min(margins):.2f}–{max(margins):.2f} of vanilla's clean-val AP")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worlds", type=int, nargs="+", default=[0, 1], choices=sorted(WORLD_CONFIGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
+    parser.add_argument("--jobs", type=int, default=2, help="seeds run at once (one thread each when > 1)")
+    parser.add_argument("--collect-only", action="store_true", help="tabulate finished runs, run nothing")
+    args = parser.parse_args()
+    if args.collect_only:
+        runs = [{"world": w, "seed": s, **read_run(w, s)} for w in args.worlds for s in args.seeds]
+    else:
+        for world in args.worlds:  # the world, its quality record and its gate, once, before the seeds
+            run(["Make_Demo.py", *WORLD_CONFIGS[world]], os.path.join(ROOT, WORLD_DIRS[world] + "_make.log"), None)
+        threads = 1 if args.jobs > 1 else None
+        with ThreadPoolExecutor(args.jobs) as pool:
+            runs = list(pool.map(lambda job: run_seed(*job, threads), [(w, s) for w in args.worlds for s in args.seeds]))
+    text = table(runs, args.worlds)
+    print(text)
+    for suffix, content in (("md", text + "\n"), ("json", json.dumps(runs, indent=2))):
+        with open(os.path.join(ROOT, f"outputs_spdnet_adaptation/demo_table.{suffix}"), "w") as file:
+            file.write(content)
+
+
+if __name__ == "__main__":
+    main()
