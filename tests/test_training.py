@@ -279,12 +279,14 @@ def test_max_steps_at_an_epochs_last_step_scores_saves_and_resumes_into_the_next
         assert torch.equal(tensor, resumed_weights[name]), name
 
 
-def test_resume_honours_a_changed_learning_rate_and_refuses_a_changed_batch_size_mid_epoch(tiny_world, tmp_path):
+def test_resume_honours_a_changed_learning_rate_and_refuses_a_changed_batch_size_mid_epoch(tiny_world, tmp_path, capsys):
     run(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--MAX_STEPS=2")
     message = run_failing(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--RESUME=True", "--BATCH_SIZE=4")
     assert message == (f"error: {tmp_path / 'checkpoint.pt'} stopped in the middle of epoch 1 with BATCH_SIZE=2; "
                        "resume with that value (it fixes the epoch's image order), not 4")
+    capsys.readouterr()
     run(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--RESUME=True", "--LEARNING_RATE=1e-4", "--WEIGHT_DECAY=0.01")
+    assert "step 2, best mAP -1.0000; learning rate now 7.75e-05 (LEARNING_RATE=0.0001)" in capsys.readouterr().out
     records = [r for r in log_records(tmp_path / "training_log.jsonl") if r["type"] == "train"]
     # 4 steps in all, warm-up min(WARMUP_STEPS=2, 4 // 5 or 1) = 1: steps 3 and 4 at the new rate.
     factors = [training.lr_factor(step, 1, 4, 0.1) for step in range(4)]

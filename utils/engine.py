@@ -104,7 +104,7 @@ class TrainState:
 
     epoch: int = 0  # the epoch in progress (0-based)
     step: int = 0  # optimizer steps taken in all
-    micro_batches_done: int = 0  # micro-batches of this epoch consumed up to the last optimizer step
+    micro_batches_done: int = 0  # micro-batches of this epoch consumed up to the last complete window
     best_map: float = -1.0
     best_epoch: int = -1
     epochs_without_improvement: int = 0
@@ -200,7 +200,7 @@ def train_one_epoch(
     try:
         for batch in loader:
             if should_stop():
-                # The partial window is dropped: the state still points at the last optimizer step,
+                # The partial window is dropped: the state still points at the last complete window,
                 # so a resume replays exactly these micro-batches.
                 stopped = True
                 break

@@ -276,8 +276,9 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
         )
     if run.is_main:
         print(
-            f"resumed from {path}: epoch {state.epoch + 1}, step {state.step}, best mAP {state.best_map:.4f}; "
-            f"learning rate now {optimizer.param_groups[0]['lr']:.3g} (LEARNING_RATE={config['LEARNING_RATE']:g})",
+            f"resumed from {path} (SPDNet's weights come from it, not from SPDNET_WEIGHTS): epoch {state.epoch + 1}, "
+            f"step {state.step}, best mAP {state.best_map:.4f}; learning rate now {optimizer.param_groups[0]['lr']:.3g} "
+            f"(LEARNING_RATE={config['LEARNING_RATE']:g})",
             flush=True,
         )
     return state
