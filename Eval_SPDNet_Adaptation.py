@@ -12,7 +12,7 @@ from __future__ import annotations
 # ---- data
 COCO_DIR = "./data/coco"  # clean COCO: val2017/ and annotations/instances_val2017.json
 COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout (the first variant when several)
-VAL_PERCENT = 100  # percent of the validation images scored
+VAL_PERCENT = 100.0  # percent of the validation images scored (fractions allowed)
 IMAGE_SIZE = 640  # square input size (multiple of 32), as in training
 EVAL_CLEAN = False  # also score the three pipelines on the clean validation split
 IMAGE_QUALITY = True  # PSNR / SSIM of the SPDNets' rainy-val outputs against the clean originals in COCO_DIR

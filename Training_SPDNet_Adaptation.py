@@ -12,15 +12,16 @@ Edit the constants below, or override them:
 
 from __future__ import annotations
 
+import os
 import signal
 
 # ---- data
 COCO_DIR = "./data/coco"  # clean COCO: train2017/, val2017/, annotations/instances_{train,val}2017.json
 COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout; a list of such directories = rain variants
-PERCENT_DATASET = 10  # percent of the training images used (10 -> ~11,800 on COCO train2017)
+PERCENT_DATASET = 10.0  # percent of the training images used (10 -> ~11,800 on COCO train2017; 0.5 -> ~590)
 COCO_RATIO = 0.0  # fraction of the chosen training images used clean
 RAIN_RATIO = 1.0  # fraction of the chosen training images used rainy
-VAL_PERCENT = 100  # percent of the rainy validation images scored after every epoch
+VAL_PERCENT = 100.0  # percent of the rainy validation images scored after every epoch (fractions allowed)
 IMAGE_SIZE = 640  # square input size (multiple of 32), a plain resize as RTDetrImageProcessor does
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local save_pretrained directory of the frozen detector
@@ -37,7 +38,7 @@ WARMUP_STEPS = 100  # optimizer steps of linear warm-up before the cosine decay
 MIN_LR_RATIO = 0.1  # the cosine decays to this fraction of LEARNING_RATE
 GRAD_CLIP_NORM = 1.0  # clip the gradient's global norm (None: no clipping)
 EARLY_STOPPING_PATIENCE = 5  # stop after this many epochs without a better rainy-val mAP
-MAX_NONFINITE_IN_A_ROW = 20  # stop when this many micro-batches in a row give a NaN/inf loss
+MAX_NONFINITE_IN_A_ROW = 20  # stop when this many micro-batches in a row give a NaN/inf SPDNet output or loss
 MAX_STEPS = None  # stop (resumably) after this many optimizer steps in all (None: run every epoch)
 # ---- precision and speed
 FP16 = False  # refused: SPDNet overflows fp16 (use PRECISION = "bf16")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     from utils import training
     from utils.detector import model_state_lines
 
-    config = load_config(globals(), argv)
+    config = load_config(globals(), argv, quiet=int(os.environ.get("RANK", "0")) != 0)  # rank 0 alone prints it
     prepare_demo_if_asked(config, argv)
     training.check_config(config)
     run = training.setup_run(config)
@@ -108,5 +109,16 @@ def main(argv: list[str] | None = None) -> dict:
         training.teardown(run)
 
 
+def command_line(argv: list[str] | None = None) -> dict:
+    """``main`` for the shell: a setting or file that cannot be used ends the run with one line and exit code 1."""
+    from utils.engine import NonFiniteLossError
+    from utils.training import DetectorChangedError
+
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError, NonFiniteLossError, DetectorChangedError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
 if __name__ == "__main__":
-    main()
+    command_line()

@@ -5,13 +5,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import Training_SPDNet_Adaptation as training_script
 from utils import training
 from utils.config import ConfigError
-from utils.engine import NonFiniteLossError
 from utils.spdnet import SPDNet, load_spdnet_weights
 
 FAST = ["--PERCENT_DATASET=100", "--BATCH_SIZE=2", "--GRADIENT_ACCUMULATION_STEPS=2", "--WARMUP_STEPS=2",
@@ -21,6 +21,24 @@ FAST = ["--PERCENT_DATASET=100", "--BATCH_SIZE=2", "--GRADIENT_ACCUMULATION_STEP
 def run(tiny_world, output_dir, *extra):
     arguments = tiny_world["overrides"] + FAST + [f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={output_dir}"]
     return training_script.main(arguments + list(extra))
+
+
+def run_failing(tiny_world, output_dir, *extra) -> str:
+    """The one line the command line ends with (exit code 1) when a run cannot go on."""
+    arguments = tiny_world["overrides"] + FAST + [f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={output_dir}"]
+    with pytest.raises(SystemExit) as exit_info:
+        training_script.command_line(arguments + list(extra))
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def log_records(path):
+    """training_log.jsonl, refusing NaN and Infinity (json.loads would accept them)."""
+    def refuse(constant):
+        raise AssertionError(f"{constant} in {path}")
+
+    return [json.loads(line, parse_constant=refuse) for line in open(path)]
 
 
 def spdnet_state(path):
@@ -38,7 +56,7 @@ def test_one_epoch_writes_weights_log_and_plot(tiny_world, tmp_path):
     model = load_spdnet_weights(SPDNet(n_feats=8, n_resblocks=1), str(tmp_path / "spdnet_adapted.pt"))
     start = torch.load(tiny_world["spdnet_weights"], weights_only=True)
     assert not torch.equal(model.conv_init1.conv.weight, start["conv_init1.conv.weight"])  # it learned
-    records = [json.loads(line) for line in open(tmp_path / "training_log.jsonl")]
+    records = log_records(tmp_path / "training_log.jsonl")
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]
     train_records = [r for r in records if r["type"] == "train"]
     assert len(train_records) == 4 and all(r["loss"] > 0 and r["images_per_s"] > 0 for r in train_records)
@@ -95,30 +113,6 @@ def test_clean_images_in_the_mix_train_too(tiny_world, tmp_path):
     assert result["state"]["step"] == 4
 
 
-def test_non_finite_losses_are_skipped_then_stop_the_run(tiny_world, tmp_path, monkeypatch):
-    from utils.integrated_model import IntegratedModel
-
-    forward = IntegratedModel.forward
-    calls = {"n": 0}
-
-    def sometimes_nan(self, pixel_values, labels=None, derain=True):
-        outputs = forward(self, pixel_values, labels=labels, derain=derain)
-        if labels is not None:
-            calls["n"] += 1
-            if calls["n"] >= 3:
-                outputs["loss"] = outputs.loss * float("nan")
-        return outputs
-
-    monkeypatch.setattr(IntegratedModel, "forward", sometimes_nan)
-    # Windows of 2 micro-batches; from the 3rd on every loss is NaN. The count is read once per window:
-    # after window 2 it is 2 (< 3, the window takes no optimizer step), after window 3 it is 4.
-    with pytest.raises(NonFiniteLossError, match="4 micro-batches in a row had a non-finite loss"):
-        run(tiny_world, tmp_path, "--NUM_EPOCHS=2", "--MAX_NONFINITE_IN_A_ROW=3", "--CHECKPOINT_EVERY_STEPS=1")
-    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # the last good one survived
-    assert checkpoint["state"]["step"] == 2 and checkpoint["state"]["nonfinite_micro_batches"] == 2
-    assert all(torch.isfinite(t).all() for t in checkpoint["spdnet"].values())
-
-
 def test_two_process_ddp_run_agrees_and_saves_once(tiny_world, tmp_path):
     arguments = tiny_world["overrides"] + FAST + [
         f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}", "--NUM_EPOCHS=1",
@@ -131,7 +125,8 @@ def test_two_process_ddp_run_agrees_and_saves_once(tiny_world, tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert "rank 0: SPDNet weights and epoch loss" in output and "rank 1: SPDNet weights and epoch loss" in output
     assert output.count("done: best rainy-val AP") == 1  # rank 0 alone reports and saves
-    records = [json.loads(line) for line in open(tmp_path / "training_log.jsonl")]
+    assert output.count("config:\n") == 1 and output.count("  LEARNING_RATE ") == 1  # and prints the config
+    records = log_records(tmp_path / "training_log.jsonl")
     assert len([r for r in records if r["type"] == "epoch"]) == 1
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "spdnet_adapted.pt", "training_curves.png", "training_log.jsonl"]
 
@@ -163,6 +158,147 @@ def test_early_stopping_after_patience_epochs_without_improvement(tiny_world, tm
     # The random tiny detector scores 0.0 on every epoch: epoch 1 is the best, epoch 2 does not improve.
     result = run(tiny_world, tmp_path, "--NUM_EPOCHS=5", "--EARLY_STOPPING_PATIENCE=1")
     assert result["early_stopped"] and result["state"]["epoch"] == 2 and result["state"]["best_epoch"] == 1
-    records = [json.loads(line) for line in open(tmp_path / "training_log.jsonl")]
+    records = log_records(tmp_path / "training_log.jsonl")
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]
     assert all(r["unreadable_images"] == 0 for r in records if r["type"] == "epoch")
+
+
+def finite(state_dict):
+    return all(torch.isfinite(tensor).all() for tensor in state_dict.values() if tensor.is_floating_point())
+
+
+def test_spdnet_diverging_under_a_huge_learning_rate_stops_with_the_last_good_checkpoint(tiny_world, tmp_path):
+    # Step 1 at LEARNING_RATE=1e8 throws SPDNet's weights to ~1e8: from then on its output is NaN,
+    # which the detector's box matcher would refuse with a ValueError. Windows of 2 micro-batches.
+    message = run_failing(tiny_world, tmp_path, "--NUM_EPOCHS=2", "--LEARNING_RATE=1e8", "--WARMUP_STEPS=1",
+                          "--MAX_NONFINITE_IN_A_ROW=3", "--CHECKPOINT_EVERY_STEPS=1")
+    assert "4 micro-batches in a row had a non-finite SPDNet output or loss (limit MAX_NONFINITE_IN_A_ROW=3)" in message
+    assert "checkpoint.pt holds step 0, the last whose weights gave a finite loss" in message
+    assert "lower --LEARNING_RATE (honoured on resume" in message
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    start = torch.load(tiny_world["spdnet_weights"], weights_only=True)
+    assert checkpoint["state"]["step"] == 0 and finite(checkpoint["spdnet"])
+    assert all(torch.equal(checkpoint["spdnet"][name], tensor) for name, tensor in start.items())
+    # The two NaN windows were no steps: one train record (step 1), no NaN anywhere in the log.
+    assert [r["step"] for r in log_records(tmp_path / "training_log.jsonl")] == [1]
+    # The advice works: the same checkpoint, resumed at a sane learning rate, trains.
+    resumed = run(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--RESUME=True", "--LEARNING_RATE=1e-3", "--WARMUP_STEPS=1")
+    assert resumed["state"]["step"] == 4 and resumed["state"]["nonfinite_micro_batches"] == 0
+
+
+def test_weights_that_overflow_spdnet_stop_the_run_before_any_step(tiny_world, tmp_path):
+    start = torch.load(tiny_world["spdnet_weights"], weights_only=True)
+    huge = {name: tensor if "DWT" in name else tensor * 1e30 for name, tensor in start.items()}  # finite, but overflowing
+    torch.save(huge, tmp_path / "huge.pt")
+    message = run_failing(tiny_world, tmp_path / "out", f"--SPDNET_WEIGHTS={tmp_path / 'huge.pt'}",
+                          "--MAX_NONFINITE_IN_A_ROW=3", "--CHECKPOINT_EVERY_STEPS=1")
+    assert "4 micro-batches in a row had a non-finite SPDNet output or loss" in message
+    assert "No step gave a finite loss since the start of this run, so nothing was saved" in message
+    assert not os.path.exists(tmp_path / "out" / "checkpoint.pt")
+
+
+def test_non_finite_weights_are_refused_on_load_naming_the_file_and_the_tensor(tiny_world, tmp_path):
+    from utils.pipelines import build_spdnet
+
+    start = torch.load(tiny_world["spdnet_weights"], weights_only=True)
+    start["conv_init1.conv.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(start, tmp_path / "nan_start.pt")
+    message = run_failing(tiny_world, tmp_path / "a", f"--SPDNET_WEIGHTS={tmp_path / 'nan_start.pt'}")
+    assert message == (f"error: SPDNet weights {tmp_path / 'nan_start.pt'}: tensor conv_init1.conv.weight holds NaN "
+                       "or inf values; these weights cannot be used")
+    assert not os.path.exists(tmp_path / "a" / "checkpoint.pt")
+
+    run(tiny_world, tmp_path / "b", "--NUM_EPOCHS=1", "--CHECKPOINT_EVERY_STEPS=1", "--MAX_STEPS=1")
+    checkpoint = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    checkpoint["optimizer"]["state"][0]["exp_avg_sq"].view(-1)[0] = float("inf")
+    torch.save(checkpoint, tmp_path / "b" / "checkpoint.pt")
+    message = run_failing(tiny_world, tmp_path / "b", "--NUM_EPOCHS=1", "--RESUME=True")
+    assert f"error: checkpoint {tmp_path / 'b' / 'checkpoint.pt'}: tensor optimizer.state.0.exp_avg_sq holds NaN" in message
+
+    run(tiny_world, tmp_path / "c", "--NUM_EPOCHS=1")
+    adapted = torch.load(tmp_path / "c" / "spdnet_adapted.pt", weights_only=True)
+    adapted["spdnet"]["conv_init1.conv.bias"][0] = float("nan")
+    torch.save(adapted, tmp_path / "c" / "spdnet_adapted.pt")
+    with pytest.raises(ValueError, match=r"spdnet_adapted.pt: tensor spdnet.conv_init1.conv.bias holds NaN or inf"):
+        build_spdnet(str(tmp_path / "c" / "spdnet_adapted.pt"), 8, 1)
+
+
+def test_bad_boxes_in_the_annotation_file_are_reported_and_left_out(tiny_world, tmp_path, capfd):
+    import shutil
+
+    from utils.data import annotation_path, build_dataset
+
+    coco_dir, rain_dir = tmp_path / "coco", tmp_path / "coco_rain"
+    shutil.copytree(tiny_world["coco_dir"], coco_dir)
+    shutil.copytree(tiny_world["coco_rain_dir"], rain_dir)
+    path = annotation_path(str(coco_dir), "train")
+    coco = json.load(open(path))
+    first, second = coco["annotations"][0], coco["annotations"][1]
+    first["bbox"][2] = float("nan")  # written as NaN, which Python's json reads back as a float
+    second["bbox"][3] = -second["bbox"][3]
+    with open(path, "w") as file:
+        json.dump(coco, file)
+    run(tiny_world, tmp_path / "out", f"--COCO_DIR={coco_dir}", f"--COCO_RAIN_DIR={rain_dir}", "--MAX_STEPS=1")
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "left out of training" in line]
+    assert len(warnings) == 1 and f"warning: {path}: 2 box(es) left out of training" in warnings[0]
+    assert f"annotation {first['id']} of image {first['image_id']} bbox {first['bbox']} (not finite)" in warnings[0]
+    assert f"annotation {second['id']} of image {second['image_id']} bbox {second['bbox']} (width or height <= 0)" in warnings[0]
+    dataset = build_dataset(str(coco_dir), str(rain_dir), "train", None, image_size=64, percent=100)
+    kept = {image_id: len(boxes) for image_id, (boxes, _) in dataset.targets.items()}
+    original = {image_id: len(boxes) for image_id, (boxes, _) in build_dataset(
+        tiny_world["coco_dir"], tiny_world["coco_rain_dir"], "train", None, image_size=64, percent=100).targets.items()}
+    lost = {image_id: original[image_id] - kept[image_id] for image_id in kept if original[image_id] != kept[image_id]}
+    expected = {}
+    for annotation in (first, second):
+        expected[annotation["image_id"]] = expected.get(annotation["image_id"], 0) + 1
+    assert lost == expected  # left out, not clipped into another box
+    assert all(np.isfinite(boxes).all() and (boxes[:, 2:] > 0).all() for boxes, _ in dataset.targets.values())
+
+
+def test_max_steps_at_an_epochs_last_step_scores_saves_and_resumes_into_the_next_epoch(tiny_world, tmp_path):
+    # 4 steps per epoch: MAX_STEPS=4 lands on epoch 1's last step.
+    straight = run(tiny_world, tmp_path / "straight", "--NUM_EPOCHS=2")
+    stopped = run(tiny_world, tmp_path / "resumed", "--NUM_EPOCHS=2", "--MAX_STEPS=4")
+    assert stopped["stopped"] and stopped["state"]["step"] == 4
+    assert stopped["state"]["epoch"] == 1 and stopped["state"]["micro_batches_done"] == 0  # epoch 1 is done
+    assert os.path.isfile(tmp_path / "resumed" / "spdnet_adapted.pt")
+    records = log_records(tmp_path / "resumed" / "training_log.jsonl")
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1]
+    again = run(tiny_world, tmp_path / "resumed", "--NUM_EPOCHS=2", "--MAX_STEPS=4", "--RESUME=True")
+    assert again["stopped"] and again["state"]["step"] == 4  # MAX_STEPS already reached: no step taken
+    resumed = run(tiny_world, tmp_path / "resumed", "--NUM_EPOCHS=2", "--RESUME=True")
+    assert not resumed["stopped"] and resumed["state"]["step"] == 8 == straight["state"]["step"]
+    records = log_records(tmp_path / "resumed" / "training_log.jsonl")
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(r["train_loss"] > 0 for r in epochs)
+    straight_epochs = [r for r in log_records(tmp_path / "straight" / "training_log.jsonl") if r["type"] == "epoch"]
+    assert [r["train_loss"] for r in epochs] == [r["train_loss"] for r in straight_epochs]
+    straight_weights = spdnet_state(tmp_path / "straight" / "checkpoint.pt")
+    resumed_weights = spdnet_state(tmp_path / "resumed" / "checkpoint.pt")
+    for name, tensor in straight_weights.items():
+        assert torch.equal(tensor, resumed_weights[name]), name
+
+
+def test_resume_honours_a_changed_learning_rate_and_refuses_a_changed_batch_size_mid_epoch(tiny_world, tmp_path, capsys):
+    run(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--MAX_STEPS=2")
+    message = run_failing(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--RESUME=True", "--BATCH_SIZE=4")
+    assert message == (f"error: {tmp_path / 'checkpoint.pt'} stopped in the middle of epoch 1 with BATCH_SIZE=2; "
+                       "resume with that value (it fixes the epoch's image order), not 4")
+    capsys.readouterr()
+    run(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--RESUME=True", "--LEARNING_RATE=1e-4", "--WEIGHT_DECAY=0.01")
+    assert "step 2, best mAP -1.0000; learning rate now 7.75e-05 (LEARNING_RATE=0.0001)" in capsys.readouterr().out
+    records = [r for r in log_records(tmp_path / "training_log.jsonl") if r["type"] == "train"]
+    # 4 steps in all, warm-up min(WARMUP_STEPS=2, 4 // 5 or 1) = 1: steps 3 and 4 at the new rate.
+    factors = [training.lr_factor(step, 1, 4, 0.1) for step in range(4)]
+    assert [r["lr"] for r in records] == pytest.approx([1e-3 * factors[0], 1e-3 * factors[1], 1e-4 * factors[2], 1e-4 * factors[3]])
+    checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert checkpoint["optimizer"]["param_groups"][0]["weight_decay"] == 0.01
+    assert checkpoint["config"]["LEARNING_RATE"] == 1e-4
+
+
+def test_fractional_percentages_choose_smaller_subsets(tiny_world, tmp_path, capsys):
+    result = run(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--PERCENT_DATASET=12.5", "--VAL_PERCENT=0.5")
+    assert result["state"]["step"] == 1  # 2 of 16 images: one micro-batch
+    assert "data: 2 training images (2 rainy + 0 clean, 2 rain variants), 1 rainy validation images" in capsys.readouterr().out
+    message = run_failing(tiny_world, tmp_path, "--PERCENT_DATASET=0")
+    assert message == "error: PERCENT_DATASET must be in (0, 100] (fractions such as 0.5 are fine), got 0.0"

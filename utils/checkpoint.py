@@ -34,6 +34,31 @@ def atomic_write_json(path: str, content) -> None:
     os.replace(path + ".tmp", path)
 
 
+class NonFiniteTensorError(ValueError):
+    """A weights or checkpoint file holding a NaN or inf: names the file and the tensor."""
+
+
+def nonfinite_tensors(value, name: str = "") -> list[str]:
+    """The names (dotted paths through dicts and lists) of the floating tensors in ``value`` that hold a NaN or inf."""
+    if isinstance(value, torch.Tensor):
+        return [name] if value.is_floating_point() and not bool(torch.isfinite(value).all()) else []
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return []
+    return [found for key, item in items for found in nonfinite_tensors(item, f"{name}.{key}" if name else str(key))]
+
+
+def check_finite(value, source: str) -> None:
+    """Raise a NonFiniteTensorError naming ``source`` and the first non-finite tensors of ``value``."""
+    bad = nonfinite_tensors(value)
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteTensorError(f"{source}: tensor {shown} holds NaN or inf values; these weights cannot be used")
+
+
 def load_checkpoint(path: str) -> dict:
     """A checkpoint written by this project, loaded with ``weights_only=True`` onto the CPU."""
     if not os.path.isfile(path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -64,6 +65,36 @@ def read_annotation_file(path: str) -> dict:
         if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
             raise ValueError(f"annotation file {path!r} has no {key!r} list")
     return coco
+
+
+def box_problem(bbox, width: int, height: int) -> str | None:
+    """Why a COCO ``[x, y, w, h]`` box cannot be trained on in a ``width`` x ``height`` image, or None.
+
+    A box partly outside the image is fine (its visible part is used); a non-finite, empty or
+    negative one, or one with no area inside the image, is a problem: it is left out, never clipped.
+    """
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for value in bbox
+    ):
+        return "not four numbers"
+    if not all(math.isfinite(value) for value in bbox):
+        return "not finite"
+    x, y, w, h = bbox
+    if w <= 0 or h <= 0:
+        return "width or height <= 0"
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return "no area inside the image"
+    return None
+
+
+def report_left_out_boxes(annotation_file: str, left_out: list[str], examples: int = 5) -> None:
+    """One warning line on stderr: how many boxes were left out of training, with the first examples."""
+    if left_out:
+        shown = "; ".join(left_out[:examples]) + ("; ..." if len(left_out) > examples else "")
+        print(
+            f"warning: {annotation_file}: {len(left_out)} box(es) left out of training (non-finite, negative or "
+            f"degenerate): {shown}", file=sys.stderr, flush=True,
+        )
 
 
 def rain_variant_dirs(coco_rain_dir: str | Sequence[str], split: str) -> list[str]:
@@ -218,12 +249,14 @@ class CocoRainDataset(torch.utils.data.Dataset):
     def _training_targets(self, annotations: list) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """image id -> (boxes (N, 4) float32 x, y, w, h in original pixels, labels (N,) int64).
 
-        Crowd regions, categories the detector lacks and boxes with no area inside the image are
-        left out (COCOeval still sees them all through the annotation file); images without any
-        annotation keep empty targets.
+        Crowd regions and categories the detector lacks are left out (COCOeval still sees them all
+        through the annotation file); so are boxes ``box_problem`` finds fault with, reported on
+        stderr with their annotation and image ids. A box partly outside the image is clipped to it.
+        Images without any annotation keep empty targets.
         """
         boxes: dict[int, list] = {image_id: [] for image_id in self.images}
         labels: dict[int, list] = {image_id: [] for image_id in self.images}
+        left_out = []
         for annotation in annotations:
             image_id = annotation["image_id"]
             if image_id not in boxes or annotation.get("iscrowd", 0):
@@ -232,11 +265,15 @@ class CocoRainDataset(torch.utils.data.Dataset):
             if label is None:
                 continue
             _, height, width = self.images[image_id]
+            problem = box_problem(annotation["bbox"], width, height)
+            if problem is not None:
+                left_out.append(f"annotation {annotation.get('id')} of image {image_id} bbox {annotation['bbox']} ({problem})")
+                continue
             x, y, w, h = annotation["bbox"]
             x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)
-            if x1 > x0 and y1 > y0:
-                boxes[image_id].append([x0, y0, x1 - x0, y1 - y0])
-                labels[image_id].append(label)
+            boxes[image_id].append([x0, y0, x1 - x0, y1 - y0])
+            labels[image_id].append(label)
+        report_left_out_boxes(self.annotation_file, left_out)
         return {
             image_id: (np.asarray(boxes[image_id], np.float32).reshape(-1, 4), np.asarray(labels[image_id], np.int64))
             for image_id in self.images

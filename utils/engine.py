@@ -18,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.coco_eval import CocoEvaluator, coco_metrics
+from utils.integrated_model import check_detector_input_size
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -81,13 +82,29 @@ class NonFiniteGuard:
             handle.remove()
 
 
+def detection_loss(model: nn.Module, images: torch.Tensor, labels: list[dict]) -> torch.Tensor:
+    """The detection loss of SPDNet's derained ``images``; NaN when the derained batch is not finite.
+
+    A non-finite derained batch never reaches the detector, whose box matcher raises on NaN boxes:
+    the detector sees zeros in its place and the loss is NaN, so that NonFiniteGuard drops the
+    micro-batch like any other non-finite loss. ``torch.where`` keeps it free of host syncs, and a
+    finite batch goes through unchanged (same values, same gradient).
+    """
+    check_detector_input_size(images)
+    derained = model.derain(images)
+    finite = torch.isfinite(derained).all()
+    outputs = model.detect(torch.where(finite, derained, torch.zeros_like(derained)), labels)
+    loss = outputs.loss.float()
+    return torch.where(finite, loss, torch.full_like(loss, math.nan))
+
+
 @dataclass
 class TrainState:
     """Where training stands; saved in every checkpoint so a resumed run continues exactly."""
 
     epoch: int = 0  # the epoch in progress (0-based)
     step: int = 0  # optimizer steps taken in all
-    micro_batches_done: int = 0  # micro-batches of this epoch consumed up to the last optimizer step
+    micro_batches_done: int = 0  # micro-batches of this epoch consumed up to the last complete window
     best_map: float = -1.0
     best_epoch: int = -1
     epochs_without_improvement: int = 0
@@ -148,11 +165,16 @@ def train_one_epoch(
     ``state.micro_batches_done`` of the epoch (the sampler skips the ones done before a resume).
     Micro-batches are grouped in windows of ``accumulation_steps`` counted from the epoch's start (the
     last window may be shorter); each window's losses are divided by its size and summed, the gradient
-    is averaged over ranks, clipped, and one optimizer step is taken. Stops early, at a window
-    boundary, when ``should_stop()`` says so or ``max_steps`` optimizer steps are reached.
+    is averaged over ranks, clipped, and one optimizer step is taken. A micro-batch whose derained
+    images or loss are not finite contributes nothing; a window with no finite micro-batch takes no
+    step and is not counted as one (no scheduler step, no ``after_step``). After
+    ``max_nonfinite_in_a_row`` non-finite micro-batches in a row, NonFiniteLossError (read at the
+    window's end). Stops early, at a window boundary, when ``should_stop()`` says so or ``max_steps``
+    optimizer steps are reached before the epoch's end (at its end, the epoch is complete: not stopped).
 
     Returns:
-        {"loss": mean finite loss of the epoch's steps run here, "images": images seen, "stopped": bool}
+        {"loss": mean finite loss of the epoch's steps run here (None: no step), "images": images seen,
+        "stopped": bool}
     """
     rank, world_size = distributed_world()
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -178,7 +200,7 @@ def train_one_epoch(
     try:
         for batch in loader:
             if should_stop():
-                # The partial window is dropped: the state still points at the last optimizer step,
+                # The partial window is dropped: the state still points at the last complete window,
                 # so a resume replays exactly these micro-batches.
                 stopped = True
                 break
@@ -189,8 +211,7 @@ def train_one_epoch(
                 images = images.to(device, non_blocking=True)
                 labels = detector_targets(targets, device)
                 with autocast(device, precision):
-                    outputs = model(images, labels=labels)
-                loss = outputs.loss.float()
+                    loss = detection_loss(model, images, labels)
                 finite = guard.set_loss(loss)
                 (loss / window_size).backward()
                 window_loss += torch.where(finite, loss.detach(), torch.zeros_like(loss))
@@ -213,56 +234,55 @@ def train_one_epoch(
             all_reduce_mean_(gradients, world_size)
             loss_sum, finite_count, nonfinite_count, worst = stats.tolist()
             state.nonfinite_micro_batches += int(nonfinite_count)
-            if int(worst) >= max_nonfinite_in_a_row:
-                raise NonFiniteLossError(
-                    f"{int(worst)} micro-batches in a row had a non-finite loss (limit "
-                    f"MAX_NONFINITE_IN_A_ROW={max_nonfinite_in_a_row}); stopping. The last checkpoint "
-                    "is intact: lower LEARNING_RATE or use PRECISION='fp32', then RESUME."
-                )
-            grad_norm = None
-            if finite_count > 0:
+            state.micro_batches_done = micro_index
+            window_loss.zero_(), window_finite.zero_(), window_nonfinite.zero_(), worst_in_a_row.copy_(in_a_row)
+            if finite_count == 0:
+                # A window of nothing but non-finite losses is not a step: AdamW would still move the
+                # weights on stale moments and weight decay, and the schedule and checkpoints would count it.
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                grad_norm = None
                 if clip_grad_norm is not None:
                     grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm))
                 optimizer.step()
-            # A window of nothing but non-finite losses takes no step: AdamW would still move the
-            # weights on stale moments and weight decay.
-            optimizer.zero_grad(set_to_none=True)
-            step_lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            state.step += 1
-            state.micro_batches_done = micro_index
-            window_loss.zero_(), window_finite.zero_(), window_nonfinite.zero_(), worst_in_a_row.copy_(in_a_row)
-            if finite_count > 0:
+                optimizer.zero_grad(set_to_none=True)
+                step_lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                state.step += 1
                 log_loss_sum += loss_sum / finite_count
                 log_loss_count += 1
                 epoch_loss_sum += loss_sum / finite_count
                 epoch_loss_count += 1
-
-            if state.step % log_every_steps == 0 and log_loss_count:
-                elapsed = time.perf_counter() - log_start
-                record = {
-                    "type": "train", "epoch": state.epoch + 1, "step": state.step,
-                    "loss": log_loss_sum / log_loss_count, "lr": step_lr,
-                    "grad_norm": grad_norm, "images_per_s": world_size * log_images / max(elapsed, 1e-9),
-                    "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
-                }
-                progress.set_postfix(
-                    loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                    img_s=f"{record['images_per_s']:.1f}", mem=f"{record['memory_gb']:.1f}G",
+                if state.step % log_every_steps == 0:
+                    elapsed = time.perf_counter() - log_start
+                    record = {
+                        "type": "train", "epoch": state.epoch + 1, "step": state.step,
+                        "loss": log_loss_sum / log_loss_count, "lr": step_lr,
+                        "grad_norm": grad_norm, "images_per_s": world_size * log_images / max(elapsed, 1e-9),
+                        "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
+                    }
+                    progress.set_postfix(
+                        loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                        img_s=f"{record['images_per_s']:.1f}", mem=f"{record['memory_gb']:.1f}G",
+                    )
+                    if on_log is not None:
+                        on_log(record)
+                    log_loss_sum, log_loss_count, log_images, log_start = 0.0, 0, 0, time.perf_counter()
+                if after_step is not None:
+                    after_step(state)
+            if int(worst) >= max_nonfinite_in_a_row:
+                raise NonFiniteLossError(
+                    f"{int(worst)} micro-batches in a row had a non-finite SPDNet output or loss (limit "
+                    f"MAX_NONFINITE_IN_A_ROW={max_nonfinite_in_a_row}); stopping."
                 )
-                if on_log is not None:
-                    on_log(record)
-                log_loss_sum, log_loss_count, log_images, log_start = 0.0, 0, 0, time.perf_counter()
-            if after_step is not None:
-                after_step(state)
-            if max_steps is not None and state.step >= max_steps:
+            if max_steps is not None and state.step >= max_steps and micro_index < micro_batches_in_epoch:
                 stopped = True
                 break
     finally:
         progress.close()
         guard.remove()
     return {
-        "loss": epoch_loss_sum / epoch_loss_count if epoch_loss_count else math.nan,
+        "loss": epoch_loss_sum / epoch_loss_count if epoch_loss_count else None,
         "images": images_seen * world_size,
         "stopped": stopped,
     }

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import check_finite, load_checkpoint
 
 
 def choose_device(name: str) -> torch.device:
@@ -29,6 +29,7 @@ def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int):
 
     Files written by this project (spdnet_adapted.pt, checkpoint.pt) record their own size, which
     wins over ``n_feats`` / ``n_resblocks``; official checkpoints are loaded at the given size.
+    A file holding a NaN or inf tensor is refused (NonFiniteTensorError naming the file and the tensor).
     """
     from utils.spdnet import SPDNet, load_spdnet_weights
 
@@ -37,6 +38,7 @@ def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int):
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"SPDNet weights {weights!r} do not exist")
     checkpoint = load_checkpoint(weights)
+    check_finite(checkpoint, f"SPDNet weights {weights}")
     if isinstance(checkpoint, dict):
         config = checkpoint.get("config") or {}
         n_feats = checkpoint.get("n_feats", config.get("SPDNET_N_FEATS", n_feats))

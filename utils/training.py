@@ -8,6 +8,7 @@ when saving. Rank 0 alone logs and writes files.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -20,8 +21,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from utils.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
-from utils.engine import TrainState, check_precision, evaluate, train_one_epoch
+from utils.checkpoint import atomic_save, check_finite, load_checkpoint, restore_rng_states, rng_states
+from utils.config import ConfigError
+from utils.engine import NonFiniteLossError, TrainState, check_precision, evaluate, train_one_epoch
 from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
 from utils.pipelines import build_spdnet, choose_device, enable_fast_cuda_math
 
@@ -54,8 +56,9 @@ def check_config(config: dict) -> None:
     for key in ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "NUM_EPOCHS", "MAX_NONFINITE_IN_A_ROW", "LOG_EVERY_STEPS"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
-    if not 0 < config["PERCENT_DATASET"] <= 100:
-        raise ValueError(f"PERCENT_DATASET must be in (0, 100], got {config['PERCENT_DATASET']}")
+    for key in ("PERCENT_DATASET", "VAL_PERCENT"):
+        if not 0 < config[key] <= 100:
+            raise ConfigError(f"{key} must be in (0, 100] (fractions such as 0.5 are fine), got {config[key]}")
     if config["COCO_RATIO"] < 0 or config["RAIN_RATIO"] < 0 or config["COCO_RATIO"] + config["RAIN_RATIO"] <= 0:
         raise ValueError(
             f"COCO_RATIO and RAIN_RATIO must be >= 0 with a positive sum, got {config['COCO_RATIO']} and {config['RAIN_RATIO']}"
@@ -221,39 +224,78 @@ def training_checkpoint(config, model, optimizer, scheduler, state: TrainState, 
     }
 
 
+# Settings that fix which images an epoch shows and in what order: micro_batches_done counts
+# micro-batches of that order, so they cannot change in the middle of an epoch.
+EPOCH_ORDER_SETTINGS = ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "PERCENT_DATASET", "COCO_RATIO", "RAIN_RATIO", "SEED")
+
+
+def continue_schedule(config: dict, optimizer, scheduler) -> None:
+    """Put the settings now in force into a restored optimizer and scheduler.
+
+    The learning rate is a function of the optimizer step: LEARNING_RATE x lr_factor(step) with the
+    current WARMUP_STEPS, MIN_LR_RATIO and total steps (NUM_EPOCHS, the data settings). A resumed run
+    continues from its step on that curve, and AdamW uses the current WEIGHT_DECAY; with unchanged
+    settings this is exactly the schedule the checkpoint was on.
+    """
+    scheduler.base_lrs = [config["LEARNING_RATE"] for _ in optimizer.param_groups]
+    for group, lr_lambda in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = config["LEARNING_RATE"]
+        group["lr"] = config["LEARNING_RATE"] * lr_lambda(scheduler.last_epoch)
+        group["weight_decay"] = config["WEIGHT_DECAY"]
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState:
-    """A fresh TrainState, or the one in OUTPUT_DIR/checkpoint.pt with weights and optimizer restored."""
+    """A fresh TrainState, or the one in OUTPUT_DIR/checkpoint.pt with weights and optimizer restored.
+
+    The checkpoint must hold finite tensors only; a setting of EPOCH_ORDER_SETTINGS changed in the
+    middle of an epoch is refused; schedule settings are honoured (``continue_schedule``).
+    """
     if not config["RESUME"]:
         return TrainState()
     path = run.path(CHECKPOINT_NAME)
     checkpoint = load_checkpoint(path)
+    check_finite({key: checkpoint[key] for key in ("spdnet", "optimizer")}, f"checkpoint {path}")
+    state = TrainState(**checkpoint["state"])
+    if state.micro_batches_done:
+        for key in EPOCH_ORDER_SETTINGS:
+            if checkpoint["config"][key] != config[key]:
+                raise ConfigError(
+                    f"{path} stopped in the middle of epoch {state.epoch + 1} with {key}={checkpoint['config'][key]!r}; "
+                    f"resume with that value (it fixes the epoch's image order), not {config[key]!r}"
+                )
     model.spdnet.load_state_dict(checkpoint["spdnet"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
+    continue_schedule(config, optimizer, scheduler)
     restore_rng_states(checkpoint["rng"])
     if checkpoint["detector_fingerprint"] != model.detector_fingerprint():
-        raise RuntimeError(
+        raise ConfigError(
             f"{path} was trained against another detector (fingerprint {checkpoint['detector_fingerprint'][:12]}..., "
             f"now {model.detector_fingerprint()[:12]}...): resume with the same DETECTOR"
         )
-    state = TrainState(**checkpoint["state"])
     if run.is_main:
-        print(f"resumed from {path}: epoch {state.epoch + 1}, step {state.step}, best mAP {state.best_map:.4f}", flush=True)
+        print(
+            f"resumed from {path} (SPDNet's weights come from it, not from SPDNET_WEIGHTS): epoch {state.epoch + 1}, "
+            f"step {state.step}, best mAP {state.best_map:.4f}; learning rate now {optimizer.param_groups[0]['lr']:.3g} "
+            f"(LEARNING_RATE={config['LEARNING_RATE']:g})",
+            flush=True,
+        )
     return state
 
 
-def check_ranks_agree(model: IntegratedModel, epoch_loss: float, run: Run) -> None:
+def check_ranks_agree(model: IntegratedModel, epoch_loss: float | None, run: Run) -> None:
     """Under torchrun, every rank must end an epoch with the same SPDNet weights and logged loss."""
     if run.world_size == 1:
         return
     from utils.detector import state_dict_sha256
 
-    mine = (state_dict_sha256(model.spdnet), round(float(epoch_loss), 6))
+    mine = (state_dict_sha256(model.spdnet), None if epoch_loss is None else round(epoch_loss, 6))
     everyone = [None] * run.world_size
     dist.all_gather_object(everyone, mine)
     if any(other != mine for other in everyone):
         raise RuntimeError(f"ranks disagree after an epoch (SPDNet hash, loss): {everyone}")
-    print(f"rank {run.rank}: SPDNet weights and epoch loss {mine[1]:.6f} agree across {run.world_size} ranks", flush=True)
+    print(f"rank {run.rank}: SPDNet weights and epoch loss {mine[1]} agree across {run.world_size} ranks", flush=True)
 
 
 class DetectorChangedError(RuntimeError):
@@ -271,7 +313,12 @@ def verify_detector(model: IntegratedModel, fingerprint: str, when: str) -> None
 
 
 def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainState, run: Run, should_stop) -> dict:
-    """Epochs of training and rainy-val scoring until NUM_EPOCHS, early stopping, MAX_STEPS or a signal."""
+    """Epochs of training and rainy-val scoring until NUM_EPOCHS, early stopping, MAX_STEPS or a signal.
+
+    MAX_STEPS reached at an epoch's last step ends that epoch as an uninterrupted run would (scored,
+    saved) before stopping. Too many non-finite micro-batches in a row raise NonFiniteLossError after
+    checkpoint.pt is set to the last step whose weights went on to give a finite loss.
+    """
     fingerprint = model.detector_fingerprint()
     log_path = run.path(LOG_NAME)
     if not config["RESUME"] and run.is_main and os.path.exists(log_path):
@@ -287,10 +334,36 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
         if run.is_main:
             atomic_save(training_checkpoint(config, model, optimizer, scheduler, current, fingerprint), run.path(CHECKPOINT_NAME))
 
-    def periodic_checkpoint(current: TrainState) -> None:
+    # The latest step's checkpoint, kept in memory, and the last one confirmed good: a step is good
+    # once the window after it (which ran on its weights) gave a finite loss.
+    snapshots = {"latest": None, "good": None}
+
+    def remember(current: TrainState) -> None:
+        snapshots["latest"] = copy.deepcopy(training_checkpoint(config, model, optimizer, scheduler, current, fingerprint))
+
+    def after_step(current: TrainState) -> None:
+        snapshots["good"] = snapshots["latest"]
+        remember(current)
         every = config["CHECKPOINT_EVERY_STEPS"]
         if every and current.step % every == 0:
             save_checkpoint(current)
+
+    def save_last_good() -> str:
+        """Write the last good step's checkpoint; what the user should do next, in words."""
+        good = snapshots["good"]
+        if good is None:
+            return (
+                "No step gave a finite loss since the start of this run, so nothing was saved: check "
+                "SPDNET_WEIGHTS (or the resumed checkpoint) and LEARNING_RATE."
+            )
+        verify_detector(model, fingerprint, f"at step {good['state']['step']}")
+        if run.is_main:
+            atomic_save(good, run.path(CHECKPOINT_NAME))
+        return (
+            f"{run.path(CHECKPOINT_NAME)} holds step {good['state']['step']}, the last whose weights gave a finite "
+            "loss: continue from it with --RESUME=True and a lower --LEARNING_RATE (honoured on resume: the "
+            "schedule continues from that step at the new rate) or PRECISION='fp32'."
+        )
 
     def score(epoch_label: str) -> dict:
         return evaluate(
@@ -298,7 +371,15 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
             precision=config["PRECISION"], derain=True, description=f"rainy val {epoch_label}",
         )
 
-    if config["EVAL_BEFORE_TRAINING"] and state.epoch == 0 and state.step == 0:
+    def stop(reason: str) -> dict:
+        if run.is_main:
+            print(f"stopped at step {state.step} ({reason}); continue with --RESUME=True (checkpoint: {run.path(CHECKPOINT_NAME)})", flush=True)
+        return {"state": state.to_dict(), "stopped": True}
+
+    def max_steps_reached() -> bool:
+        return config["MAX_STEPS"] is not None and state.step >= config["MAX_STEPS"]
+
+    if config["EVAL_BEFORE_TRAINING"] and state.epoch == 0 and state.step == 0 and not state.history:
         metrics = score("before")
         state.history.append({"epoch": 0, "val_AP": metrics["AP"]})
         log({"type": "epoch", "epoch": 0, "val_AP": metrics["AP"], "val_AP50": metrics["AP50"], "train_loss": None})
@@ -306,23 +387,27 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
             print(f"before adaptation: rainy-val AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}", flush=True)
 
     stopped_early = False
+    remember(state)
     while state.epoch < config["NUM_EPOCHS"]:
+        if max_steps_reached():
+            return stop(f"MAX_STEPS={config['MAX_STEPS']}")
         data.train_sampler.set_epoch(state.epoch, start=state.micro_batches_done * config["BATCH_SIZE"])
         data.train_dataset.set_epoch(state.epoch)
         epoch_start = time.perf_counter()
-        result = train_one_epoch(
-            model, optimizer, scheduler, data.train_loader, state,
-            micro_batches_in_epoch=data.micro_batches_per_epoch,
-            accumulation_steps=config["GRADIENT_ACCUMULATION_STEPS"], clip_grad_norm=config["GRAD_CLIP_NORM"],
-            precision=config["PRECISION"], device=run.device, max_nonfinite_in_a_row=config["MAX_NONFINITE_IN_A_ROW"],
-            log_every_steps=config["LOG_EVERY_STEPS"], on_log=log, after_step=periodic_checkpoint,
-            should_stop=should_stop, max_steps=config["MAX_STEPS"],
-        )
+        try:
+            result = train_one_epoch(
+                model, optimizer, scheduler, data.train_loader, state,
+                micro_batches_in_epoch=data.micro_batches_per_epoch,
+                accumulation_steps=config["GRADIENT_ACCUMULATION_STEPS"], clip_grad_norm=config["GRAD_CLIP_NORM"],
+                precision=config["PRECISION"], device=run.device, max_nonfinite_in_a_row=config["MAX_NONFINITE_IN_A_ROW"],
+                log_every_steps=config["LOG_EVERY_STEPS"], on_log=log, after_step=after_step,
+                should_stop=should_stop, max_steps=config["MAX_STEPS"],
+            )
+        except NonFiniteLossError as error:
+            raise NonFiniteLossError(f"{error} {save_last_good()}") from None
         if result["stopped"]:
             save_checkpoint(state)
-            if run.is_main:
-                print(f"stopped at step {state.step}; continue with --RESUME=True (checkpoint: {run.path(CHECKPOINT_NAME)})", flush=True)
-            return {"state": state.to_dict(), "stopped": True}
+            return stop(f"MAX_STEPS={config['MAX_STEPS']}" if max_steps_reached() else "signal")
 
         check_ranks_agree(model, result["loss"], run)
         metrics = score(f"epoch {state.epoch + 1}")
@@ -345,19 +430,19 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
         log(record)
         state.history.append({"epoch": epoch_number, "val_AP": metrics["AP"]})
         if run.is_main:
+            loss = "none (no step)" if result["loss"] is None else f"{result['loss']:.4f}"
             print(
-                f"epoch {epoch_number}: train loss {result['loss']:.4f}, rainy-val AP {metrics['AP']:.4f} "
+                f"epoch {epoch_number}: train loss {loss}, rainy-val AP {metrics['AP']:.4f} "
                 f"(best {state.best_map:.4f} at epoch {state.best_epoch})" + (" -> saved" if improved else ""), flush=True,
             )
         state.epoch += 1
         state.micro_batches_done = 0
         save_checkpoint(state)
+        remember(state)
         if state.epochs_without_improvement >= config["EARLY_STOPPING_PATIENCE"]:
             stopped_early = True
             if run.is_main:
                 print(f"early stopping: {state.epochs_without_improvement} epochs without improvement", flush=True)
-            break
-        if config["MAX_STEPS"] is not None and state.step >= config["MAX_STEPS"]:
             break
 
     verify_detector(model, fingerprint, "by the end of training")
