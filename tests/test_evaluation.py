@@ -169,3 +169,22 @@ def test_held_out_settings_are_checked_before_any_work(tiny_world, trained, tmp_
         Eval_conditional.main(common + ["--HOLDOUT_FAMILY=drops"])
     with pytest.raises(FileNotFoundError, match="HOLDOUT_RAIN_DIR: .*nowhere' does not exist"):
         Eval_conditional.main(common + [f"--HOLDOUT_RAIN_DIR={tmp_path / 'nowhere'}"])
+
+
+def test_held_out_family_inside_coco_rain_dir_makes_the_held_out_splits(trained, tmp_path):
+    from utils.conditional_eval import validation_splits
+    from utils.synthetic import build_synthetic_world
+
+    world = build_synthetic_world(str(tmp_path / "world"), num_train=2, num_val=6, image_size=64, seed=5,
+                                  rain_presets=("medium", "drops_light"), show_progress=False)
+    splits = validation_splits({
+        "HOLDOUT_FAMILY": "drops", "HOLDOUT_RAIN_DIR": None, "COCO_RAIN_DIR": world["coco_rain_dir"], "MIXED_RAIN_FRACTION": 0.5,
+    })
+    rain = world["coco_rain_dir"]
+    assert splits["rainy"] == (1.0, [f"{rain}/medium_v0"]) and splits["heldout"] == (1.0, [f"{rain}/drops_light_v0"])
+    results = Eval_conditional.main(
+        [o for o in trained["common"] if "SPDNET_N" not in o and "COCO" not in o]
+        + [f"--COCO_DIR={world['coco_dir']}", f"--COCO_RAIN_DIR={rain}", "--BATCH_SIZE=6", "--HOLDOUT_FAMILY=drops"]
+    )
+    assert list(results) == ["clean", "rainy", "mixed", "heldout", "heldout_mixed"]
+    assert sum(results["heldout"]["rain_detector"]["confusion"].values()) == 6
