@@ -2,10 +2,13 @@
 
     python Eval_conditional.py                    # after Training_SPDNet_Adaptation.py and Training_Rain_Detector.py
     python Eval_conditional.py configs/demo.py    # the CPU demo world
+    python Eval_conditional.py --HOLDOUT_RAIN_DIR=./data/coco_rain_drops --SOFT_ROUTING=True
 
 Per split: mAP of the conditional model against always-derain and never-derain, the gate's confusion
 matrix, milliseconds per image on each path, and a check that every image gated clean gets exactly the
-frozen detector's detections. Writes OUTPUT_DIR/conditional_results.json.
+frozen detector's detections. With HOLDOUT_FAMILY or HOLDOUT_RAIN_DIR also on rain the gate never saw
+(splits heldout and heldout_mixed); with SOFT_ROUTING the soft-routed model too, and a hard vs soft
+table (docs/rain_gate.md). Writes OUTPUT_DIR/conditional_results.json.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from __future__ import annotations
 COCO_DIR = "./data/coco"  # clean COCO: val2017/ and annotations/instances_val2017.json
 COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout
 VAL_PERCENT = 100  # percent of the validation images used
-MIXED_RAIN_FRACTION = 0.5  # fraction of rainy images in the mixed split
+MIXED_RAIN_FRACTION = 0.5  # fraction of rainy images in the mixed splits
+HOLDOUT_FAMILY = None  # rain family the gate was trained without ("streaks", "drops"): its variants of COCO_RAIN_DIR leave rainy/mixed and make the held-out splits
+HOLDOUT_RAIN_DIR = None  # rainy val the gate never saw, in COCO_RAIN_DIR's layout: the held-out splits (None: HOLDOUT_FAMILY's variants of COCO_RAIN_DIR)
 IMAGE_SIZE = 640  # square input size (multiple of 32)
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
@@ -22,6 +27,7 @@ ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
 RAIN_DETECTOR_WEIGHTS = None  # the rain gate (None: OUTPUT_DIR/rain_detector.pt)
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
+SOFT_ROUTING = False  # also score soft routing (gated-rainy images see g * SPDNet(x) + (1 - g) * x, g the calibrated P(rain))
 # ---- run
 BATCH_SIZE = 8  # images per batch (split by the gate inside)
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
@@ -43,12 +49,15 @@ def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv)
     prepare_demo_if_asked(config, argv)
     device = choose_device(config["DEVICE"])
+    splits = conditional_eval.validation_splits(config)
     model = conditional_eval.build_conditional_model(config, device)
     results = {}
-    for split in ("clean", "rainy", "mixed"):
-        loader, annotation_file, label_to_category_id = conditional_eval.build_split_loader(config, model, split)
+    for split, (rain_fraction, coco_rain_dir) in splits.items():
+        loader, annotation_file, label_to_category_id = conditional_eval.build_split_loader(config, model, rain_fraction, coco_rain_dir)
         results[split] = conditional_eval.score_routes(model, loader, annotation_file, label_to_category_id, config, device, split)
     print(conditional_eval.conditional_table(results))
+    if config["SOFT_ROUTING"]:
+        print(conditional_eval.routing_table(results))
     write_results(results, config["OUTPUT_DIR"], "conditional_results.json")
     return results
 

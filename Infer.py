@@ -21,6 +21,7 @@ ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
 RAIN_DETECTOR_WEIGHTS = None  # the rain gate (None: OUTPUT_DIR/rain_detector.pt)
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
+ROUTING = "hard"  # "hard": gated-rainy images see SPDNet(x); "soft": g * SPDNet(x) + (1 - g) * x, g the calibrated P(rain)
 # ---- run
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = "auto"  # "auto", "cuda", "cpu", ...
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     output = config["OUTPUT"] or os.path.join(config["OUTPUT_DIR"], "inference")
     os.makedirs(output, exist_ok=True)
     device = choose_device(config["DEVICE"])
-    model = build_conditional_model(config, device)
+    model = build_conditional_model(config, device, config["ROUTING"])
     id2label = model.integrated.detector.config.id2label
     records = []
     for path in tqdm(files, desc="images", dynamic_ncols=True):

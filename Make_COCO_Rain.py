@@ -3,6 +3,7 @@
     python Make_COCO_Rain.py                                                   # val + train, medium rain
     python Make_COCO_Rain.py --PRESETS="['light', 'medium', 'heavy']" --VARIANTS_PER_PRESET=2 --WORKERS=8
     python Make_COCO_Rain.py --COCO_DIR=./my_coco --COCO_RAIN_DIR=./my_coco_rain --SPLITS="['val']" --LIMIT=100
+    python Make_COCO_Rain.py --SPLITS="['val']" --PRESETS="['drops_heavy']" --COCO_RAIN_DIR=./data/coco_rain_drops
 
 Input: COCO_DIR/{split}2017/*.jpg and COCO_DIR/annotations/instances_{split}2017.json. Output: the
 same layout under COCO_RAIN_DIR (same file names, annotation files copied). Variants are named
@@ -19,7 +20,7 @@ from __future__ import annotations
 COCO_DIR = "./data/coco"  # the clean images and their annotations
 COCO_RAIN_DIR = "./data/coco_rain"  # where the rainy copies go
 SPLITS = ["val", "train"]  # which splits to render ("train", "val")
-PRESETS = ["medium"]  # rain strengths: "light", "medium", "heavy"
+PRESETS = ["medium"]  # rain presets: streaks "light", "medium", "heavy"; drops on the lens "drops_light", "drops_heavy"
 VARIANTS_PER_PRESET = 1  # differently seeded renderings of each preset
 WORKERS = 2  # parallel processes (each renders on one core; 0: in this process)
 SEED = 0  # the rain of an image depends only on (SEED, image id, variant name)

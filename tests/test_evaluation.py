@@ -137,3 +137,58 @@ def test_infer_writes_annotated_images_and_detections(tiny_world, trained, tmp_p
     assert len([name for name in os.listdir(tmp_path) if name.endswith("_detected.png")]) == 6
     with pytest.raises(FileNotFoundError, match="neither an image file nor a folder"):
         Infer.main([f"--OUTPUT_DIR={trained['output']}", "--INPUT=/no/such/photos"])
+
+
+def test_conditional_evaluation_scores_held_out_rain_and_soft_routing(tiny_world, trained, tmp_path, capsys):
+    from utils.data import annotation_path
+    from utils.rain import make_rainy_split
+
+    drops = str(tmp_path / "drops")
+    make_rainy_split(tiny_world["coco_dir"], drops, "val2017", annotation_path(tiny_world["coco_dir"], "val"),
+                     ["drops_heavy"], 1, show_progress=False)
+    results = Eval_conditional.main(
+        [o for o in trained["common"] if "SPDNET_N" not in o]
+        + ["--BATCH_SIZE=4", f"--HOLDOUT_RAIN_DIR={drops}", "--SOFT_ROUTING=True"]
+    )
+    printed = capsys.readouterr().out
+    assert list(results) == ["clean", "rainy", "mixed", "heldout", "heldout_mixed"]
+    assert "hard vs soft routing" in printed and "heldout_mixed" in printed and "conditional (soft)" in printed
+    for split in results.values():
+        assert {"gate", "soft", "always", "never"} <= set(split)
+        guarantee = split["clean_guarantee"]
+        assert guarantee["identical_to_detector"] == guarantee["images_gated_clean"]
+    gate = results["heldout"]["rain_detector"]["confusion"]
+    assert gate["rainy_as_rainy"] + gate["rainy_as_clean"] == 6 and gate["clean_as_rainy"] + gate["clean_as_clean"] == 0
+    mixed = results["heldout_mixed"]["rain_detector"]["confusion"]
+    assert mixed["rainy_as_rainy"] + mixed["rainy_as_clean"] == 3 and mixed["clean_as_rainy"] + mixed["clean_as_clean"] == 3
+
+
+def test_held_out_settings_are_checked_before_any_work(tiny_world, trained, tmp_path):
+    common = [o for o in trained["common"] if "SPDNET_N" not in o]
+    with pytest.raises(ValueError, match="HOLDOUT_FAMILY must be one of"):
+        Eval_conditional.main(common + ["--HOLDOUT_FAMILY=snow"])
+    with pytest.raises(ValueError, match="HOLDOUT_FAMILY='streaks' leaves no rain variant"):
+        Eval_conditional.main(common + ["--HOLDOUT_FAMILY=streaks"])
+    with pytest.raises(ValueError, match="has no variant of it; set HOLDOUT_RAIN_DIR"):
+        Eval_conditional.main(common + ["--HOLDOUT_FAMILY=drops"])
+    with pytest.raises(FileNotFoundError, match="HOLDOUT_RAIN_DIR: .*nowhere' does not exist"):
+        Eval_conditional.main(common + [f"--HOLDOUT_RAIN_DIR={tmp_path / 'nowhere'}"])
+
+
+def test_held_out_family_inside_coco_rain_dir_makes_the_held_out_splits(trained, tmp_path):
+    from utils.conditional_eval import validation_splits
+    from utils.synthetic import build_synthetic_world
+
+    world = build_synthetic_world(str(tmp_path / "world"), num_train=2, num_val=6, image_size=64, seed=5,
+                                  rain_presets=("medium", "drops_light"), show_progress=False)
+    splits = validation_splits({
+        "HOLDOUT_FAMILY": "drops", "HOLDOUT_RAIN_DIR": None, "COCO_RAIN_DIR": world["coco_rain_dir"], "MIXED_RAIN_FRACTION": 0.5,
+    })
+    rain = world["coco_rain_dir"]
+    assert splits["rainy"] == (1.0, [f"{rain}/medium_v0"]) and splits["heldout"] == (1.0, [f"{rain}/drops_light_v0"])
+    results = Eval_conditional.main(
+        [o for o in trained["common"] if "SPDNET_N" not in o and "COCO" not in o]
+        + [f"--COCO_DIR={world['coco_dir']}", f"--COCO_RAIN_DIR={rain}", "--BATCH_SIZE=6", "--HOLDOUT_FAMILY=drops"]
+    )
+    assert list(results) == ["clean", "rainy", "mixed", "heldout", "heldout_mixed"]
+    assert sum(results["heldout"]["rain_detector"]["confusion"].values()) == 6

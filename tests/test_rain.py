@@ -11,7 +11,10 @@ from PIL import Image
 
 import Make_COCO_Rain
 from utils.data import build_dataset
-from utils.rain import PRESETS, make_rainy_split, motion_blur, rain_rng, render_rain, variant_names
+from utils.rain import (
+    PRESETS, family_presets, make_rainy_split, motion_blur, rain_rng, render_rain, split_by_family, variant_names,
+)
+from utils.data import rain_variant_dirs
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +175,66 @@ def test_make_coco_rain_script_writes_what_the_loader_reads(tmp_path, capsys):
     image, target = data[0]
     assert image.shape == (3, 32, 32) and target["class_labels"].tolist() == [0]
     assert (image - target["clean_image"]).abs().mean() > 0.02  # rainy differs from its clean pair
+
+
+def test_streak_presets_render_exactly_as_before_the_drop_family(photo):
+    """SHA-256 of renderings made before the drop family existed: adding it changed no streak pixel."""
+    import hashlib
+
+    before = {
+        "light": "f1e6f3d2f713d0bca6e35bfecf0faea7be8e5ae24cfcc951b07e375af47e3991",
+        "medium": "6c7d4e01a4175150337a0343fa973b1184392a31ed88f317d92ce91a190aa6c5",
+        "heavy": "2a07a7242a1e2bbc262040e41d5dc2d05950518bd8ccc3e6e3e64aaa95c08310",
+    }
+    for preset, digest in before.items():
+        rainy = render_rain(photo, preset, rain_rng(7, 3, f"{preset}_v0"))
+        assert hashlib.sha256(rainy.tobytes()).hexdigest() == digest
+
+
+def test_drops_are_deterministic_local_blurred_lenses(photo):
+    assert family_presets("streaks") == ["light", "medium", "heavy"]
+    assert family_presets("drops") == ["drops_light", "drops_heavy"]
+    first = render_rain(photo, "drops_heavy", rain_rng(1, 42, "drops_heavy_v0"))
+    assert first.shape == photo.shape and first.dtype == np.uint8
+    assert np.array_equal(first, render_rain(photo, "drops_heavy", rain_rng(1, 42, "drops_heavy_v0")))
+    assert not np.array_equal(first, render_rain(photo, "drops_heavy", rain_rng(1, 42, "drops_heavy_v1")))
+    covered = {}
+    for preset in ("drops_light", "drops_heavy"):
+        changed = np.abs(render_rain(photo, preset, rain_rng(0, 1, "v")).astype(int) - photo).max(-1) > 8
+        covered[preset] = changed.mean()
+    # Drops cover part of the picture, more in heavier presets, and leave the rest untouched
+    # (streak rain with its haze changes every pixel).
+    assert 0.02 < covered["drops_light"] < covered["drops_heavy"] < 0.6
+    # Inside a drop the view is blurred: on a checkerboard, drops lower the local contrast.
+    board = ((np.indices((120, 160)).sum(0) // 2) % 2 * 200 + 20).astype(np.uint8)[..., None].repeat(3, -1)
+    rainy = render_rain(board, "drops_heavy", rain_rng(0, 2, "v")).astype(float)
+    changed = np.abs(rainy - board).max(-1) > 8
+    contrast = np.abs(rainy[:, 1:] - rainy[:, :-1]).max(-1)
+    assert contrast[changed[:, 1:]].mean() < 0.5 * contrast[~changed[:, 1:]].mean()
+
+
+def test_presets_are_randomised_within_their_family():
+    rng = np.random.default_rng(0)
+    for name, preset in PRESETS.items():
+        neighbours = [preset.randomised(rng) for _ in range(20)]
+        assert all(type(n) is type(preset) and n != preset for n in neighbours)
+        image = render_rain(np.full((48, 64, 3), 90, np.uint8), neighbours[0], rain_rng(0, 0, name))
+        assert image.shape == (48, 64, 3)
+    assert all(0 < n.transmission <= 1 and n.brightness <= 1 for n in (PRESETS["heavy"].randomised(rng) for _ in range(50)))
+
+
+def test_variant_folders_know_their_family(tmp_path):
+    coco, rain = str(tmp_path / "coco"), str(tmp_path / "rain")
+    annotation_file = _coco_folder(coco, count=2)
+    make_rainy_split(coco, rain, "val2017", annotation_file, ["medium", "drops_light"], 1, seed=0, show_progress=False)
+    with open(os.path.join(rain, "drops_light_v0", "rain_settings.json")) as file:
+        assert json.load(file) == {"variant": "drops_light_v0", "seed": 0, "renderer_version": 2, "drops_renderer_version": 1}
+    with open(os.path.join(rain, "medium_v0", "rain_settings.json")) as file:
+        assert json.load(file) == {"variant": "medium_v0", "seed": 0, "renderer_version": 2}  # as before drops existed
+    others, held_out = split_by_family(rain_variant_dirs(rain, "val"), "drops")
+    assert others == [os.path.join(rain, "medium_v0")] and held_out == [os.path.join(rain, "drops_light_v0")]
+    with pytest.raises(ValueError, match="rain family must be one of"):
+        split_by_family(rain_variant_dirs(rain, "val"), "snow")
+    os.remove(os.path.join(rain, "medium_v0", "rain_settings.json"))
+    with pytest.raises(FileNotFoundError, match="medium_v0' has no rain_settings.json"):
+        split_by_family(rain_variant_dirs(rain, "val"), "drops")

@@ -4,6 +4,11 @@
 
 A batch is split by the gate, each part runs its path, and the outputs are merged back in the input
 order. Images gated clean never touch SPDNet, so they get exactly the frozen detector's detections.
+
+Routing "soft" changes only what the gated-rainy images show the detector: g * SPDNet(x) + (1 - g) * x
+with g the gate's calibrated P(rain) (sigmoid(logit / T), T fitted on validation data), so an image
+the gate is unsure about keeps part of its original. The decision, and the clean path, are those of
+"hard" routing, bit for bit.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from utils.integrated_model import IntegratedModel
+from utils.integrated_model import IntegratedModel, check_detector_input_size
 from utils.rain_detector import RainDetector
 
 
@@ -24,6 +29,7 @@ class ConditionalOutput:
     pred_boxes: torch.Tensor  # (B, Q, 4) normalised cx, cy, w, h
     rain_probability: torch.Tensor  # (B,)
     derained: torch.Tensor  # (B,) bool: which images went through SPDNet
+    blend: torch.Tensor  # (B,) the weight of SPDNet's image in the detector's input (0: the image itself)
     seconds: dict = field(default_factory=dict)  # gate / rainy path / clean path wall time of this batch
 
 
@@ -32,19 +38,26 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class ConditionalModel(nn.Module):
-    """Rain-gated detection. ``route``: "gate" (the detector decides), "always" or "never" derain."""
+ROUTINGS = ("hard", "soft")
 
-    def __init__(self, rain_detector: RainDetector, integrated: IntegratedModel):
+
+class ConditionalModel(nn.Module):
+    """Rain-gated detection. ``route``: "gate" (the detector decides), "always" or "never" derain;
+    ``routing`` (module docstring): "hard" or "soft", how a gated-rainy image is derained."""
+
+    def __init__(self, rain_detector: RainDetector, integrated: IntegratedModel, routing: str = "hard"):
         super().__init__()
+        check_routing(routing)
         self.rain_detector = rain_detector
         self.integrated = integrated
+        self.routing = routing
 
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor, route: str = "gate") -> ConditionalOutput:
-        """images (B, 3, H, W) in 0-1, H and W multiples of 32."""
+    def forward(self, images: torch.Tensor, route: str = "gate", routing: str | None = None) -> ConditionalOutput:
+        """images (B, 3, H, W) in 0-1, H and W multiples of 32; ``routing`` None: the model's own."""
         if route not in ("gate", "always", "never"):
             raise ValueError(f"route must be 'gate', 'always' or 'never', got {route!r}")
+        routing = self.routing if routing is None else check_routing(routing)
         device = images.device
         seconds = {"gate": 0.0, "rainy_path": 0.0, "clean_path": 0.0}
         _synchronise(device)
@@ -57,13 +70,18 @@ class ConditionalModel(nn.Module):
         _synchronise(device)
         seconds["gate"] = time.perf_counter() - start
 
+        blend = rainy.float()
         logits = pred_boxes = None
         for derain, mask in ((True, rainy), (False, ~rainy)):
             index = mask.nonzero().squeeze(1)
             if len(index) == 0:
                 continue
             start = time.perf_counter()
-            outputs = self.integrated(images[index], derain=derain)
+            if derain and routing == "soft" and route == "gate":
+                blend[index] = self.rain_detector.probability(images[index], calibrated=True)
+                outputs = self.soft_derain_and_detect(images[index], blend[index])
+            else:
+                outputs = self.integrated(images[index], derain=derain)
             _synchronise(device)
             seconds["rainy_path" if derain else "clean_path"] = time.perf_counter() - start
             if logits is None:
@@ -71,4 +89,16 @@ class ConditionalModel(nn.Module):
                 pred_boxes = outputs.pred_boxes.new_empty((len(images), *outputs.pred_boxes.shape[1:]))
             logits[index] = outputs.logits.to(logits.dtype)
             pred_boxes[index] = outputs.pred_boxes.to(pred_boxes.dtype)
-        return ConditionalOutput(logits, pred_boxes, probability, rainy, seconds)
+        return ConditionalOutput(logits, pred_boxes, probability, rainy, blend, seconds)
+
+    def soft_derain_and_detect(self, images: torch.Tensor, weight: torch.Tensor):
+        """The detector's output for g * SPDNet(x) + (1 - g) * x, g = ``weight`` (B,)."""
+        check_detector_input_size(images)
+        g = weight.view(-1, 1, 1, 1).to(images.dtype)
+        return self.integrated.detect(g * self.integrated.derain(images) + (1.0 - g) * images)
+
+
+def check_routing(routing: str) -> str:
+    if routing not in ROUTINGS:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    return routing

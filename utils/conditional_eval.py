@@ -1,4 +1,5 @@
-"""Eval_conditional.py's pieces: build the gated model, score its routes, check the clean guarantee."""
+"""Eval_conditional.py's pieces: build the gated model, choose the splits (held-out rain included),
+score its routes (hard and soft routing), check the clean guarantee, tabulate."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ import torch
 from utils.checkpoint import load_checkpoint
 from utils.coco_eval import METRIC_NAMES, CocoEvaluator
 from utils.conditional import ConditionalModel
+from utils.data import rain_variant_dirs
 from utils.detector import load_detector
 from utils.engine import autocast, check_precision
 from utils.evaluation import build_val_loader
 from utils.integrated_model import IntegratedModel
 from utils.pipelines import build_spdnet
+from utils.rain import FAMILIES, split_by_family
 from utils.rain_detector import classification_metrics, load_rain_detector
 from tqdm import tqdm
 
-ROUTES = ("gate", "always", "never")
-ROUTE_TITLES = {"gate": "conditional (gated)", "always": "always derain", "never": "never derain (vanilla)"}
+# Result rows: name -> (route, routing). "gate" is the hard-routed conditional model, "soft" the soft one.
+ROWS = {"gate": ("gate", "hard"), "soft": ("gate", "soft"), "always": ("always", "hard"), "never": ("never", "hard")}
+ROUTE_TITLES = {
+    "gate": "conditional (gated)", "soft": "conditional (soft)", "always": "always derain", "never": "never derain (vanilla)",
+}
 
 
 def _weights_path(config: dict, key: str, default_name: str) -> str:
@@ -28,8 +34,9 @@ def _weights_path(config: dict, key: str, default_name: str) -> str:
     return path
 
 
-def build_conditional_model(config: dict, device: torch.device) -> ConditionalModel:
-    """The rain gate, the adapted SPDNet and the frozen detector; files checked before any work."""
+def build_conditional_model(config: dict, device: torch.device, routing: str = "hard") -> ConditionalModel:
+    """The rain gate, the adapted SPDNet and the frozen detector; files checked before any work.
+    ``routing``: "hard" or "soft" (utils.conditional)."""
     check_precision(config["PRECISION"])
     adapted_path = _weights_path(config, "ADAPTED_WEIGHTS", "spdnet_adapted.pt")
     gate_path = _weights_path(config, "RAIN_DETECTOR_WEIGHTS", "rain_detector.pt")
@@ -41,21 +48,52 @@ def build_conditional_model(config: dict, device: torch.device) -> ConditionalMo
             f"{adapted_path} was adapted to another detector than DETECTOR={config['DETECTOR']!r} "
             "(fingerprints differ): evaluate with the detector it was trained against"
         )
-    return ConditionalModel(load_rain_detector(gate_path), integrated).to(device).eval()
+    return ConditionalModel(load_rain_detector(gate_path), integrated, routing).to(device).eval()
 
 
-def build_split_loader(config: dict, model: ConditionalModel, split: str):
-    """(loader, annotation file, label -> category id) for 'clean', 'rainy' or 'mixed' validation."""
-    rain_fraction = {"clean": 0.0, "rainy": 1.0, "mixed": config["MIXED_RAIN_FRACTION"]}[split]
-    return build_val_loader(config, model.integrated.detector.config.id2label, rain_fraction)
+def validation_splits(config: dict) -> dict[str, tuple[float, object]]:
+    """split -> (fraction of rainy images, the COCO_RAIN_DIR its rainy images come from).
+
+    clean, rainy and mixed always; with HOLDOUT_FAMILY or HOLDOUT_RAIN_DIR also heldout (every image
+    in the rain the gate never saw) and heldout_mixed (MIXED_RAIN_FRACTION of them, the rest clean:
+    the gate's precision there counts its false alarms on clean images too). HOLDOUT_FAMILY's
+    variants of COCO_RAIN_DIR leave rainy and mixed and, without HOLDOUT_RAIN_DIR, make the held-out splits.
+    """
+    family, held_out = config["HOLDOUT_FAMILY"], config["HOLDOUT_RAIN_DIR"]
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {family!r}")
+    if held_out is not None and not os.path.isdir(held_out):
+        raise FileNotFoundError(f"HOLDOUT_RAIN_DIR: {held_out!r} does not exist")
+    seen = config["COCO_RAIN_DIR"]
+    if family is not None:
+        seen, of_family = split_by_family(rain_variant_dirs(config["COCO_RAIN_DIR"], "val"), family)
+        if not seen:
+            raise ValueError(f"HOLDOUT_FAMILY={family!r} leaves no rain variant of COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} for the rainy split")
+        if held_out is None and not of_family:
+            raise ValueError(f"HOLDOUT_FAMILY={family!r}: COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} has no variant of it; set HOLDOUT_RAIN_DIR")
+        held_out = held_out or of_family
+    mixed = config["MIXED_RAIN_FRACTION"]
+    splits = {"clean": (0.0, seen), "rainy": (1.0, seen), "mixed": (mixed, seen)}
+    if held_out is not None:
+        splits.update(heldout=(1.0, held_out), heldout_mixed=(mixed, held_out))
+    return splits
+
+
+def build_split_loader(config: dict, model: ConditionalModel, rain_fraction: float, coco_rain_dir):
+    """(loader, annotation file, label -> category id) for validation with ``rain_fraction`` of the
+    images rainy, from ``coco_rain_dir``."""
+    return build_val_loader(dict(config, COCO_RAIN_DIR=coco_rain_dir), model.integrated.detector.config.id2label, rain_fraction)
 
 
 @torch.inference_mode()
 def score_routes(model: ConditionalModel, loader, annotation_file, label_to_category_id, config, device, split) -> dict:
-    """mAP of each route, the gate's confusion, ms per image per path, and the clean-path guarantee."""
-    evaluators = {route: CocoEvaluator(annotation_file, label_to_category_id) for route in ROUTES}
-    seconds = {route: {"gate": 0.0, "rainy_path": 0.0, "clean_path": 0.0} for route in ROUTES}
-    probabilities, actual, gated_rainy = [], [], []
+    """mAP of each route (soft routing too with SOFT_ROUTING), the gate's confusion, ms per image per
+    path, and the clean-path guarantee of every gated routing."""
+    rows = [row for row in ROWS if row != "soft" or config["SOFT_ROUTING"]]
+    gated = [row for row in rows if ROWS[row][0] == "gate"]
+    evaluators = {row: CocoEvaluator(annotation_file, label_to_category_id) for row in rows}
+    seconds = {row: {"gate": 0.0, "rainy_path": 0.0, "clean_path": 0.0} for row in rows}
+    probabilities, actual, gated_rainy, blends = [], [], [], []
     clean_checked, clean_mismatches, max_deviation_from_full_batch = 0, 0, 0.0
     for batch in tqdm(loader, desc=f"{split} val", dynamic_ncols=True, leave=False):
         if batch is None:  # every image of the batch was unreadable
@@ -66,17 +104,19 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
         sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
         outputs = {}
         with autocast(device, config["PRECISION"]):
-            for route in ROUTES:
-                outputs[route] = model(images, route=route)
-                for key, value in outputs[route].seconds.items():
-                    seconds[route][key] += value
-                evaluators[route].update(outputs[route].logits, outputs[route].pred_boxes, image_ids, sizes)
-            # The guarantee: an image gated clean gets exactly the frozen detector's output.
+            for row in rows:
+                route, routing = ROWS[row]
+                outputs[row] = model(images, route=route, routing=routing)
+                for key, value in outputs[row].seconds.items():
+                    seconds[row][key] += value
+                evaluators[row].update(outputs[row].logits, outputs[row].pred_boxes, image_ids, sizes)
+            # The guarantee: an image gated clean gets exactly the frozen detector's output, whatever the routing.
             clean = (~outputs["gate"].derained).nonzero().squeeze(1)
             if len(clean):
                 direct = model.integrated.detect(images[clean])
-                same = torch.equal(direct.logits, outputs["gate"].logits[clean]) and torch.equal(
-                    direct.pred_boxes, outputs["gate"].pred_boxes[clean]
+                same = all(
+                    torch.equal(direct.logits, outputs[row].logits[clean]) and torch.equal(direct.pred_boxes, outputs[row].pred_boxes[clean])
+                    for row in gated
                 )
                 clean_checked += len(clean)
                 clean_mismatches += 0 if same else len(clean)
@@ -84,6 +124,8 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
                 max_deviation_from_full_batch = max(max_deviation_from_full_batch, float(deviation))
         probabilities.append(outputs["gate"].rain_probability.cpu())
         gated_rainy.append(outputs["gate"].derained.cpu())
+        if "soft" in outputs:
+            blends.append(outputs["soft"].blend.cpu())
         actual.append(torch.tensor([bool(t["is_rainy"]) for t in targets]))
     if clean_mismatches:
         raise RuntimeError(f"{split}: {clean_mismatches} of {clean_checked} images gated clean did not get the frozen detector's exact output")
@@ -91,9 +133,12 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
     probability, is_rainy, routed = torch.cat(probabilities), torch.cat(actual), torch.cat(gated_rainy)
     images_total = len(probability)
     n_rainy_path, n_clean_path = int(routed.sum()), int((~routed).sum())
-    result = {route: evaluators[route].summarize() for route in ROUTES}
-    for route in ROUTES:
-        result[route]["ms_per_image"] = 1000 * sum(seconds[route].values()) / images_total
+    result = {row: evaluators[row].summarize() for row in rows}
+    for row in rows:
+        result[row]["ms_per_image"] = 1000 * sum(seconds[row].values()) / images_total
+    if "soft" in rows:
+        blend = torch.cat(blends)[routed]
+        result["soft"]["mean_blend_of_gated_rainy"] = float(blend.mean()) if len(blend) else None
     rainy_path_ms = 1000 * seconds["always"]["rainy_path"] / images_total
     clean_path_ms = 1000 * seconds["never"]["clean_path"] / images_total
     result["gate"] = dict(
@@ -118,24 +163,42 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
 
 
 def conditional_table(results: dict) -> str:
-    header = f"{'split':<7}{'route':<26}" + "".join(f"{m:>8}" for m in METRIC_NAMES) + f"{'ms/img':>9}"
+    width = max(7, *(len(split) + 1 for split in results))
+    header = f"{'split':<{width}}{'route':<26}" + "".join(f"{m:>8}" for m in METRIC_NAMES) + f"{'ms/img':>9}"
     lines = ["", header, "-" * len(header)]
     for split, result in results.items():
-        for route in ROUTES:
-            row = result[route]
-            lines.append(f"{split:<7}{ROUTE_TITLES[route]:<26}" + "".join(f"{row[m]:>8.4f}" for m in METRIC_NAMES) + f"{row['ms_per_image']:>9.1f}")
+        for name in (row for row in ROWS if row in result):
+            row = result[name]
+            lines.append(f"{split:<{width}}{ROUTE_TITLES[name]:<26}" + "".join(f"{row[m]:>8.4f}" for m in METRIC_NAMES) + f"{row['ms_per_image']:>9.1f}")
         gate, speed, guarantee = result["rain_detector"], result["speed"], result["clean_guarantee"]
         confusion = gate["confusion"]
         lines.append(
-            f"{'':<7}gate: accuracy {gate['accuracy']:.3f}, precision(rainy) {gate['precision']:.3f}, recall(rainy) "
+            f"{'':<{width}}gate: accuracy {gate['accuracy']:.3f}, precision(rainy) {gate['precision']:.3f}, recall(rainy) "
             f"{gate['recall']:.3f}; rainy->rainy {confusion['rainy_as_rainy']}, clean->rainy {confusion['clean_as_rainy']}, "
             f"rainy->clean {confusion['rainy_as_clean']}, clean->clean {confusion['clean_as_clean']}"
         )
         speedup = speed["clean_path_speedup"]
         lines.append(
-            f"{'':<7}paths: rainy {speed['rainy_path_ms_per_image']:.1f} ms/img, clean {speed['clean_path_ms_per_image']:.1f} ms/img"
+            f"{'':<{width}}paths: rainy {speed['rainy_path_ms_per_image']:.1f} ms/img, clean {speed['clean_path_ms_per_image']:.1f} ms/img"
             + (f" ({speedup:.1f}x faster)" if speedup else "")
             + f", gate {speed['gate_ms_per_image']:.1f} ms/img; {guarantee['identical_to_detector']}/"
             f"{guarantee['images_gated_clean']} clean-gated images identical to the frozen detector"
+            + (" (hard and soft routing)" if "soft" in result else "")
+        )
+    return "\n".join(lines)
+
+
+def routing_table(results: dict) -> str:
+    """Hard against soft routing of the conditional model, split by split (SOFT_ROUTING)."""
+    width = max(7, *(len(split) + 1 for split in results))
+    header = (f"{'split':<{width}}" + "".join(f"{title:>10}" for title in ("hard AP", "soft AP", "soft-hard", "hard AP50", "soft AP50"))
+              + f"{'gated rainy':>13}{'mean g':>8}")
+    lines = ["", "hard vs soft routing (same gate decisions; soft blends g * SPDNet(x) + (1 - g) * x)", header, "-" * len(header)]
+    for split, result in results.items():
+        hard, soft = result["gate"], result["soft"]
+        blend = soft["mean_blend_of_gated_rainy"]
+        lines.append(
+            f"{split:<{width}}{hard['AP']:>10.4f}{soft['AP']:>10.4f}{soft['AP'] - hard['AP']:>+10.4f}{hard['AP50']:>10.4f}{soft['AP50']:>10.4f}"
+            f"{result['gate']['routed_rainy']:>13}" + (f"{blend:>8.3f}" if blend is not None else f"{'-':>8}")
         )
     return "\n".join(lines)

@@ -298,6 +298,11 @@ class CocoRainDataset(torch.utils.data.Dataset):
         shared memory, which persistent workers read at every sample."""
         self._epoch.fill_(epoch)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch set_epoch last chose (0 before any call)."""
+        return int(self._epoch)
+
     def __len__(self) -> int:
         return len(self.samples)
 

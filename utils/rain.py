@@ -1,6 +1,6 @@
-"""Synthetic rain: streaks plus rain accumulation (veiling haze), vectorised.
+"""Synthetic rain in two families, vectorised: streaks plus haze, and raindrops on the lens.
 
-Streaks: sparse random drops (thresholded uniform noise) -> motion blur along the wind direction with
+Family "streaks" (presets light, medium, heavy). Streaks: sparse random drops (thresholded uniform noise) -> motion blur along the wind direction with
 a tapered profile -> threshold (crisp ends) -> a 3x3 soften (anti-aliased, ~1.5 px wide), in two
 layers: near (long, bright, dense) and far (short, faint, at almost the same angle). Accumulation
 follows the heavy-rain model
@@ -8,7 +8,16 @@ follows the heavy-rain model
     O = t * (B + S) + (1 - t) * A
 
 with background B, streak layer S, transmission t < 1 (lower towards the top of the picture, a
-stand-in for depth) and atmospheric light A. Every random choice comes from
+stand-in for depth) and atmospheric light A.
+
+Family "drops" (presets drops_light, drops_heavy): water drops on the lens or windscreen, as in the
+raindrop data of Qian et al. (Attentive GAN, CVPR 2018), which streaks cannot produce. The camera
+focuses on the scene, so each drop is an out-of-focus lens: elliptic, with a soft edge and a dark
+rim, it shows a blurred, inverted view of a region ``magnification`` times its size around it (a
+refraction map sampled with ``grid_sample``), plus a small specular highlight; between the drops the
+scene stays sharp and untouched.
+
+Every random choice comes from
 ``rain_rng(seed, image_id, variant)``, so a rendered image depends on those three alone (the variant
 is its name, e.g. ``"heavy_v1"``), whichever worker renders it, in which order, and whatever other
 variants the same run renders.
@@ -25,32 +34,65 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-# Bumped whenever the renderer's output changes, so a resume never mixes two renderers' rain.
+# Bumped whenever the streak renderer's output changes, so a resume never mixes two renderers' rain.
 RENDERER_VERSION = 2
+# The same for the drop renderer; recorded only for drop presets, so streak folders keep their settings.
+DROPS_RENDERER_VERSION = 1
 SETTINGS_FILE = "rain_settings.json"
 
 
 @dataclass(frozen=True)
 class RainPreset:
+    family: ClassVar[str] = "streaks"
     density: float  # fraction of pixels seeding a near streak (the far layer gets 1.4x as many)
     length: float  # near streak length, as a fraction of the image's shorter side
     brightness: float  # streak intensity added before the haze, 0-1
     transmission: float  # t of the haze model at the top of the picture: 1 = no haze
     angle_range: float  # the wind leans streaks up to this many degrees from vertical
 
+    def randomised(self, rng: np.random.Generator) -> "RainPreset":
+        """A random neighbour of this preset (the gate's training draws rain settings it never saw)."""
+        return RainPreset(
+            density=self.density * rng.uniform(0.5, 1.5), length=self.length * rng.uniform(0.7, 1.4),
+            brightness=min(1.0, self.brightness * rng.uniform(0.7, 1.1)),
+            transmission=1.0 - (1.0 - self.transmission) * rng.uniform(0.5, 1.5),
+            angle_range=self.angle_range * rng.uniform(0.5, 1.5),
+        )
+
+
+@dataclass(frozen=True)
+class DropPreset:
+    family: ClassVar[str] = "drops"
+    count: float  # drops per square of the image's shorter side (a 4:3 image gets 4/3 as many)
+    radius: float  # largest drop radius, a fraction of the shorter side (radii are drawn from 30-100 % of it)
+    blur: float  # defocus of the drops: Gaussian sigma, a fraction of the shorter side
+    magnification: float  # a drop shows an inverted view of a region this many times its own size
+    darkness: float  # how much the rim of a drop darkens what it shows, 0-1
+
+    def randomised(self, rng: np.random.Generator) -> "DropPreset":
+        """A random neighbour of this preset (the gate's training draws rain settings it never saw)."""
+        return DropPreset(
+            count=self.count * rng.uniform(0.5, 1.5), radius=self.radius * rng.uniform(0.7, 1.4),
+            blur=self.blur * rng.uniform(0.5, 1.5), magnification=self.magnification * rng.uniform(0.7, 1.3),
+            darkness=min(1.0, self.darkness * rng.uniform(0.5, 1.5)),
+        )
+
 
 PRESETS = {
     "light": RainPreset(density=0.0025, length=0.035, brightness=0.6, transmission=0.9, angle_range=15.0),
     "medium": RainPreset(density=0.005, length=0.05, brightness=0.8, transmission=0.78, angle_range=20.0),
     "heavy": RainPreset(density=0.009, length=0.07, brightness=0.95, transmission=0.62, angle_range=25.0),
+    "drops_light": DropPreset(count=12.0, radius=0.06, blur=0.006, magnification=2.5, darkness=0.35),
+    "drops_heavy": DropPreset(count=30.0, radius=0.09, blur=0.01, magnification=3.0, darkness=0.45),
 }
+FAMILIES = ("streaks", "drops")
 
 
 def rain_rng(seed: int, image_id: int, variant: str) -> np.random.Generator:
@@ -105,17 +147,26 @@ def soften(layer: torch.Tensor) -> torch.Tensor:
     return F.conv2d(layer[None, None], _SOFTEN_KERNEL, padding=1)[0, 0] * 2.0
 
 
-def resolve_preset(preset: str | RainPreset) -> RainPreset:
-    if isinstance(preset, RainPreset):
+def resolve_preset(preset: str | RainPreset | DropPreset) -> RainPreset | DropPreset:
+    if isinstance(preset, (RainPreset, DropPreset)):
         return preset
     if preset not in PRESETS:
         raise ValueError(f"rain preset must be one of {sorted(PRESETS)}, got {preset!r}")
     return PRESETS[preset]
 
 
-def render_rain(image: np.ndarray, preset: str | RainPreset, rng: np.random.Generator) -> np.ndarray:
-    """Rainy copy of an (H, W, 3) uint8 RGB image, same shape and dtype."""
+def family_presets(family: str) -> list[str]:
+    """The preset names of a rain family ("streaks" or "drops")."""
+    if family not in FAMILIES:
+        raise ValueError(f"rain family must be one of {FAMILIES}, got {family!r}")
+    return [name for name, preset in PRESETS.items() if preset.family == family]
+
+
+def render_rain(image: np.ndarray, preset: str | RainPreset | DropPreset, rng: np.random.Generator) -> np.ndarray:
+    """Rainy copy of an (H, W, 3) uint8 RGB image, same shape and dtype, in the preset's family."""
     preset = resolve_preset(preset)
+    if isinstance(preset, DropPreset):
+        return render_drops(image, preset, rng)
     height, width = image.shape[:2]
     background = torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0)
     wind = rng.uniform(-preset.angle_range, preset.angle_range)  # one wind for the whole scene
@@ -127,6 +178,68 @@ def render_rain(image: np.ndarray, preset: str | RainPreset, rng: np.random.Gene
     atmosphere = float(rng.uniform(0.75, 0.95))
     rainy = transmission * (background + streaks) + (1.0 - transmission) * atmosphere
     return rainy.clamp_(0, 1).mul_(255.0).add_(0.5).to(torch.uint8).numpy()
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a (C, H, W) tensor, reflecting at the border (sigma in px)."""
+    radius = max(1, math.ceil(3 * sigma))
+    taps = torch.exp(-torch.arange(-radius, radius + 1, dtype=torch.float32) ** 2 / (2 * sigma**2))
+    taps = (taps / taps.sum()).repeat(len(image), 1, 1)
+    padded = F.pad(image[None], (radius, radius, radius, radius), mode="reflect")
+    rows = F.conv2d(padded, taps[:, :, None, :], groups=len(image))
+    return F.conv2d(rows, taps[:, :, :, None], groups=len(image))[0]
+
+
+def drop_maps(height: int, width: int, preset: DropPreset, rng: np.random.Generator):
+    """Where each pixel looks through a drop: (source y, source x, coverage 0-1, shade) maps, (H, W) each.
+
+    Drops are drawn one after another, a later one covering an earlier one where they overlap.
+    Inside a drop of centre c and radii (ry, rx), the pixel at c + (u ry, v rx) shows the scene at
+    c' - (u ry, v rx) * magnification (inverted, a wider view; c' a little above c, as a drop on a
+    pane sees the scene above it). Coverage falls to 0 over the outer 15 % of the radius; shade
+    darkens the rim and adds a highlight up and to the left of the centre.
+    """
+    short = min(height, width)
+    source_y = torch.arange(height, dtype=torch.float32)[:, None].repeat(1, width)
+    source_x = torch.arange(width, dtype=torch.float32)[None, :].repeat(height, 1)
+    coverage, shade = torch.zeros(height, width), torch.ones(height, width)
+    for _ in range(max(1, round(preset.count * height * width / short**2))):
+        radius = max(2.0, preset.radius * short * rng.uniform(0.3, 1.0))
+        aspect = rng.uniform(0.75, 1.25)
+        ry, rx = radius * aspect, radius / aspect
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        view_y = cy - radius * rng.uniform(0.0, 1.5)
+        y0, y1 = max(0, math.floor(cy - ry)), min(height, math.ceil(cy + ry) + 1)
+        x0, x1 = max(0, math.floor(cx - rx)), min(width, math.ceil(cx + rx) + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        u = (torch.arange(y0, y1, dtype=torch.float32)[:, None] - cy) / ry
+        v = (torch.arange(x0, x1, dtype=torch.float32)[None, :] - cx) / rx
+        distance = torch.sqrt(u**2 + v**2)
+        inside = distance < 1.0
+        rim = ((distance - 0.7) / 0.3).clamp(0, 1)
+        highlight = torch.exp(-((u + 0.35) ** 2 + (v + 0.35) ** 2) / 0.02)
+        window = (slice(y0, y1), slice(x0, x1))
+        source_y[window] = torch.where(inside, view_y - u * ry * preset.magnification, source_y[window])
+        source_x[window] = torch.where(inside, cx - v * rx * preset.magnification, source_x[window])
+        coverage[window] = torch.where(inside, ((1.0 - distance) / 0.15).clamp(0, 1), coverage[window])
+        shade[window] = torch.where(inside, 1.0 - preset.darkness * rim + 0.5 * highlight, shade[window])
+    return source_y, source_x, coverage, shade
+
+
+def render_drops(image: np.ndarray, preset: DropPreset, rng: np.random.Generator) -> np.ndarray:
+    """Raindrops on the lens over an (H, W, 3) uint8 RGB image (module docstring): same shape and dtype."""
+    height, width = image.shape[:2]
+    background = torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0).permute(2, 0, 1)
+    source_y, source_x, coverage, shade = drop_maps(height, width, preset, rng)
+    grid = torch.stack((source_x / max(1, width - 1), source_y / max(1, height - 1)), -1) * 2.0 - 1.0
+    view = F.grid_sample(background[None], grid[None], mode="bilinear", padding_mode="border", align_corners=True)[0]
+    sigma = max(0.5, preset.blur * min(height, width))
+    # A drop gathers light from a wide cone: its view is brighter and flatter than the scene.
+    view = gaussian_blur(view * shade * 0.85 + 0.12, sigma)
+    coverage = gaussian_blur(coverage[None], sigma)
+    rainy = coverage * view + (1.0 - coverage) * background
+    return rainy.clamp_(0, 1).mul_(255.0).add_(0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,6 +255,38 @@ def variant_names(presets: Sequence[str], variants_per_preset: int) -> list[str]
     return [f"{preset}_v{k}" for preset in presets for k in range(variants_per_preset)]
 
 
+def variant_preset(name: str) -> str:
+    """The preset of a variant name: ``drops_light_v1`` -> ``drops_light``."""
+    return name.rsplit("_v", 1)[0]
+
+
+def renderer_versions(presets: Sequence[str]) -> dict[str, int]:
+    """What a folder or world of these presets records about the renderers that drew them."""
+    versions = {"renderer_version": RENDERER_VERSION}
+    if any(resolve_preset(preset).family == "drops" for preset in presets):
+        versions["drops_renderer_version"] = DROPS_RENDERER_VERSION
+    return versions
+
+
+def variant_family(root: str) -> str:
+    """The rain family of a variant folder (the one holding ``{split}2017/``), from its rain_settings.json."""
+    path = os.path.join(root, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{root!r} has no {SETTINGS_FILE}, so its rain family is unknown: render it with Make_COCO_Rain.py"
+        )
+    with open(path) as file:
+        return resolve_preset(variant_preset(json.load(file)["variant"])).family
+
+
+def split_by_family(variant_dirs: Sequence[str], family: str) -> tuple[list[str], list[str]]:
+    """Variant roots (the parents of the ``{split}2017/`` folders ``variant_dirs`` lists) of other
+    families, and of ``family``."""
+    roots = [os.path.dirname(os.path.normpath(directory)) for directory in variant_dirs]
+    family_presets(family)  # checks the name
+    return [r for r in roots if variant_family(r) != family], [r for r in roots if variant_family(r) == family]
+
+
 def variant_root(coco_rain_dir: str, names: Sequence[str], name: str) -> str:
     """A single variant fills COCO_RAIN_DIR itself; several get a sub-directory each."""
     return coco_rain_dir if len(names) == 1 else os.path.join(coco_rain_dir, name)
@@ -153,7 +298,7 @@ def claim_variant_root(root: str, name: str, seed: int, split_folder: str) -> No
     Resuming skips files that exist, so rendering into a folder made with another seed, preset or
     renderer would silently mix two kinds of rain.
     """
-    settings = {"variant": name, "seed": int(seed), "renderer_version": RENDERER_VERSION}
+    settings = {"variant": name, "seed": int(seed), **renderer_versions([variant_preset(name)])}
     path = os.path.join(root, SETTINGS_FILE)
     if os.path.isfile(path):
         with open(path) as file:
@@ -258,7 +403,7 @@ def make_rainy_split(
         os.makedirs(os.path.join(root, split_folder), exist_ok=True)
         os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
         copy_if_changed(annotation_file, os.path.join(root, "annotations", os.path.basename(annotation_file)))
-        preset = name.rsplit("_v", 1)[0]
+        preset = variant_preset(name)
         for image in images:
             source = os.path.join(source_dir, image["file_name"])
             if not os.path.isfile(source):

@@ -2,18 +2,30 @@
 
 It looks at a downscaled copy of the image (rain streaks and haze survive downscaling well enough to
 be seen at 224 px), so it costs a few milliseconds next to SPDNet's full-resolution pass. Its decision
-threshold is chosen on validation data by Training_Rain_Detector.py and saved with the weights.
+threshold is chosen on validation data by Training_Rain_Detector.py and saved with the weights, with a
+calibration temperature T fitted on the same data: ``probability(images, calibrated=True)`` is
+sigmoid(logit / T), the P(rain) soft routing blends with. T changes no decision: the threshold stays on
+the uncalibrated probability.
+
+``GateTrainingSet`` makes the gate's training data diverse: rain re-rendered with randomised
+settings, and the blur, JPEG, colour and noise a real camera adds.
 """
 
 from __future__ import annotations
 
+import io
 import os
+from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 
 from utils.checkpoint import load_checkpoint
+from utils.rain import PRESETS, family_presets, gaussian_blur, render_rain
 
 ARCHITECTURES = ("small_cnn", "mobilenet_v3_small", "resnet18")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,11 +67,12 @@ class RainDetector(nn.Module):
     """images (B, 3, H, W) in 0-1, any size -> rain logits (B,). ``probability`` gives P(rain)."""
 
     def __init__(self, architecture: str = "small_cnn", input_size: int = 224, threshold: float = 0.5,
-                 imagenet_weights: str | None = None):
+                 imagenet_weights: str | None = None, temperature: float = 1.0):
         super().__init__()
         self.architecture = architecture
         self.input_size = input_size
         self.threshold = threshold
+        self.temperature = temperature
         self.backbone = build_backbone(architecture, imagenet_weights)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -69,9 +82,10 @@ class RainDetector(nn.Module):
         return self.backbone((small - self.mean) / self.std).squeeze(1)
 
     @torch.no_grad()
-    def probability(self, images: torch.Tensor) -> torch.Tensor:
-        """(B,) P(rain) in 0-1."""
-        return torch.sigmoid(self(images).float())
+    def probability(self, images: torch.Tensor, calibrated: bool = False) -> torch.Tensor:
+        """(B,) P(rain) in 0-1; ``calibrated``: sigmoid(logit / temperature), fitted on validation data."""
+        logits = self(images).float()
+        return torch.sigmoid(logits / self.temperature if calibrated else logits)
 
     @torch.no_grad()
     def is_rainy(self, images: torch.Tensor) -> torch.Tensor:
@@ -81,17 +95,19 @@ class RainDetector(nn.Module):
     def checkpoint(self, **metadata) -> dict:
         return {
             "state_dict": self.state_dict(), "architecture": self.architecture, "input_size": self.input_size,
-            "threshold": float(self.threshold), **metadata,
+            "threshold": float(self.threshold), "temperature": float(self.temperature), **metadata,
         }
 
 
 def load_rain_detector(path: str) -> RainDetector:
-    """A RainDetector saved by Training_Rain_Detector.py, in eval mode, with its chosen threshold."""
+    """A RainDetector saved by Training_Rain_Detector.py, in eval mode, with its chosen threshold and
+    calibration temperature (1, no calibration, for files saved before calibration existed)."""
     checkpoint = load_checkpoint(path)
     missing = [key for key in ("state_dict", "architecture", "input_size", "threshold") if key not in checkpoint]
     if missing:
         raise ValueError(f"{path} is not a rain detector checkpoint: missing {', '.join(missing)}")
-    model = RainDetector(checkpoint["architecture"], checkpoint["input_size"], checkpoint["threshold"])
+    model = RainDetector(checkpoint["architecture"], checkpoint["input_size"], checkpoint["threshold"],
+                         temperature=checkpoint.get("temperature", 1.0))
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 
@@ -125,3 +141,71 @@ def classification_metrics(probabilities: torch.Tensor, is_rainy: torch.Tensor, 
         "recall": tp / (tp + fn) if tp + fn else 0.0,
         "confusion": {"rainy_as_rainy": tp, "clean_as_rainy": fp, "rainy_as_clean": fn, "clean_as_clean": tn},
     }
+
+
+def fit_temperature(logits: torch.Tensor, is_rainy: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al. 2017): the T in 0.02-50 minimising the validation log loss of
+    sigmoid(logit / T), on a log-spaced grid (deterministic; a one-parameter fit needs nothing more)."""
+    logits, target = logits.double().flatten(), is_rainy.double().flatten()
+    temperatures = torch.logspace(-1.7, 1.7, 341, dtype=torch.float64)
+    losses = torch.stack([F.binary_cross_entropy_with_logits(logits / t, target) for t in temperatures])
+    return float(temperatures[torch.argmin(losses)])
+
+
+def camera_augment(image: torch.Tensor, rng: np.random.Generator, blur: float, jpeg: float, jitter: float,
+                   noise: float) -> torch.Tensor:
+    """What a real camera adds to a (3, H, W) 0-1 image: colour and brightness jitter (factors within
+    1 +- ``jitter``), a Gaussian blur (probability ``blur``), sensor noise (std up to ``noise``, on
+    half the images), JPEG re-encoding at quality 30-90 (probability ``jpeg``)."""
+    if jitter > 0:
+        image = TF.adjust_brightness(image, rng.uniform(1 - jitter, 1 + jitter))
+        image = TF.adjust_contrast(image, rng.uniform(1 - jitter, 1 + jitter))
+        image = TF.adjust_saturation(image, rng.uniform(1 - jitter, 1 + jitter))
+    if rng.random() < blur:
+        image = gaussian_blur(image, rng.uniform(0.3, 1.5))
+    if noise > 0 and rng.random() < 0.5:
+        image = image + torch.from_numpy(rng.standard_normal(image.shape, dtype=np.float32)) * rng.uniform(0, noise)
+    image = image.clamp(0, 1)
+    if rng.random() < jpeg:
+        buffer = io.BytesIO()
+        Image.fromarray(to_uint8(image)).save(buffer, format="JPEG", quality=int(rng.integers(30, 91)))
+        image = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB")).copy()).permute(2, 0, 1).float() / 255.0
+    return image
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) 0-1 -> (H, W, 3) uint8, as the rain renderer and PIL take it."""
+    return image.mul(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+class GateTrainingSet(torch.utils.data.Dataset):
+    """A CocoRainDataset's samples, made diverse for the gate: ``random_rain`` of the rainy ones are
+    re-rendered from their clean copy (the dataset needs ``return_clean_pair``) with a randomised
+    preset of ``families``, then every image gets ``camera_augment``. Every random choice is a
+    function of (seed, epoch, image id, clean or rainy), whatever worker loads the sample."""
+
+    def __init__(self, dataset, families: Sequence[str], random_rain: float = 0.0, blur: float = 0.0,
+                 jpeg: float = 0.0, jitter: float = 0.0, noise: float = 0.0):
+        if random_rain > 0 and not dataset.return_clean_pair:
+            raise ValueError("random rain re-renders the clean copy: build the dataset with return_clean_pair=True")
+        self.dataset, self.random_rain = dataset, random_rain
+        self.presets = [name for family in families for name in family_presets(family)]
+        self.camera = {"blur": blur, "jpeg": jpeg, "jitter": jitter, "noise": noise}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]
+        if sample is None:  # unreadable: collate_fn drops it
+            return None
+        image, target = sample
+        clean = target.pop("clean_image", None)
+        rng = np.random.default_rng([self.dataset.seed, self.dataset.epoch, target["image_id"], int(target["is_rainy"])])
+        if target["is_rainy"] and rng.random() < self.random_rain:
+            preset = PRESETS[self.presets[rng.integers(len(self.presets))]].randomised(rng)
+            image = torch.from_numpy(render_rain(to_uint8(clean), preset, rng)).permute(2, 0, 1).float() / 255.0
+        return camera_augment(image, rng, **self.camera), target

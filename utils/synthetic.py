@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from utils.checkpoint import atomic_write_json
-from utils.rain import RENDERER_VERSION, make_rainy_split
+from utils.rain import make_rainy_split, renderer_versions
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 CATEGORIES = [{"id": index + 1, "name": name, "supercategory": "shape"} for index, name in enumerate(SHAPES)]
@@ -154,7 +154,8 @@ def build_synthetic_world(
         "num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed,
         "rain_presets": list(rain_presets), "variants_per_preset": variants_per_preset, "max_objects": max_objects,
         "num_classes": num_classes,
-        "world_version": WORLD_VERSION, "rain_renderer_version": RENDERER_VERSION,
+        "world_version": WORLD_VERSION,
+        **{f"rain_{key}": version for key, version in renderer_versions(rain_presets).items()},
     }
     manifest = os.path.join(root, WORLD_FILE)
     if os.path.isfile(manifest):
