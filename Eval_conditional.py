@@ -16,7 +16,7 @@ from __future__ import annotations
 # ---- data
 COCO_DIR = "./data/coco"  # clean COCO: val2017/ and annotations/instances_val2017.json
 COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout
-VAL_PERCENT = 100  # percent of the validation images used
+VAL_PERCENT = 100.0  # percent of the validation images used (fractions allowed)
 MIXED_RAIN_FRACTION = 0.5  # fraction of rainy images in the mixed splits
 HOLDOUT_FAMILY = None  # rain family the gate was trained without ("streaks", "drops"): its variants of COCO_RAIN_DIR leave rainy/mixed and make the held-out splits
 HOLDOUT_RAIN_DIR = None  # rainy val the gate never saw, in COCO_RAIN_DIR's layout: the held-out splits (None: HOLDOUT_FAMILY's variants of COCO_RAIN_DIR)

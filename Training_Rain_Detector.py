@@ -20,8 +20,8 @@ from __future__ import annotations
 # ---- data
 COCO_DIR = "./data/coco"  # clean COCO: train2017/, val2017/, annotations/
 COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout (several directories = rain variants)
-PERCENT_DATASET = 5  # percent of the training images used (half shown clean, half rainy)
-VAL_PERCENT = 20  # percent of the validation images used (half clean, half rainy)
+PERCENT_DATASET = 5.0  # percent of the training images used (half shown clean, half rainy; fractions allowed)
+VAL_PERCENT = 20.0  # percent of the validation images used (half clean, half rainy; fractions allowed)
 IMAGE_SIZE = 320  # images are loaded at this square size, then the gate downscales to INPUT_SIZE
 # ---- rain families and diversity (the defaults train the gate exactly as before they existed)
 HOLDOUT_FAMILY = None  # rain family kept out of training and threshold choice ("streaks" or "drops"); its variants in COCO_RAIN_DIR are scored apart
