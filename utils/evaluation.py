@@ -102,7 +102,8 @@ def image_quality(spdnets: dict, coco_dir: str, coco_rain_dir: str, image_size: 
     dataset = build_dataset(coco_dir, coco_rain_dir, "val", None, image_size=image_size, percent=percent,
                             coco_ratio=0.0, rain_ratio=1.0, seed=seed, return_clean_pair=True)
     loader = DataLoader(dataset, batch_size=16, collate_fn=collate_fn)
-    names = ["rainy", *spdnets]
+    models = {name: spdnet.to(device).eval() for name, spdnet in spdnets.items()}
+    names = ["rainy", *models]
     sums = {name: {"psnr_db": 0.0, "ssim": 0.0} for name in names}
     count = 0
     for batch in tqdm(loader, desc="rainy val: PSNR / SSIM", dynamic_ncols=True, leave=False):
@@ -112,7 +113,7 @@ def image_quality(spdnets: dict, coco_dir: str, coco_rain_dir: str, image_size: 
         clean = torch.stack([t["clean_image"] for t in targets]).to(device)
         images = images.to(device)
         for name in names:
-            picture = images if name == "rainy" else spdnets[name].to(device).eval()(images * 255.0)[0] / 255.0
+            picture = images if name == "rainy" else models[name](images * 255.0)[0] / 255.0
             sums[name]["psnr_db"] += psnr(picture, clean).sum().item()
             sums[name]["ssim"] += ssim(picture, clean).sum().item()
         count += len(images)
