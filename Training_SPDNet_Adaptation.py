@@ -28,6 +28,10 @@ DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local save_pretrained directory o
 SPDNET_WEIGHTS = "./weights/spdnet_official.pt"  # official SPDNet weights to start from (None: random init)
 SPDNET_N_FEATS = 32  # SPDNet width (32 for the official weights)
 SPDNET_N_RESBLOCKS = 3  # SPDNet residual blocks per group (3 for the official weights)
+# ---- objective (docs/objectives.md): the weights of the loss terms, 0 switches one off
+DETECTION_LOSS_WEIGHT = 1.0  # RT-DETR's own detection loss of SPDNet's output
+FEATURE_LOSS_WEIGHT = 0.0  # frozen detector's encoder features of SPDNet's output vs of the clean original (COCO_DIR)
+PIXEL_LOSS_WEIGHT = 0.0  # L1 between SPDNet's output and the clean original (COCO_DIR, same file name)
 # ---- optimisation
 NUM_EPOCHS = 10  # passes over the training subset
 BATCH_SIZE = 2  # images per micro-batch (per GPU)

@@ -7,7 +7,6 @@ bf16 autocast otherwise, so there is no second AMP loop to keep in sync.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -18,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.coco_eval import CocoEvaluator, coco_metrics
-from utils.integrated_model import check_detector_input_size
+from utils.objectives import Objective, adaptation_loss
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -48,6 +47,11 @@ def detector_targets(targets: Sequence[Mapping], device: torch.device) -> list[d
         {"class_labels": t["class_labels"].to(device, non_blocking=True), "boxes": t["boxes"].to(device, non_blocking=True)}
         for t in targets
     ]
+
+
+def clean_pairs(targets: Sequence[Mapping], device: torch.device) -> torch.Tensor:
+    """(B, 3, H, W) clean originals of a batch (the dataset's ``return_clean_pair``) on ``device``."""
+    return torch.stack([t["clean_image"] for t in targets]).to(device, non_blocking=True)
 
 
 def distributed_world() -> tuple[int, int]:
@@ -80,22 +84,6 @@ class NonFiniteGuard:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
-
-
-def detection_loss(model: nn.Module, images: torch.Tensor, labels: list[dict]) -> torch.Tensor:
-    """The detection loss of SPDNet's derained ``images``; NaN when the derained batch is not finite.
-
-    A non-finite derained batch never reaches the detector, whose box matcher raises on NaN boxes:
-    the detector sees zeros in its place and the loss is NaN, so that NonFiniteGuard drops the
-    micro-batch like any other non-finite loss. ``torch.where`` keeps it free of host syncs, and a
-    finite batch goes through unchanged (same values, same gradient).
-    """
-    check_detector_input_size(images)
-    derained = model.derain(images)
-    finite = torch.isfinite(derained).all()
-    outputs = model.detect(torch.where(finite, derained, torch.zeros_like(derained)), labels)
-    loss = outputs.loss.float()
-    return torch.where(finite, loss, torch.full_like(loss, math.nan))
 
 
 @dataclass
@@ -158,6 +146,7 @@ def train_one_epoch(
     after_step: Callable[[TrainState], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     max_steps: int | None = None,
+    objective: Objective = Objective(),
 ) -> dict:
     """One epoch of SPDNet adaptation, from ``state.micro_batches_done`` to the end of the epoch.
 
@@ -189,6 +178,9 @@ def train_one_epoch(
     in_a_row = torch.zeros((), device=device)
     worst_in_a_row = torch.zeros((), device=device)
     log_loss_sum, log_loss_count, epoch_loss_sum, epoch_loss_count = 0.0, 0, 0.0, 0
+    # This rank's unweighted loss terms, summed over the log interval's finite micro-batches, and their count.
+    log_terms: dict[str, torch.Tensor] = {}
+    log_finite = torch.zeros((), device=device)
     images_seen, log_images, log_start = 0, 0, time.perf_counter()
     stopped = False
 
@@ -210,11 +202,15 @@ def train_one_epoch(
                 images, targets = batch
                 images = images.to(device, non_blocking=True)
                 labels = detector_targets(targets, device)
+                clean = clean_pairs(targets, device) if objective.needs_clean_pair else None
                 with autocast(device, precision):
-                    loss = detection_loss(model, images, labels)
+                    loss, terms = adaptation_loss(model, images, labels, clean, objective)
                 finite = guard.set_loss(loss)
                 (loss / window_size).backward()
                 window_loss += torch.where(finite, loss.detach(), torch.zeros_like(loss))
+                log_finite += finite
+                for term, value in terms.items():
+                    log_terms[term] = log_terms.get(term, 0) + torch.where(finite, value, torch.zeros_like(value))
                 window_finite += finite
                 window_nonfinite += ~finite
                 in_a_row = torch.where(finite, torch.zeros_like(in_a_row), in_a_row + 1)
@@ -258,6 +254,7 @@ def train_one_epoch(
                     record = {
                         "type": "train", "epoch": state.epoch + 1, "step": state.step,
                         "loss": log_loss_sum / log_loss_count, "lr": step_lr,
+                        **{f"loss_{term}": float(total) / max(float(log_finite), 1.0) for term, total in log_terms.items()},
                         "grad_norm": grad_norm, "images_per_s": world_size * log_images / max(elapsed, 1e-9),
                         "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
                     }
@@ -268,6 +265,7 @@ def train_one_epoch(
                     if on_log is not None:
                         on_log(record)
                     log_loss_sum, log_loss_count, log_images, log_start = 0.0, 0, 0, time.perf_counter()
+                    log_terms.clear(), log_finite.zero_()
                 if after_step is not None:
                     after_step(state)
             if int(worst) >= max_nonfinite_in_a_row:

@@ -25,6 +25,7 @@ from utils.checkpoint import atomic_save, check_finite, load_checkpoint, restore
 from utils.config import ConfigError
 from utils.engine import NonFiniteLossError, TrainState, check_precision, evaluate, train_one_epoch
 from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
+from utils.objectives import Objective
 from utils.pipelines import build_spdnet, choose_device, enable_fast_cuda_math
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -51,6 +52,7 @@ class Run:
 def check_config(config: dict) -> None:
     """Settings that would fail hours in are refused now, with the reason."""
     check_precision(config["PRECISION"], config["FP16"])
+    Objective.from_config(config)
     if config["IMAGE_SIZE"] % SIZE_MULTIPLE:
         raise ValueError(f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} for RT-DETR, got {config['IMAGE_SIZE']}")
     for key in ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "NUM_EPOCHS", "MAX_NONFINITE_IN_A_ROW", "LOG_EVERY_STEPS"):
@@ -157,6 +159,7 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "train", id2label, image_size=config["IMAGE_SIZE"],
         train=True, percent=config["PERCENT_DATASET"], coco_ratio=config["COCO_RATIO"],
         rain_ratio=config["RAIN_RATIO"], seed=config["SEED"],
+        return_clean_pair=Objective.from_config(config).needs_clean_pair,  # their clean originals must exist (checked here)
     )
     val_dataset = build_dataset(
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", id2label, image_size=config["IMAGE_SIZE"],
@@ -183,7 +186,7 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
         print(
             f"data: {len(train_dataset):,} training images ({train_dataset.describe()}), "
             f"{len(val_dataset):,} rainy validation images; {micro_batches:,} micro-batches = "
-            f"{steps:,} optimizer steps per epoch", flush=True,
+            f"{steps:,} optimizer steps per epoch; objective {Objective.from_config(config).describe()}", flush=True,
         )
     return TrainingData(
         train_dataset, train_sampler, train_loader, val_loader, val_dataset.annotation_file,
@@ -401,7 +404,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
                 accumulation_steps=config["GRADIENT_ACCUMULATION_STEPS"], clip_grad_norm=config["GRAD_CLIP_NORM"],
                 precision=config["PRECISION"], device=run.device, max_nonfinite_in_a_row=config["MAX_NONFINITE_IN_A_ROW"],
                 log_every_steps=config["LOG_EVERY_STEPS"], on_log=log, after_step=after_step,
-                should_stop=should_stop, max_steps=config["MAX_STEPS"],
+                should_stop=should_stop, max_steps=config["MAX_STEPS"], objective=Objective.from_config(config),
             )
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"{error} {save_last_good()}") from None
