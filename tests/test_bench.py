@@ -1,12 +1,11 @@
-"""bench.py's measuring pieces, and smoke runs of both benchmarks at toy size."""
+"""benchmarks/bench.py's measuring pieces, and smoke runs of both benchmarks at toy size."""
 
 import json
 
 import pytest
 import torch
 
-import bench
-import bench_precision
+from benchmarks import bench, bench_precision
 
 
 def test_configuration_names():
