@@ -18,6 +18,8 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.coco_eval import CocoEvaluator, coco_metrics
+from utils.config import UserError
+from utils.data import non_empty
 from utils.integrated_model import check_detector_input_size
 
 PRECISIONS = ("fp32", "bf16")
@@ -115,8 +117,8 @@ class TrainState:
         return asdict(self)
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many micro-batches in a row with a non-finite loss (MAX_NONFINITE_IN_A_ROW)."""
 
 
 def all_reduce_mean_(tensors: Sequence[torch.Tensor], world_size: int) -> None:
@@ -314,10 +316,7 @@ def evaluate(
     model.eval()
     evaluator = CocoEvaluator(coco_gt, label_to_category_id)
     model_seconds, images_seen = 0.0, 0
-    for batch in tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True, leave=False):
-        if batch is None:
-            continue
-        images, targets = batch
+    for images, targets in non_empty(tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True, leave=False)):
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

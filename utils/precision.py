@@ -1,5 +1,5 @@
 """bf16 against fp32 for the gradient SPDNet learns from: the pieces tests/test_precision.py and
-bench_precision.py share.
+benchmarks/bench_precision.py share.
 
 Random weights make such comparisons meaningless (a random RT-DETR passes almost no gradient back to
 its input, a random SPDNet's outputs are far outside 0-255), so ``train_tiny_pair`` first trains a

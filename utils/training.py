@@ -12,23 +12,19 @@ import copy
 import json
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from utils.checkpoint import atomic_save, check_finite, load_checkpoint, restore_rng_states, rng_states
-from utils.config import ConfigError
+from utils.checkpoint import atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states, seed_everything
+from utils.config import ConfigError, UserError
 from utils.engine import NonFiniteLossError, TrainState, check_precision, evaluate, train_one_epoch
 from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
-from utils.pipelines import build_spdnet, choose_device, enable_fast_cuda_math
+from utils.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights, choose_device, enable_fast_cuda_math
 
-CHECKPOINT_NAME = "checkpoint.pt"
-ADAPTED_NAME = "spdnet_adapted.pt"
 LOG_NAME = "training_log.jsonl"
 PLOT_NAME = "training_curves.png"
 
@@ -65,12 +61,6 @@ def check_config(config: dict) -> None:
         )
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def setup_run(config: dict) -> Run:
     """Device, distributed process group (under torchrun), seeds and the output directory."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -90,18 +80,6 @@ def setup_run(config: dict) -> Run:
 def teardown(run: Run) -> None:
     if run.world_size > 1 and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def build_model(config: dict, device: torch.device) -> IntegratedModel:
-    """SPDNet (from SPDNET_WEIGHTS) in front of the frozen DETECTOR, on ``device``."""
-    from utils.detector import load_detector
-
-    if config["SPDNET_WEIGHTS"] is None:
-        print("warning: SPDNET_WEIGHTS is None, SPDNet starts from a random initialisation", flush=True)
-    spdnet = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
-    spdnet.gradient_checkpointing = config["GRADIENT_CHECKPOINTING"]
-    model = IntegratedModel(spdnet, load_detector(config["DETECTOR"]), channels_last=config["CHANNELS_LAST"])
-    return model.to(device)
 
 
 class ResumableSampler(DistributedSampler):
@@ -253,8 +231,8 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
     """
     if not config["RESUME"]:
         return TrainState()
-    path = run.path(CHECKPOINT_NAME)
-    checkpoint = load_checkpoint(path)
+    path = run.path(CHECKPOINT_FILE)
+    checkpoint = load_weights_file(path, "RESUME")
     check_finite({key: checkpoint[key] for key in ("spdnet", "optimizer")}, f"checkpoint {path}")
     state = TrainState(**checkpoint["state"])
     if state.micro_batches_done:
@@ -298,8 +276,8 @@ def check_ranks_agree(model: IntegratedModel, epoch_loss: float | None, run: Run
     print(f"rank {run.rank}: SPDNet weights and epoch loss {mine[1]} agree across {run.world_size} ranks", flush=True)
 
 
-class DetectorChangedError(RuntimeError):
-    pass
+class DetectorChangedError(UserError, RuntimeError):
+    """The frozen detector's fingerprint changed during training."""
 
 
 def verify_detector(model: IntegratedModel, fingerprint: str, when: str) -> None:
@@ -332,7 +310,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
     def save_checkpoint(current: TrainState) -> None:
         verify_detector(model, fingerprint, f"at step {current.step}")
         if run.is_main:
-            atomic_save(training_checkpoint(config, model, optimizer, scheduler, current, fingerprint), run.path(CHECKPOINT_NAME))
+            atomic_save(training_checkpoint(config, model, optimizer, scheduler, current, fingerprint), run.path(CHECKPOINT_FILE))
 
     # The latest step's checkpoint, kept in memory, and the last one confirmed good: a step is good
     # once the window after it (which ran on its weights) gave a finite loss.
@@ -358,9 +336,9 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
             )
         verify_detector(model, fingerprint, f"at step {good['state']['step']}")
         if run.is_main:
-            atomic_save(good, run.path(CHECKPOINT_NAME))
+            atomic_save(good, run.path(CHECKPOINT_FILE))
         return (
-            f"{run.path(CHECKPOINT_NAME)} holds step {good['state']['step']}, the last whose weights gave a finite "
+            f"{run.path(CHECKPOINT_FILE)} holds step {good['state']['step']}, the last whose weights gave a finite "
             "loss: continue from it with --RESUME=True and a lower --LEARNING_RATE (honoured on resume: the "
             "schedule continues from that step at the new rate) or PRECISION='fp32'."
         )
@@ -373,7 +351,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
 
     def stop(reason: str) -> dict:
         if run.is_main:
-            print(f"stopped at step {state.step} ({reason}); continue with --RESUME=True (checkpoint: {run.path(CHECKPOINT_NAME)})", flush=True)
+            print(f"stopped at step {state.step} ({reason}); continue with --RESUME=True (checkpoint: {run.path(CHECKPOINT_FILE)})", flush=True)
         return {"state": state.to_dict(), "stopped": True}
 
     def max_steps_reached() -> bool:
@@ -417,7 +395,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
             state.best_map, state.best_epoch, state.epochs_without_improvement = metrics["AP"], epoch_number, 0
             verify_detector(model, fingerprint, f"in epoch {epoch_number}")
             if run.is_main:
-                atomic_save(adapted_weights(config, model, epoch_number, metrics), run.path(ADAPTED_NAME))
+                atomic_save(adapted_weights(config, model, epoch_number, metrics), run.path(ADAPTED_FILE))
         else:
             state.epochs_without_improvement += 1
         record = {
@@ -451,22 +429,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
 
         plot_training_curves(log_path, run.path(PLOT_NAME))
         print(
-            f"done: best rainy-val AP {state.best_map:.4f} at epoch {state.best_epoch} -> {run.path(ADAPTED_NAME)}; "
+            f"done: best rainy-val AP {state.best_map:.4f} at epoch {state.best_epoch} -> {run.path(ADAPTED_FILE)}; "
             f"detector unchanged (SHA-256 {fingerprint[:16]}...)", flush=True,
         )
     return {"state": state.to_dict(), "stopped": False, "early_stopped": stopped_early}
-
-
-def adapted_weights(config: dict, model: IntegratedModel, epoch: int, metrics: dict) -> dict:
-    """What spdnet_adapted.pt holds: SPDNet's weights plus what they were trained for."""
-    return {
-        "spdnet": model.spdnet.state_dict(),
-        # The model's own size: a weights file that records its size wins over SPDNET_N_FEATS.
-        "n_feats": model.spdnet.n_feats,
-        "n_resblocks": model.spdnet.n_resblocks,
-        "config": dict(config),
-        "detector": config["DETECTOR"],
-        "detector_fingerprint": model.detector_fingerprint(),
-        "epoch": epoch,
-        "val_metrics": {key: value for key, value in metrics.items() if isinstance(value, float)},
-    }
