@@ -168,21 +168,22 @@ def load_detector(source) -> nn.Module:
     source = os.fspath(source)
     looks_local = os.path.isabs(source) or source.startswith(".") or os.path.exists(source)
     if looks_local and not os.path.isdir(source):
-        raise FileNotFoundError(f"detector directory {source!r} does not exist")
+        raise FileNotFoundError(f"DETECTOR: directory {source!r} does not exist")
     if looks_local and not os.path.isfile(os.path.join(source, "config.json")):
         raise FileNotFoundError(
-            f"detector directory {source!r} has no config.json: point DETECTOR at a folder written by "
+            f"DETECTOR: directory {source!r} has no config.json: point DETECTOR at a folder written by "
             "save_pretrained (config.json plus model.safetensors)"
         )
     try:
         model = AutoModelForObjectDetection.from_pretrained(source)
     except OSError as error:
-        raise OSError(
-            f"could not load detector {source!r}: it is not a local directory, and the hub could not "
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(
+            f"DETECTOR: could not load {source!r}: it is not a local directory, and the hub could not "
             "be reached or has no such model. Download it once where there is a network "
-            f"(`hf download {source} --local-dir ./{source.split('/')[-1]}`) and set DETECTOR to that "
-            f"local directory. Underlying error: {error}"
-        ) from error
+            f"(`hf download {source} --local-dir ./weights/{source.split('/')[-1]}`) and set DETECTOR to that "
+            f"local directory ({detail})"
+        ) from None
     return freeze(model.float())  # weights kept in fp16 (the demo's) run in fp32 like any other
 
 
