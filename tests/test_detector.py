@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 
-from utils.coco_categories import COCO_CATEGORIES, COCO_ID2LABEL
+from utils.coco_categories import COCO_CATEGORIES, COCO_ID2LABEL, coco_label_maps
 from utils.detector import (
-    coco_label_maps,
     count_parameters,
     detector_fingerprint,
     load_detector,
