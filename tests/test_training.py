@@ -105,7 +105,7 @@ def test_config_errors_are_clear(tiny_world, tmp_path):
         run(tiny_world, tmp_path, "--FP16=True")
     with pytest.raises(ValueError, match="IMAGE_SIZE must be a multiple of 32"):
         run(tiny_world, tmp_path, "--IMAGE_SIZE=100")
-    with pytest.raises(FileNotFoundError, match="COCO_DIR '/no/coco' does not exist"):
+    with pytest.raises(FileNotFoundError, match="COCO_DIR: '/no/coco' has no annotations/instances_train2017.json"):
         run(tiny_world, tmp_path, "--COCO_DIR=/no/coco")
 
 

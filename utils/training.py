@@ -1,9 +1,6 @@
 """The pieces of Training_SPDNet_Adaptation.py's ``main``: factories, resume, and the epoch loop.
 
-Distributed training under torchrun: every rank holds the whole model; only SPDNet trains, so instead
-of a DistributedDataParallel wrapper its gradients are averaged over ranks once per optimizer step
-(in ``engine.train_one_epoch``) -- no communication on accumulation micro-steps, nothing to unwrap
-when saving. Rank 0 alone logs and writes files.
+Under torchrun (utils/distributed.py) rank 0 alone logs and writes files.
 """
 
 from __future__ import annotations
@@ -16,12 +13,12 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
 from utils.checkpoint import atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states, seed_everything
 from utils.config import ConfigError, UserError
-from utils.engine import NonFiniteLossError, TrainState, check_precision, evaluate, train_one_epoch
+from utils.distributed import ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed, init_distributed
+from utils.engine import LoopSettings, NonFiniteLossError, TrainState, check_precision, evaluate, train_one_epoch
 from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
 from utils.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights, choose_device, enable_fast_cuda_math
 
@@ -63,14 +60,7 @@ def check_config(config: dict) -> None:
 
 def setup_run(config: dict) -> Run:
     """Device, distributed process group (under torchrun), seeds and the output directory."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = choose_device(config["DEVICE"])
-    if world_size > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    device, rank, world_size = init_distributed(choose_device(config["DEVICE"]))
     enable_fast_cuda_math(device)
     seed_everything(config["SEED"])
     os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
@@ -78,41 +68,7 @@ def setup_run(config: dict) -> Run:
 
 
 def teardown(run: Run) -> None:
-    if run.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (shuffled from seed + epoch, padded to equal shards) that can start mid-epoch."""
-
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Shuffle for ``epoch`` and skip its first ``start`` indices (those consumed before a resume)."""
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.start :])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
-class ShardSampler(Sampler):
-    """Every rank's share of an evaluation set, in order and without padding (no image scored twice)."""
-
-    def __init__(self, dataset, num_replicas: int, rank: int):
-        self.indices = list(range(rank, len(dataset), num_replicas))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+    destroy_distributed()
 
 
 @dataclass
@@ -269,8 +225,7 @@ def check_ranks_agree(model: IntegratedModel, epoch_loss: float | None, run: Run
     from utils.detector import state_dict_sha256
 
     mine = (state_dict_sha256(model.spdnet), None if epoch_loss is None else round(epoch_loss, 6))
-    everyone = [None] * run.world_size
-    dist.all_gather_object(everyone, mine)
+    everyone = all_gather_objects(mine, run.world_size)
     if any(other != mine for other in everyone):
         raise RuntimeError(f"ranks disagree after an epoch (SPDNet hash, loss): {everyone}")
     print(f"rank {run.rank}: SPDNet weights and epoch loss {mine[1]} agree across {run.world_size} ranks", flush=True)
@@ -374,12 +329,9 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
         epoch_start = time.perf_counter()
         try:
             result = train_one_epoch(
-                model, optimizer, scheduler, data.train_loader, state,
-                micro_batches_in_epoch=data.micro_batches_per_epoch,
-                accumulation_steps=config["GRADIENT_ACCUMULATION_STEPS"], clip_grad_norm=config["GRAD_CLIP_NORM"],
-                precision=config["PRECISION"], device=run.device, max_nonfinite_in_a_row=config["MAX_NONFINITE_IN_A_ROW"],
-                log_every_steps=config["LOG_EVERY_STEPS"], on_log=log, after_step=after_step,
-                should_stop=should_stop, max_steps=config["MAX_STEPS"],
+                model, optimizer, scheduler, data.train_loader, state, LoopSettings.from_config(config),
+                micro_batches_in_epoch=data.micro_batches_per_epoch, device=run.device, on_log=log,
+                after_step=after_step, should_stop=should_stop,
             )
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"{error} {save_last_good()}") from None
