@@ -56,15 +56,16 @@ def parse_configuration(name: str) -> dict:
 def build(config: dict, configuration: str, device):
     import torch
 
-    from utils.detector import load_detector, rtdetr_r18vd_config
-    from utils.integrated_model import IntegratedModel
-    from utils.spdnet import SPDNet
+    from utils.detector import rtdetr_r18vd_config
+    from utils.pipelines import build_training_model
 
     settings = parse_configuration(configuration)
     torch.manual_seed(0)
-    spdnet = SPDNet(config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"], gradient_checkpointing=settings["checkpointing"])
-    detector = load_detector(config["DETECTOR"] or rtdetr_r18vd_config())
-    model = IntegratedModel(spdnet, detector, channels_last=settings["channels_last"]).to(device).train()
+    model = build_training_model({
+        "SPDNET_WEIGHTS": None, "SPDNET_N_FEATS": config["SPDNET_N_FEATS"], "SPDNET_N_RESBLOCKS": config["SPDNET_N_RESBLOCKS"],
+        "GRADIENT_CHECKPOINTING": settings["checkpointing"], "CHANNELS_LAST": settings["channels_last"],
+        "DETECTOR": config["DETECTOR"] or rtdetr_r18vd_config(),
+    }, device).train()
     optimizer = torch.optim.AdamW(list(model.trainable_parameters()), lr=1e-5)
     return model, optimizer, settings["precision"]
 
