@@ -13,7 +13,6 @@ Edit the constants below, or override them:
 from __future__ import annotations
 
 import os
-import signal
 
 # ---- data
 COCO_DIR = "./data/coco"  # clean COCO: train2017/, val2017/, annotations/instances_{train,val}2017.json
@@ -61,32 +60,6 @@ from utils.config import command_line, load_config  # noqa: E402  (the constants
 from utils.demo_settings import demo_defaults  # noqa: E402
 
 
-class StopRequested:
-    """SIGINT / SIGTERM ask for a clean stop: checkpoint, then exit. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {}
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl-C again to abort)", flush=True)
-
-    def install(self) -> "StopRequested":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def uninstall(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
 def main(argv: list[str] | None = None) -> dict:
     quiet = int(os.environ.get("RANK", "0")) != 0  # rank 0 alone prints the config
     config = load_config(globals(), argv, quiet=quiet, extra_defaults=demo_defaults())
@@ -106,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     data = training.build_data(config, model.detector.config.id2label, run)
     optimizer, scheduler = training.build_optimizer(config, model, data.steps_per_epoch)
     state = training.resume_or_start(config, model, optimizer, scheduler, run)
-    stop = StopRequested().install()
+    stop = training.StopRequested().install()
     try:
         return training.fit(config, model, optimizer, scheduler, data, state, run, should_stop=stop)
     finally:

@@ -53,9 +53,12 @@ def build_backbone(architecture: str, imagenet_weights: str | None = None) -> nn
         raise ValueError(f"rain detector architecture must be one of {ARCHITECTURES}, got {architecture!r}")
     model = getattr(torchvision.models, architecture)(weights=None)
     if imagenet_weights:
-        if not os.path.isfile(imagenet_weights):
-            raise FileNotFoundError(f"ImageNet weights {imagenet_weights!r} do not exist")
-        model.load_state_dict(torch.load(imagenet_weights, map_location="cpu", weights_only=True))
+        state_dict = load_weights_file(imagenet_weights, "IMAGENET_WEIGHTS")
+        try:
+            model.load_state_dict(state_dict)
+        except (RuntimeError, TypeError) as error:
+            detail = str(error).strip().splitlines()[0]
+            raise ValueError(f"IMAGENET_WEIGHTS: {imagenet_weights!r} is not a torchvision {architecture} state dict ({detail})") from None
     if architecture == "resnet18":
         model.fc = nn.Linear(model.fc.in_features, 1)
     else:
@@ -254,6 +257,12 @@ def train_rain_detector(config: dict) -> dict:
             percent=percent, coco_ratio=0.5, rain_ratio=0.5, seed=config["SEED"],
             return_clean_pair=train and config["RANDOM_RAIN"] > 0,
         )
+        setting = "PERCENT_DATASET" if train else "VAL_PERCENT"
+        if len(dataset) < (config["BATCH_SIZE"] if train else 1):
+            raise ValueError(
+                f"{setting}={percent} leaves {len(dataset)} {name} images of COCO_DIR={config['COCO_DIR']!r}"
+                + (f", fewer than BATCH_SIZE={config['BATCH_SIZE']}: raise {setting} or lower BATCH_SIZE" if train else f": raise {setting}")
+            )
         if train and diverse:
             families = [family for family in FAMILIES if family != holdout]
             dataset = GateTrainingSet(dataset, families, config["RANDOM_RAIN"], **diversity)

@@ -9,6 +9,7 @@ import copy
 import json
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -229,6 +230,32 @@ def check_ranks_agree(model: IntegratedModel, epoch_loss: float | None, run: Run
     if any(other != mine for other in everyone):
         raise RuntimeError(f"ranks disagree after an epoch (SPDNet hash, loss): {everyone}")
     print(f"rank {run.rank}: SPDNet weights and epoch loss {mine[1]} agree across {run.world_size} ranks", flush=True)
+
+
+class StopRequested:
+    """SIGINT / SIGTERM ask for a clean stop: checkpoint, then exit. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl-C again to abort)", flush=True)
+
+    def install(self) -> "StopRequested":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 class DetectorChangedError(UserError, RuntimeError):
