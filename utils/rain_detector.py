@@ -257,12 +257,9 @@ def train_rain_detector(config: dict) -> dict:
             percent=percent, coco_ratio=0.5, rain_ratio=0.5, seed=config["SEED"],
             return_clean_pair=train and config["RANDOM_RAIN"] > 0,
         )
-        setting = "PERCENT_DATASET" if train else "VAL_PERCENT"
-        if len(dataset) < (config["BATCH_SIZE"] if train else 1):
-            raise ValueError(
-                f"{setting}={percent} leaves {len(dataset)} {name} images of COCO_DIR={config['COCO_DIR']!r}"
-                + (f", fewer than BATCH_SIZE={config['BATCH_SIZE']}: raise {setting} or lower BATCH_SIZE" if train else f": raise {setting}")
-            )
+        if len(dataset) == 0:
+            setting = "PERCENT_DATASET" if train else "VAL_PERCENT"
+            raise ValueError(f"{setting}={percent} leaves no {name} image of COCO_DIR={config['COCO_DIR']!r}: raise {setting}")
         if train and diverse:
             families = [family for family in FAMILIES if family != holdout]
             dataset = GateTrainingSet(dataset, families, config["RANDOM_RAIN"], **diversity)
