@@ -32,18 +32,24 @@ SEED = 42  # the validation subset when VAL_PERCENT < 100
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where spdnet_adapted.pt is and results go
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
-from utils.config import load_config  # noqa: E402
-from Make_Demo import prepare_demo_if_asked  # noqa: E402
+from utils.config import command_line, load_config  # noqa: E402
+from utils.demo_settings import demo_defaults  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from utils import evaluation
-    from utils.pipelines import choose_device
+    config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    import os
 
-    config = load_config(globals(), argv)
-    prepare_demo_if_asked(config, argv)
+    from utils import evaluation
+    from utils.checkpoint import atomic_write_json
+    from utils.data import check_data_dirs
+    from utils.demo import prepare_demo_if_asked
+    from utils.pipelines import build_three_pipelines, choose_device
+
+    prepare_demo_if_asked(config)
+    check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["val"])
     device = choose_device(config["DEVICE"])
-    pipelines = evaluation.build_three_pipelines(config, device)
+    pipelines = build_three_pipelines(config, device)
     id2label = pipelines.detector.config.id2label
     splits = ["rainy"] + (["clean"] if config["EVAL_CLEAN"] else [])
     results = {}
@@ -57,10 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
             spdnets, config["COCO_DIR"], config["COCO_RAIN_DIR"], config["IMAGE_SIZE"], device, config["VAL_PERCENT"],
             config["SEED"])
         print(evaluation.quality_line(results["rainy_image_quality"]))
-    evaluation.write_results(results, config["OUTPUT_DIR"], "eval_results.json")
+    print(f"wrote {atomic_write_json(os.path.join(config['OUTPUT_DIR'], 'eval_results.json'), results)}")
     evaluation.save_comparison_pictures(pipelines, results, config, device)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

@@ -37,20 +37,25 @@ SEED = 42  # the validation subset and the mixed split's choice of rainy images
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the weights are and results go
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
-from utils.config import load_config  # noqa: E402
-from Make_Demo import prepare_demo_if_asked  # noqa: E402
+from utils.config import command_line, load_config  # noqa: E402
+from utils.demo_settings import demo_defaults  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from utils import conditional_eval
-    from utils.evaluation import write_results
-    from utils.pipelines import choose_device
+    config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    import os
 
-    config = load_config(globals(), argv)
-    prepare_demo_if_asked(config, argv)
+    from utils import conditional_eval
+    from utils.checkpoint import atomic_write_json
+    from utils.data import check_data_dirs
+    from utils.demo import prepare_demo_if_asked
+    from utils.pipelines import build_conditional_model, choose_device
+
+    prepare_demo_if_asked(config)
+    check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["val"])
     device = choose_device(config["DEVICE"])
     splits = conditional_eval.validation_splits(config)
-    model = conditional_eval.build_conditional_model(config, device)
+    model = build_conditional_model(config, device)
     results = {}
     for split, (rain_fraction, coco_rain_dir) in splits.items():
         loader, annotation_file, label_to_category_id = conditional_eval.build_split_loader(config, model, rain_fraction, coco_rain_dir)
@@ -58,9 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(conditional_eval.conditional_table(results))
     if config["SOFT_ROUTING"]:
         print(conditional_eval.routing_table(results))
-    write_results(results, config["OUTPUT_DIR"], "conditional_results.json")
+    print(f"wrote {atomic_write_json(os.path.join(config['OUTPUT_DIR'], 'conditional_results.json'), results)}")
     return results
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

@@ -28,27 +28,35 @@ DEVICE = "auto"  # "auto", "cuda", "cpu", ...
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the trained weights are
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
-from utils.config import load_config  # noqa: E402
-from Make_Demo import prepare_demo_if_asked  # noqa: E402
+from utils.config import command_line, load_config  # noqa: E402
+from utils.demo_settings import demo_defaults  # noqa: E402
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def list_images(path: str) -> list[str]:
+    """INPUT's images: the file itself (checked to be an image) or a folder's image files."""
     import os
 
     if os.path.isfile(path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path):
+                pass
+        except (OSError, UnidentifiedImageError):
+            raise ValueError(f"INPUT: {path!r} is not an image file ({', '.join(_IMAGE_SUFFIXES)})") from None
         return [path]
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"INPUT {path!r} is neither an image file nor a folder")
+        raise FileNotFoundError(f"INPUT: {path!r} is neither an image file nor a folder")
     files = sorted(os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(_IMAGE_SUFFIXES))
     if not files:
-        raise FileNotFoundError(f"INPUT folder {path!r} has no images ({', '.join(_IMAGE_SUFFIXES)})")
+        raise FileNotFoundError(f"INPUT: folder {path!r} has no images ({', '.join(_IMAGE_SUFFIXES)})")
     return files
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    import json
+    config = load_config(globals(), argv, extra_defaults=demo_defaults())
     import os
 
     import torch
@@ -57,19 +65,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from torchvision.transforms.functional import pil_to_tensor
     from tqdm import tqdm
 
+    from utils.checkpoint import atomic_write_json
     from utils.coco_eval import post_process
-    from utils.conditional_eval import build_conditional_model
+    from utils.demo import prepare_demo_if_asked
     from utils.engine import autocast
-    from utils.pipelines import choose_device
+    from utils.pipelines import build_conditional_model, choose_device
     from utils.visualize import draw_detections
 
-    config = load_config(globals(), argv)
-    prepare_demo_if_asked(config, argv)
+    prepare_demo_if_asked(config)
     files = list_images(config["INPUT"])
     output = config["OUTPUT"] or os.path.join(config["OUTPUT_DIR"], "inference")
-    os.makedirs(output, exist_ok=True)
     device = choose_device(config["DEVICE"])
     model = build_conditional_model(config, device, config["ROUTING"])
+    os.makedirs(output, exist_ok=True)
     id2label = model.integrated.detector.config.id2label
     records = []
     for path in tqdm(files, desc="images", dynamic_ncols=True):
@@ -97,11 +105,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for label, score, box in zip(detection["labels"][keep], detection["scores"][keep], detection["boxes"][keep])
             ],
         })
-    with open(os.path.join(output, "detections.json"), "w") as file:
-        json.dump(records, file, indent=2)
+    if not records:
+        raise ValueError(f"INPUT: none of the {len(files)} image files in {config['INPUT']!r} could be read")
+    atomic_write_json(os.path.join(output, "detections.json"), records)
     print(f"{len(records)} images -> {output} (annotated PNGs and detections.json)")
     return records
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

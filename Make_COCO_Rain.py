@@ -27,14 +27,14 @@ SEED = 0  # the rain of an image depends only on (SEED, image id, variant name)
 JPEG_QUALITY = 95  # quality of the written JPEGs
 LIMIT = None  # render only the first LIMIT images of each split (None: all)
 
-from utils.config import load_config  # noqa: E402
+from utils.config import command_line, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
+    config = load_config(globals(), argv)
     from utils.data import SPLIT_FOLDERS, annotation_path
     from utils.rain import make_rainy_split
 
-    config = load_config(globals(), argv)
     unknown = [split for split in config["SPLITS"] if split not in SPLIT_FOLDERS]
     if unknown:
         raise ValueError(f"SPLITS may hold {sorted(SPLIT_FOLDERS)}, got {unknown}")
@@ -57,4 +57,4 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     import sys
 
-    sys.exit(1 if any(report["failed"] for report in main().values()) else 0)
+    sys.exit(1 if any(report["failed"] for report in command_line(main).values()) else 0)

@@ -21,15 +21,15 @@ VARIANTS_PER_PRESET = 1  # differently seeded renderings of each preset
 SEED = 0  # scenes and rain are a function of this seed
 WORKERS = 0  # processes for the rain (0: this process; small images render fastest without a pool)
 
-from utils.config import load_config  # noqa: E402
+from utils.config import command_line, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
+    config = load_config(globals(), argv)
     import time
 
     from utils.synthetic import build_synthetic_world
 
-    config = load_config(globals(), argv)
     start = time.perf_counter()
     paths = build_synthetic_world(
         config["WORLD_DIR"], num_train=config["NUM_TRAIN"], num_val=config["NUM_VAL"], image_size=config["IMAGE_SIZE"],
@@ -43,4 +43,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

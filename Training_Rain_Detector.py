@@ -45,133 +45,15 @@ DATALOADER_WORKERS = 8  # data loading processes
 SEED = 42  # subsets, order and initialisation
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # rain_detector.pt goes here
 
-from utils.config import load_config  # noqa: E402
+from utils.config import command_line, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import os
-
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from utils.checkpoint import atomic_save
-    from utils.data import build_dataset, collate_fn, loader_settings, rain_variant_dirs
-    from utils.pipelines import choose_device
-    from utils.rain import FAMILIES, split_by_family
-    from utils.rain_detector import (
-        GateTrainingSet, RainDetector, choose_threshold, classification_metrics, fit_temperature,
-    )
-    from utils.training import seed_everything
-
     config = load_config(globals(), argv)
-    device = choose_device(config["DEVICE"])
-    seed_everything(config["SEED"])
-    holdout = config["HOLDOUT_FAMILY"]
-    if holdout is not None and holdout not in FAMILIES:
-        raise ValueError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {holdout!r}")
-    diversity = {
-        "blur": config["AUGMENT_BLUR"], "jpeg": config["AUGMENT_JPEG"], "jitter": config["AUGMENT_JITTER"],
-        "noise": config["AUGMENT_NOISE"],
-    }
-    diverse = config["RANDOM_RAIN"] > 0 or any(value > 0 for value in diversity.values())
+    from utils.rain_detector import train_rain_detector
 
-    def rain_dirs(name: str) -> tuple[list[str] | str, list[str]]:
-        """COCO_RAIN_DIR's variants for the gate, and those of HOLDOUT_FAMILY (scored apart)."""
-        if holdout is None:
-            return config["COCO_RAIN_DIR"], []
-        kept, held_out = split_by_family(rain_variant_dirs(config["COCO_RAIN_DIR"], name), holdout)
-        if not kept:
-            raise ValueError(f"HOLDOUT_FAMILY={holdout!r} leaves no rain variant of COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} to train on")
-        return kept, held_out
-
-    def split(name: str, percent: float, train: bool, coco_rain_dir) -> DataLoader:
-        # Labels are irrelevant here; the dataset still needs an id2label to map its categories.
-        dataset = build_dataset(
-            config["COCO_DIR"], coco_rain_dir, name, None, image_size=config["IMAGE_SIZE"], train=train,
-            percent=percent, coco_ratio=0.5, rain_ratio=0.5, seed=config["SEED"],
-            return_clean_pair=train and config["RANDOM_RAIN"] > 0,
-        )
-        if train and diverse:
-            families = [family for family in FAMILIES if family != holdout]
-            dataset = GateTrainingSet(dataset, families, config["RANDOM_RAIN"], **diversity)
-        return DataLoader(
-            dataset, batch_size=config["BATCH_SIZE"], shuffle=train, drop_last=train, collate_fn=collate_fn,
-            generator=torch.Generator().manual_seed(config["SEED"]),
-            **loader_settings(config["DATALOADER_WORKERS"], device),
-        )
-
-    train_rain, _ = rain_dirs("train")
-    val_rain, held_out_rain = rain_dirs("val")
-    train_loader = split("train", config["PERCENT_DATASET"], True, train_rain)
-    val_loader = split("val", config["VAL_PERCENT"], False, val_rain)
-    held_out_loader = split("val", config["VAL_PERCENT"], False, held_out_rain) if held_out_rain else None
-    if holdout is not None and held_out_loader is None:
-        print(f"COCO_RAIN_DIR has no {holdout} variant: held-out scoring is left to Eval_conditional.py (HOLDOUT_RAIN_DIR)", flush=True)
-    model = RainDetector(config["ARCHITECTURE"], config["INPUT_SIZE"], imagenet_weights=config["IMAGENET_WEIGHTS"]).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["LEARNING_RATE"])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config["NUM_EPOCHS"] * len(train_loader))
-
-    def rain_labels(targets) -> torch.Tensor:
-        return torch.tensor([float(t["is_rainy"]) for t in targets], device=device)
-
-    @torch.no_grad()
-    def validation_logits(loader: DataLoader):
-        model.eval()
-        logits, truth = [], []
-        for batch in loader:
-            if batch is None:  # every image of the batch was unreadable
-                continue
-            images, targets = batch
-            logits.append(model(images.to(device)).float().cpu())
-            truth.append(rain_labels(targets).cpu())
-        return torch.cat(logits), torch.cat(truth)
-
-    best = None
-    for epoch in range(config["NUM_EPOCHS"]):
-        if config["EPOCH_VARIANTS"]:
-            train_loader.dataset.set_epoch(epoch)
-        model.train()
-        progress = tqdm(train_loader, desc=f"rain detector epoch {epoch + 1}", dynamic_ncols=True)
-        for batch in progress:
-            if batch is None:  # every image of the batch was unreadable
-                continue
-            images, targets = batch
-            logits = model(images.to(device, non_blocking=True))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, rain_labels(targets))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        logits, truth = validation_logits(val_loader)
-        scores = torch.sigmoid(logits)
-        threshold = choose_threshold(scores, truth)
-        metrics = classification_metrics(scores, truth, threshold)
-        temperature = fit_temperature(logits, truth)
-        print(
-            f"epoch {epoch + 1}: val accuracy {metrics['accuracy']:.4f}, precision {metrics['precision']:.4f}, "
-            f"recall {metrics['recall']:.4f} at threshold {threshold:.3f} (calibration temperature {temperature:.3g})", flush=True,
-        )
-        held_out = {}
-        if held_out_loader is not None:
-            held_logits, held_truth = validation_logits(held_out_loader)
-            held_out = classification_metrics(torch.sigmoid(held_logits), held_truth, threshold)
-            print(
-                f"epoch {epoch + 1}: held-out {holdout} rain (with the clean val images): accuracy {held_out['accuracy']:.4f}, "
-                f"precision {held_out['precision']:.4f}, recall {held_out['recall']:.4f}", flush=True,
-            )
-        if best is None or metrics["accuracy"] > best["accuracy"]:
-            best = dict(metrics, threshold=threshold, temperature=temperature, epoch=epoch + 1)
-            if held_out:
-                best["held_out"] = held_out
-            model.threshold, model.temperature = threshold, temperature
-            atomic_save(model.checkpoint(val_metrics=metrics, held_out_metrics=held_out, holdout_family=holdout,
-                                         config=dict(config), epoch=epoch + 1),
-                        os.path.join(config["OUTPUT_DIR"], "rain_detector.pt"))
-    print(f"saved {os.path.join(config['OUTPUT_DIR'], 'rain_detector.pt')} (epoch {best['epoch']}, accuracy {best['accuracy']:.4f}, threshold {best['threshold']:.3f})")
-    return best
+    return train_rain_detector(config)
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

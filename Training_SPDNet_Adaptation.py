@@ -13,7 +13,6 @@ Edit the constants below, or override them:
 from __future__ import annotations
 
 import os
-import signal
 
 # ---- data
 COCO_DIR = "./data/coco"  # clean COCO: train2017/, val2017/, annotations/instances_{train,val}2017.json
@@ -47,7 +46,7 @@ MAX_STEPS = None  # stop (resumably) after this many optimizer steps in all (Non
 # ---- precision and speed
 FP16 = False  # refused: SPDNet overflows fp16 (use PRECISION = "bf16")
 PRECISION = "fp32"  # "fp32" or "bf16" (autocast for SPDNet; the detector, its loss and all weights stay fp32)
-GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.8 -> 2.1 GB per 640² image at 0.63x speed (bench.py, CPU)
+GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.8 -> 2.1 GB per 640² image at 0.63x speed (benchmarks/bench.py, CPU)
 CHANNELS_LAST = False  # SPDNet in NHWC memory layout (faster convolutions, bf16 above all)
 # ---- system
 DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
@@ -61,51 +60,30 @@ CHECKPOINT_EVERY_STEPS = 200  # also checkpoint every this many optimizer steps 
 LOG_EVERY_STEPS = 10  # optimizer steps per line in training_log.jsonl
 EVAL_BEFORE_TRAINING = True  # score the starting SPDNet first, as the "epoch 0" baseline
 
-from utils.config import load_config  # noqa: E402  (the constants above come first, as users read them)
-from Make_Demo import prepare_demo_if_asked  # noqa: E402
-
-
-class StopRequested:
-    """SIGINT / SIGTERM ask for a clean stop: checkpoint, then exit. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {}
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl-C again to abort)", flush=True)
-
-    def install(self) -> "StopRequested":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def uninstall(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
+from utils.config import command_line, load_config  # noqa: E402  (the constants above come first, as users read them)
+from utils.demo_settings import demo_defaults  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
+    quiet = int(os.environ.get("RANK", "0")) != 0  # rank 0 alone prints the config
+    config = load_config(globals(), argv, quiet=quiet, extra_defaults=demo_defaults())
     from utils import training
+    from utils.data import check_data_dirs
+    from utils.demo import prepare_demo_if_asked
     from utils.detector import model_state_lines
+    from utils.pipelines import build_training_model
 
-    config = load_config(globals(), argv, quiet=int(os.environ.get("RANK", "0")) != 0)  # rank 0 alone prints it
-    prepare_demo_if_asked(config, argv)
     training.check_config(config)
+    prepare_demo_if_asked(config)
+    check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["train", "val"])
     run = training.setup_run(config)
-    model = training.build_model(config, run.device)
+    model = build_training_model(config, run.device)
     if run.is_main:
         print("\n".join(model_state_lines(model.spdnet, model.detector)), flush=True)
     data = training.build_data(config, model.detector.config.id2label, run)
     optimizer, scheduler = training.build_optimizer(config, model, data.steps_per_epoch)
     state = training.resume_or_start(config, model, optimizer, scheduler, run)
-    stop = StopRequested().install()
+    stop = training.StopRequested().install()
     try:
         return training.fit(config, model, optimizer, scheduler, data, state, run, should_stop=stop)
     finally:
@@ -113,16 +91,5 @@ def main(argv: list[str] | None = None) -> dict:
         training.teardown(run)
 
 
-def command_line(argv: list[str] | None = None) -> dict:
-    """``main`` for the shell: a setting or file that cannot be used ends the run with one line and exit code 1."""
-    from utils.engine import NonFiniteLossError
-    from utils.training import DetectorChangedError
-
-    try:
-        return main(argv)
-    except (ValueError, FileNotFoundError, NonFiniteLossError, DetectorChangedError) as error:
-        raise SystemExit(f"error: {error}") from None
-
-
 if __name__ == "__main__":
-    command_line()
+    command_line(main)

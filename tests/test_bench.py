@@ -1,12 +1,11 @@
-"""bench.py's measuring pieces, and smoke runs of both benchmarks at toy size."""
+"""benchmarks/bench.py's measuring pieces, and smoke runs of the benchmarks at toy size."""
 
 import json
 
 import pytest
 import torch
 
-import bench
-import bench_precision
+from benchmarks import bench, bench_objectives, bench_precision
 
 
 def test_configuration_names():
@@ -54,3 +53,8 @@ def test_precision_benchmark_smoke_run_writes_its_report(tmp_path):
         # sigma 0.1 grey level: mean |noise| 0.08, less where the image is clamped to 0 or 1.
         assert 0 < row["fp32_noise_0.1"]["image_grey_levels"] < 0.1
         assert all("gradient" not in entry for entry in row.values() if isinstance(entry, dict))
+
+
+def test_objectives_benchmark_smoke_run_times_every_objective():
+    seconds = bench_objectives.main(["--IMAGE_SIZE=64", "--BATCH_SIZE=1", "--STEPS=1", "--WARMUP=0", "--DEVICE=cpu"])
+    assert set(seconds) == set(bench_objectives.OBJECTIVES) and all(value > 0 for value in seconds.values())

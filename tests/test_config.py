@@ -99,8 +99,24 @@ def test_shared_config_file_skips_other_scripts_settings_but_not_typos(tmp_path)
         resolve_config(DEFAULTS, ["--MIXED_RAIN_FRACTION=0.3"], other_scripts_keys={"MIXED_RAIN_FRACTION"})
 
 
-def test_project_setting_names_reads_the_top_level_scripts():
-    from utils.config import project_setting_names
+def test_project_settings_are_every_scripts_constants_and_no_more():
+    """PROJECT_SETTINGS (what a shared config file may set) matches the scripts in the root."""
+    import importlib
+    import os
 
-    names = project_setting_names()
-    assert {"GRADIENT_ACCUMULATION_STEPS", "MIXED_RAIN_FRACTION", "EVAL_CLEAN", "RAIN_DETECTOR_WEIGHTS"} <= names
+    from utils.config import PROJECT_SETTINGS
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    scripts = [name[:-3] for name in os.listdir(root) if name.endswith(".py")]
+    declared = set()
+    for script in scripts:
+        declared |= set(script_defaults(vars(importlib.import_module(script))))
+    assert declared == PROJECT_SETTINGS
+
+
+def test_extra_defaults_are_taken_and_printed_only_when_changed(capsys):
+    namespace = dict(DEFAULTS, __file__="Train.py")
+    config = load_config(namespace, ["--DEMO_SEED=1"], extra_defaults={"DEMO_SEED": 0, "DEMO_DIR": "d"})
+    assert config["DEMO_SEED"] == 1 and config["DEMO_DIR"] == "d" and config["BATCH_SIZE"] == 2
+    printed = capsys.readouterr().out
+    assert "DEMO_SEED" in printed and "DEMO_DIR" not in printed

@@ -42,7 +42,8 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
     smoke = smoke_config(tmp_path)
     root, weights = str(tmp_path / "demo"), str(tmp_path / "weights")
     Make_Demo.main([smoke, "--DEMO_PRETRAIN=True"])  # the repository keeps these; the test makes tiny ones
-    summary = Training_SPDNet_Adaptation.main([DEMO_CONFIG, smoke])
+    # The demo's settings on the script's own command line, parsed once with its own (world 1 here).
+    summary = Training_SPDNet_Adaptation.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1"])
     for name in ("data/coco/annotations/instances_train2017.json", "data/coco_rain/val2017", "demo_quality.json",
                  "rain_detector.pt", "spdnet_adapted.pt"):
         assert os.path.exists(os.path.join(root, name)), name
@@ -59,11 +60,13 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
     assert set(quality["spdnet_rainy_val"]) == {"rainy_psnr_db", "derained_psnr_db", "rainy_ssim", "derained_ssim"}
     assert set(quality["detector_clean_val"]) == {"AP", "AP50", "AP75"}
 
-    results = Eval_SPDNet_Adaptation.main([DEMO_CONFIG, smoke])
+    with open(os.path.join(root, "rain_detector.pt.json")) as file:
+        assert json.load(file)["settings"]["seed"] == 1
+    results = Eval_SPDNet_Adaptation.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1"])
     assert set(results["rainy"]) == {"vanilla", "original", "adapted"}
     for name in ("eval_results.json", "eval_examples.png"):
         assert os.path.isfile(os.path.join(root, name)), name
-    conditional = Eval_conditional.main([DEMO_CONFIG, smoke])
+    conditional = Eval_conditional.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1"])
     assert set(conditional) >= {"clean", "rainy", "mixed"}
     clean = conditional["clean"]["clean_guarantee"]
     assert clean["identical_to_detector"] == clean["images_gated_clean"]

@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 
-from utils.coco_categories import COCO_CATEGORIES, COCO_ID2LABEL
+from utils.coco_categories import COCO_CATEGORIES, COCO_ID2LABEL, coco_label_maps
 from utils.detector import (
-    coco_label_maps,
     count_parameters,
     detector_fingerprint,
     load_detector,
@@ -80,7 +79,7 @@ def test_unreachable_hub_id_says_how_to_get_the_weights():
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=os.path.join(os.getcwd(), ".no_hf_cache"))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode != 0
-    assert "could not load detector 'PekingU/rtdetr_r18vd'" in result.stderr
+    assert "DETECTOR: could not load 'PekingU/rtdetr_r18vd'" in result.stderr
     assert "--local-dir" in result.stderr and "set DETECTOR to that local directory" in result.stderr
 
 

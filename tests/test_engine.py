@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from utils.engine import NonFiniteGuard, autocast, check_precision
-from utils.training import ResumableSampler, lr_factor
+from utils.distributed import ResumableSampler
+from utils.training import lr_factor
 
 
 def test_non_finite_micro_batch_contributes_nothing_to_the_accumulated_gradient():

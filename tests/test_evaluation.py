@@ -137,6 +137,13 @@ def test_infer_writes_annotated_images_and_detections(tiny_world, trained, tmp_p
     assert len([name for name in os.listdir(tmp_path) if name.endswith("_detected.png")]) == 6
     with pytest.raises(FileNotFoundError, match="neither an image file nor a folder"):
         Infer.main([f"--OUTPUT_DIR={trained['output']}", "--INPUT=/no/such/photos"])
+    # A folder whose image files all fail to decode is an error, not an empty success.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"INPUT: none of the 1 image files in .*broken' could be read"):
+        Infer.main([f"--OUTPUT_DIR={trained['output']}", f"--DETECTOR={tiny_world['detector_dir']}", "--IMAGE_SIZE=64",
+                    "--DEVICE=cpu", f"--INPUT={broken}", f"--OUTPUT={tmp_path / 'out'}"])
 
 
 def test_conditional_evaluation_scores_held_out_rain_and_soft_routing(tiny_world, trained, tmp_path, capsys):

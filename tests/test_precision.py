@@ -5,7 +5,7 @@ detector in bf16 too (loss still fp32), the same batches gave a loss 18% off, a 
 1.35x the batch-to-batch spread and a cosine of 0.45: each of the three tests below fails that way.
 
 Why the gradient is judged against the batch-to-batch spread and not by "cosine > 0.99" (figures from
-bench_precision.py on this project's CPU VM; README, "How close bf16 is to fp32"): the detection
+benchmarks/bench_precision.py on this project's CPU VM; README, "How close bf16 is to fp32"): the detection
 loss's gradient is ill-conditioned below one grey level. fp32 itself falls to cosine 0.982 on a
 batch when SPDNet's output moves by a tenth of a grey level (0.975 with other models), and bf16
 images differ from fp32 ones by ~0.5 grey level. What makes a gradient error matter is its size next

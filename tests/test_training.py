@@ -12,6 +12,7 @@ import torch
 import Training_SPDNet_Adaptation as training_script
 from utils import training
 from utils.config import ConfigError
+from utils.config import command_line
 from utils.spdnet import SPDNet, load_spdnet_weights
 
 FAST = ["--PERCENT_DATASET=100", "--BATCH_SIZE=2", "--GRADIENT_ACCUMULATION_STEPS=2", "--WARMUP_STEPS=2",
@@ -27,7 +28,7 @@ def run_failing(tiny_world, output_dir, *extra) -> str:
     """The one line the command line ends with (exit code 1) when a run cannot go on."""
     arguments = tiny_world["overrides"] + FAST + [f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={output_dir}"]
     with pytest.raises(SystemExit) as exit_info:
-        training_script.command_line(arguments + list(extra))
+        command_line(lambda: training_script.main(arguments + list(extra)))
     message = exit_info.value.code
     assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
     return message
@@ -104,7 +105,7 @@ def test_config_errors_are_clear(tiny_world, tmp_path):
         run(tiny_world, tmp_path, "--FP16=True")
     with pytest.raises(ValueError, match="IMAGE_SIZE must be a multiple of 32"):
         run(tiny_world, tmp_path, "--IMAGE_SIZE=100")
-    with pytest.raises(FileNotFoundError, match="COCO_DIR '/no/coco' does not exist"):
+    with pytest.raises(FileNotFoundError, match="COCO_DIR: '/no/coco' has no annotations/instances_train2017.json"):
         run(tiny_world, tmp_path, "--COCO_DIR=/no/coco")
 
 

@@ -80,34 +80,32 @@ def score(output_dir: str, training_seconds: float) -> None:
     sys.path.insert(0, ROOT)
     import torch
 
-    from utils.checkpoint import load_checkpoint
+    from utils.checkpoint import atomic_write_json, load_weights_file
     from utils.detector import load_detector
     from utils.engine import evaluate
-    from utils.evaluation import build_val_loader, image_quality, write_results
-    from utils.integrated_model import IntegratedModel
-    from utils.pipelines import build_spdnet, choose_device
+    from utils.evaluation import build_val_loader, image_quality
+    from utils.pipelines import choose_device, load_adapted_spdnet
 
     os.chdir(ROOT)
     weights_path = os.path.join(output_dir, "spdnet_adapted.pt")
-    config = load_checkpoint(weights_path)["config"]  # the resolved config the run trained with
-    config.update(BATCH_SIZE=8, VAL_PERCENT=100.0)
+    config = load_weights_file(weights_path, "ADAPTED_WEIGHTS")["config"]  # the resolved config the run trained with
+    config.update(ADAPTED_WEIGHTS=weights_path, BATCH_SIZE=8, VAL_PERCENT=100.0)
     device = choose_device(config["DEVICE"])
     detector = load_detector(config["DETECTOR"])
-    spdnet = build_spdnet(weights_path, config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
-    model = IntegratedModel(spdnet, detector).to(device).eval()
+    model = load_adapted_spdnet(config, detector).to(device).eval()
     results = {}
     for split, rain_fraction in (("rainy", 1.0), ("clean", 0.0)):
         loader, annotation_file, label_to_category_id = build_val_loader(config, detector.config.id2label, rain_fraction)
         with torch.no_grad():
             results[split] = evaluate(model, loader, annotation_file, label_to_category_id, device=device,
                                       precision=config["PRECISION"], derain=True, description=f"{split}: adapted")
-    results["rainy_image_quality"] = image_quality({"adapted": spdnet}, config["COCO_DIR"], config["COCO_RAIN_DIR"],
+    results["rainy_image_quality"] = image_quality({"adapted": model.spdnet}, config["COCO_DIR"], config["COCO_RAIN_DIR"],
                                                    config["IMAGE_SIZE"], device)["adapted"]
     with open(os.path.join(output_dir, "training_log.jsonl")) as file:
         steps = [json.loads(line) for line in file if '"type": "train"' in line]
     results["training_images_per_s"] = statistics.median(r["images_per_s"] for r in steps)
     results["training_seconds"] = training_seconds  # the training script's wall time, start-up included
-    write_results(results, output_dir, "ablation_results.json")
+    atomic_write_json(os.path.join(output_dir, "ablation_results.json"), results)
 
 
 def read_run(objective: str, coco_ratio: float, seed: int) -> dict:
@@ -174,7 +172,11 @@ def main() -> None:
     os.makedirs(os.path.join(ROOT, ABLATION_DIR), exist_ok=True)
     reference_dir = os.path.join(ABLATION_DIR, "reference")
     if args.collect_only:
-        runs = [read_run(*job) for job in jobs]
+        done = [job for job in jobs if os.path.isfile(os.path.join(ROOT, ABLATION_DIR, run_name(*job), "ablation_results.json"))]
+        for job in jobs:
+            if job not in done:
+                print(f"not run yet: {run_name(*job)}")
+        runs = [read_run(*job) for job in done]
     else:
         # The world and its gate, then the frozen detector and the original SPDNet, once.
         run(["Make_Demo.py", "configs/demo.py"], os.path.join(ROOT, ABLATION_DIR, "make_demo.log"), None)

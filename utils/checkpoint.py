@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import tempfile
 
 import numpy as np
@@ -25,13 +26,16 @@ def atomic_save(obj, path: str) -> None:
         raise
 
 
-def atomic_write_json(path: str, content) -> None:
-    """Write JSON to a temporary name, then rename: a reader never sees half a file."""
+def atomic_write_json(path: str, content, indent: int | None = 2) -> str:
+    """Write JSON to a temporary name beside ``path`` (its folder made if need be), then rename: a
+    reader never sees half a file. The one JSON writer of the project; returns ``path``."""
     import json
 
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as file:
-        json.dump(content, file, indent=2)
+        json.dump(content, file, indent=indent)
     os.replace(path + ".tmp", path)
+    return path
 
 
 class NonFiniteTensorError(ValueError):
@@ -59,11 +63,42 @@ def check_finite(value, source: str) -> None:
         raise NonFiniteTensorError(f"{source}: tensor {shown} holds NaN or inf values; these weights cannot be used")
 
 
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint written by this project, loaded with ``weights_only=True`` onto the CPU."""
+class WeightsFileError(ValueError):
+    """A weights or checkpoint file that cannot be read: names the setting and the file."""
+
+
+def load_weights_file(path: str, setting: str):
+    """A weights or checkpoint file, loaded with ``weights_only=True`` onto the CPU.
+
+    ``setting`` (e.g. "SPDNET_WEIGHTS", "RESUME") names where the path came from. A missing file, a
+    file that is not one torch wrote, or one holding objects weights-only loading refuses ends in
+    one line naming both; weights-only loading is never turned off (that would run any code the
+    file carries).
+    """
+    import pickle
+
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{setting}: {path!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused:
+            reason = (f"holds a Python object ({refused.group(1)}) besides tensors and plain containers, which "
+                      "weights-only loading refuses: save a state dict of tensors")
+        else:
+            reason = "is not a weights file written by torch.save"
+        raise WeightsFileError(f"{setting}: {path!r} {reason}") from None
+    except (EOFError, RuntimeError, OSError, ValueError) as error:
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise WeightsFileError(f"{setting}: {path!r} is not a weights file written by torch.save ({detail})") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def rng_states() -> dict:

@@ -1,8 +1,13 @@
 """COCO 2017's 80 object categories: dataset ids 1..90 (with gaps) and their names.
 
 The names are the ones PekingU's RT-DETR checkpoints use in ``config.id2label`` (index 0 'person'
-... index 79 'toothbrush'), so the two can be matched by name in ``utils.detector.coco_label_maps``.
+... index 79 'toothbrush'), so the two can be matched by name: ``coco_label_maps``, the one place
+where a detector's labels and a dataset's category ids meet.
 """
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
 
 COCO_CATEGORIES = [
     {"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 3, "name": "car"},
@@ -35,3 +40,54 @@ COCO_CATEGORIES = [
 ]
 
 COCO_ID2LABEL = {index: category["name"] for index, category in enumerate(COCO_CATEGORIES)}
+
+
+def _normalise_name(name: str) -> str:
+    return " ".join(str(name).replace("_", " ").split()).lower()
+
+
+def coco_label_maps(
+    id2label: Mapping[int, str], categories: Iterable[Mapping] | None = None
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Match dataset category ids to the detector's contiguous label indices by name.
+
+    Args:
+        id2label: the detector's ``config.id2label`` (label index -> name; keys may be str in JSON).
+        categories: the annotation file's ``categories`` list (``[{"id": .., "name": ..}, ...]``);
+            COCO 2017's 80 categories when omitted.
+
+    Returns:
+        ``(category_id_to_label, label_to_category_id)``. Dataset categories the detector does not know
+        are left out of ``category_id_to_label`` (their boxes cannot be learned or scored), but every
+        detector label must match exactly one category, else a ``ValueError`` names the culprits.
+    """
+    categories = list(COCO_CATEGORIES if categories is None else categories)
+    name_to_category: dict[str, int] = {}
+    for category in categories:
+        if "id" not in category or "name" not in category:
+            raise ValueError(f"category entry {category!r} needs both 'id' and 'name'")
+        key = _normalise_name(category["name"])
+        if key in name_to_category:
+            raise ValueError(f"category name {category['name']!r} appears twice in the annotation categories")
+        name_to_category[key] = int(category["id"])
+
+    label_to_category_id: dict[int, int] = {}
+    unmatched = []
+    for label, name in sorted(((int(k), v) for k, v in id2label.items())):
+        category_id = name_to_category.get(_normalise_name(name))
+        if category_id is None:
+            unmatched.append(f"{label}: {name!r}")
+        else:
+            label_to_category_id[label] = category_id
+    if unmatched:
+        known = ", ".join(repr(c["name"]) for c in categories[:10])
+        raise ValueError(
+            f"detector labels with no dataset category of the same name: {', '.join(unmatched)}. "
+            f"The annotation categories are {known}{', ...' if len(categories) > 10 else ''}. "
+            "Use a detector trained on these classes, or annotations whose category names match it."
+        )
+    labels = sorted(label_to_category_id)
+    if labels != list(range(len(labels))):
+        raise ValueError(f"detector labels must be contiguous 0..{len(labels) - 1}, got {labels}")
+    category_id_to_label = {category_id: label for label, category_id in label_to_category_id.items()}
+    return category_id_to_label, label_to_category_id

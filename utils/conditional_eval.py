@@ -1,5 +1,5 @@
-"""Eval_conditional.py's pieces: build the gated model, choose the splits (held-out rain included),
-score its routes (hard and soft routing), check the clean guarantee, tabulate."""
+"""Eval_conditional.py's pieces (the gated model is built by utils/pipelines.py): choose the splits
+(held-out rain included), score its routes (hard and soft routing), check the clean guarantee, tabulate."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ import os
 
 import torch
 
-from utils.checkpoint import load_checkpoint
 from utils.coco_eval import METRIC_NAMES, CocoEvaluator
 from utils.conditional import ConditionalModel
-from utils.data import rain_variant_dirs
-from utils.detector import load_detector
-from utils.engine import autocast, check_precision
+from utils.data import non_empty, rain_variant_dirs
+from utils.engine import autocast
 from utils.evaluation import build_val_loader
-from utils.integrated_model import IntegratedModel
-from utils.pipelines import build_spdnet
 from utils.rain import FAMILIES, split_by_family
-from utils.rain_detector import classification_metrics, load_rain_detector
+from utils.rain_detector import classification_metrics
 from tqdm import tqdm
 
 # Result rows: name -> (route, routing). "gate" is the hard-routed conditional model, "soft" the soft one.
@@ -25,30 +21,6 @@ ROWS = {"gate": ("gate", "hard"), "soft": ("gate", "soft"), "always": ("always",
 ROUTE_TITLES = {
     "gate": "conditional (gated)", "soft": "conditional (soft)", "always": "always derain", "never": "never derain (vanilla)",
 }
-
-
-def _weights_path(config: dict, key: str, default_name: str) -> str:
-    path = config[key] or os.path.join(config["OUTPUT_DIR"], default_name)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}: {path!r} does not exist")
-    return path
-
-
-def build_conditional_model(config: dict, device: torch.device, routing: str = "hard") -> ConditionalModel:
-    """The rain gate, the adapted SPDNet and the frozen detector; files checked before any work.
-    ``routing``: "hard" or "soft" (utils.conditional)."""
-    check_precision(config["PRECISION"])
-    adapted_path = _weights_path(config, "ADAPTED_WEIGHTS", "spdnet_adapted.pt")
-    gate_path = _weights_path(config, "RAIN_DETECTOR_WEIGHTS", "rain_detector.pt")
-    detector = load_detector(config["DETECTOR"])
-    integrated = IntegratedModel(build_spdnet(adapted_path, config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"]), detector)
-    recorded = load_checkpoint(adapted_path).get("detector_fingerprint")
-    if recorded is not None and recorded != integrated.detector_fingerprint():
-        raise RuntimeError(
-            f"{adapted_path} was adapted to another detector than DETECTOR={config['DETECTOR']!r} "
-            "(fingerprints differ): evaluate with the detector it was trained against"
-        )
-    return ConditionalModel(load_rain_detector(gate_path), integrated, routing).to(device).eval()
 
 
 def validation_splits(config: dict) -> dict[str, tuple[float, object]]:
@@ -95,10 +67,7 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
     seconds = {row: {"gate": 0.0, "rainy_path": 0.0, "clean_path": 0.0} for row in rows}
     probabilities, actual, gated_rainy, blends = [], [], [], []
     clean_checked, clean_mismatches, max_deviation_from_full_batch = 0, 0, 0.0
-    for batch in tqdm(loader, desc=f"{split} val", dynamic_ncols=True, leave=False):
-        if batch is None:  # every image of the batch was unreadable
-            continue
-        images, targets = batch
+    for images, targets in non_empty(tqdm(loader, desc=f"{split} val", dynamic_ncols=True, leave=False)):
         images = images.to(device, non_blocking=True)
         image_ids = [int(t["image_id"]) for t in targets]
         sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])

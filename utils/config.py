@@ -10,7 +10,8 @@ with ``ast.literal_eval`` (so ``4``, ``1e-4``, ``True``, ``None``, ``[1, 2]``) a
 string when it is not a Python literal, never executed. Unknown keys and values whose type differs
 from the default's are errors that name the key; ``None`` is accepted for every key. One config
 file may serve several scripts (configs/demo.py does): a key in it that this script lacks is skipped
-when another top-level script of the project defines it, and an error otherwise (a typo).
+when another script of the project declares it (``PROJECT_SETTINGS``), and an error otherwise (a typo).
+A script that can prepare the CPU demo also takes the demo's settings (``extra_defaults``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import os
 import re
 import runpy
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 class ConfigError(ValueError):
@@ -39,21 +40,39 @@ def script_defaults(namespace: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Every setting of the scripts in the project's root, declared here so that a config file shared by
+# several scripts (configs/demo.py serves four) may set a key that only some of them have: the others
+# skip it, and a key no script has is an error (a typo). tests/test_config.py checks that this
+# matches the scripts' constants; the DEMO_* settings are utils/demo_settings.py's.
+PROJECT_SETTINGS = frozenset({
+    # Training_SPDNet_Adaptation.py
+    "COCO_DIR", "COCO_RAIN_DIR", "PERCENT_DATASET", "COCO_RATIO", "RAIN_RATIO", "VAL_PERCENT", "IMAGE_SIZE",
+    "DETECTOR", "SPDNET_WEIGHTS", "SPDNET_N_FEATS", "SPDNET_N_RESBLOCKS", "NUM_EPOCHS", "BATCH_SIZE",
+    "GRADIENT_ACCUMULATION_STEPS", "LEARNING_RATE", "WEIGHT_DECAY", "WARMUP_STEPS", "MIN_LR_RATIO",
+    "GRAD_CLIP_NORM", "EARLY_STOPPING_PATIENCE", "MAX_NONFINITE_IN_A_ROW", "MAX_STEPS", "FP16", "PRECISION",
+    "GRADIENT_CHECKPOINTING", "CHANNELS_LAST", "DEVICE", "DATALOADER_WORKERS", "SEED", "OUTPUT_DIR",
+    "PREPARE_DEMO", "RESUME", "CHECKPOINT_EVERY_STEPS", "LOG_EVERY_STEPS", "EVAL_BEFORE_TRAINING",
+    "DETECTION_LOSS_WEIGHT", "FEATURE_LOSS_WEIGHT", "PIXEL_LOSS_WEIGHT",
+    # Eval_SPDNet_Adaptation.py
+    "EVAL_CLEAN", "IMAGE_QUALITY", "ADAPTED_WEIGHTS", "NUM_EXAMPLES",
+    # Eval_conditional.py
+    "MIXED_RAIN_FRACTION", "HOLDOUT_FAMILY", "HOLDOUT_RAIN_DIR", "RAIN_DETECTOR_WEIGHTS", "SOFT_ROUTING",
+    # Infer.py
+    "INPUT", "OUTPUT", "SCORE_THRESHOLD", "ROUTING",
+    # Training_Rain_Detector.py
+    "EPOCH_VARIANTS", "RANDOM_RAIN", "AUGMENT_BLUR", "AUGMENT_JPEG", "AUGMENT_JITTER", "AUGMENT_NOISE",
+    "ARCHITECTURE", "IMAGENET_WEIGHTS", "INPUT_SIZE",
+    # Check_Data.py, Make_COCO_Rain.py, Make_Synthetic_World.py
+    "SPLITS", "CHECK", "BENCHMARK_IMAGES", "PRESETS", "VARIANTS_PER_PRESET", "WORKERS", "JPEG_QUALITY", "LIMIT",
+    "WORLD_DIR", "NUM_TRAIN", "NUM_VAL", "MAX_OBJECTS",
+})
 
 
-def project_setting_names(root: str = PROJECT_ROOT) -> set[str]:
-    """The UPPER_CASE constants assigned at module level by the project's top-level scripts."""
-    names: set[str] = set()
-    for file_name in sorted(os.listdir(root)):
-        if not file_name.endswith(".py"):
-            continue
-        with open(os.path.join(root, file_name)) as file:
-            tree = ast.parse(file.read(), file_name)
-        for node in tree.body:
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-            names.update(t.id for t in targets if isinstance(t, ast.Name) and re.fullmatch(r"[A-Z][A-Z0-9_]*", t.id))
-    return names
+def shared_setting_names() -> frozenset[str]:
+    """The keys a config file may set whatever script reads it: every script's, and the demo's."""
+    from utils.demo_settings import demo_defaults
+
+    return PROJECT_SETTINGS | set(demo_defaults())
 
 
 def _type_name(value: Any) -> str:
@@ -105,7 +124,7 @@ def resolve_config(
         argv: command-line arguments without the program name: paths of ``.py`` config files and
             ``--KEY=value`` items, applied left to right.
         other_scripts_keys: settings of the project's other scripts, which a config file may set
-            without error (they are skipped here); None means ``project_setting_names()``.
+            without error (they are skipped here); None means ``shared_setting_names()``.
 
     Returns:
         A new dict with every key of ``defaults``, overrides applied and type-checked.
@@ -132,7 +151,7 @@ def resolve_config(
                     continue  # imports and helper names inside a config file are not settings
                 if key not in defaults:
                     if other_scripts_keys is None:
-                        other_scripts_keys = project_setting_names()
+                        other_scripts_keys = shared_setting_names()
                     if key in other_scripts_keys:
                         continue
                     raise _unknown_key_error(key, defaults, f"config file {argument}")
@@ -145,13 +164,20 @@ def format_config(config: Mapping[str, Any]) -> str:
     return "\n".join(f"  {key:<{width}} = {value!r}" for key, value in sorted(config.items()))
 
 
-def load_config(namespace: Mapping[str, Any], argv: Sequence[str] | None = None, quiet: bool = False) -> dict[str, Any]:
+def load_config(
+    namespace: Mapping[str, Any], argv: Sequence[str] | None = None, quiet: bool = False,
+    extra_defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """What a script calls: its constants, overridden from the command line, printed, returned.
 
+    ``extra_defaults``: settings the script takes besides its own constants (the demo's, for the
+    scripts that can prepare it); they are printed only where they differ from their defaults.
     ``--help`` prints the settings and their defaults and exits.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    defaults = script_defaults(namespace)
+    own = script_defaults(namespace)
+    extra = dict(extra_defaults or {})
+    defaults = {**extra, **own}
     if any(argument in ("-h", "--help") for argument in argv):
         script = os.path.basename(str(namespace.get("__file__", "script.py")))
         print(f"usage: python {script} [configs/NAME.py ...] [--KEY=value ...]\n\nsettings (defaults):")
@@ -159,5 +185,22 @@ def load_config(namespace: Mapping[str, Any], argv: Sequence[str] | None = None,
         raise SystemExit(0)
     config = resolve_config(defaults, argv)
     if not quiet:
-        print("config:\n" + format_config(config), flush=True)
+        shown = {key: value for key, value in config.items() if key in own or value != extra[key]}
+        print("config:\n" + format_config(shown), flush=True)
     return config
+
+
+class UserError(Exception):
+    """A setting, file or input a run cannot use; ``command_line`` ends the run with its message."""
+
+
+# What a script's command line reports in one line: the errors that name a setting, a file or an input.
+USER_ERRORS = (UserError, ValueError, FileNotFoundError)
+
+
+def command_line(main: Callable[[], Any]) -> Any:
+    """``main()`` for the shell: an error of USER_ERRORS ends the run with one line and exit code 1."""
+    try:
+        return main()
+    except USER_ERRORS as error:
+        raise SystemExit(f"error: {error}") from None

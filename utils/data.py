@@ -40,7 +40,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from utils.detector import coco_label_maps
+from utils.coco_categories import coco_label_maps
 
 SPLIT_FOLDERS = {"train": "train2017", "val": "val2017"}
 # What a broken image file raises in PIL: unidentified or truncated files are OSErrors, some
@@ -65,6 +65,18 @@ def read_annotation_file(path: str) -> dict:
         if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
             raise ValueError(f"annotation file {path!r} has no {key!r} list")
     return coco
+
+
+def check_data_dirs(coco_dir: str, coco_rain_dir, splits: Sequence[str]) -> None:
+    """COCO_DIR's annotation files and COCO_RAIN_DIR's image folders (None: not needed) for ``splits``,
+    checked to exist: what a run does before it loads any model."""
+    for split in splits:
+        if not os.path.isfile(annotation_path(coco_dir, split)):
+            raise FileNotFoundError(
+                f"COCO_DIR: {coco_dir!r} has no annotations/instances_{SPLIT_FOLDERS[split]}.json (COCO's layout: docs/data.md)"
+            )
+        if coco_rain_dir is not None:
+            rain_variant_dirs(coco_rain_dir, split)
 
 
 def box_problem(bbox, width: int, height: int) -> str | None:
@@ -380,6 +392,12 @@ def collate_fn(batch: list):
         return None
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)
+
+
+def non_empty(batches):
+    """The batches of a loader that collate_fn did not make None (every image unreadable): the one
+    place every loop skips them."""
+    return (batch for batch in batches if batch is not None)
 
 
 def loader_settings(workers: int, device: torch.device) -> dict:

@@ -32,12 +32,11 @@ from tqdm import tqdm
 
 from utils.checkpoint import atomic_save, atomic_write_json
 from utils.coco_eval import load_coco
-from utils.data import build_dataset, collate_fn, loader_settings
+from utils.data import build_dataset, collate_fn, loader_settings, non_empty
 from utils.detector import load_detector, small_rtdetr_config
 from utils.engine import detector_targets, evaluate
 from utils.evaluation import image_quality
-from utils.integrated_model import IntegratedModel
-from utils.pipelines import build_spdnet, choose_device
+from utils.pipelines import build_detector_only, build_spdnet, choose_device
 from utils.spdnet import SPDNet
 from utils.synthetic import build_synthetic_world, world_id2label
 
@@ -151,9 +150,55 @@ def pretrain_spdnet(config: dict, world: dict) -> None:
     print(f"demo original SPDNet: {describe_quality(quality)}", flush=True)
 
 
+def prepare_demo_if_asked(config: dict) -> None:
+    """What the scripts that can run on the demo call: build or reuse it when PREPARE_DEMO is set
+    (configs/demo.py sets it), with the DEMO_* settings of the same config files and command line."""
+    if config["PREPARE_DEMO"]:
+        prepare_demo(config)
+
+
+def prepare_demo(config: dict) -> dict[str, str]:
+    """Make_Demo.py's job: with DEMO_PRETRAIN, make the kept stand-ins; otherwise build (or reuse)
+    the demo world, measure the stand-ins on it and train (or reuse) its rain gate."""
+    if config["DEMO_PRETRAIN"]:
+        return pretrain_stand_ins(config)
+    start = time.perf_counter()
+    paths = build_demo(config)
+    train_demo_gate(config, paths)
+    print(f"demo world ready in {config['DEMO_DIR']} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return paths
+
+
+def gate_settings(config: dict, paths: dict[str, str]) -> dict:
+    """Every setting of Training_Rain_Detector.py for the demo's gate: a small CNN on the whole world."""
+    size, workers = config["DEMO_IMAGE_SIZE"], config["DEMO_WORKERS"]
+    return {
+        "COCO_DIR": paths["coco_dir"], "COCO_RAIN_DIR": paths["coco_rain_dir"], "PERCENT_DATASET": 100.0,
+        "VAL_PERCENT": 100.0, "IMAGE_SIZE": size, "HOLDOUT_FAMILY": None, "EPOCH_VARIANTS": False,
+        "RANDOM_RAIN": 0.0, "AUGMENT_BLUR": 0.0, "AUGMENT_JPEG": 0.0, "AUGMENT_JITTER": 0.0, "AUGMENT_NOISE": 0.0,
+        "ARCHITECTURE": "small_cnn", "IMAGENET_WEIGHTS": None, "INPUT_SIZE": size,
+        "NUM_EPOCHS": config["DEMO_GATE_EPOCHS"], "BATCH_SIZE": 32, "LEARNING_RATE": 1e-3,
+        "DEVICE": config["DEMO_DEVICE"], "DATALOADER_WORKERS": workers, "SEED": config["DEMO_SEED"],
+        "OUTPUT_DIR": config["DEMO_DIR"],
+    }
+
+
+def train_demo_gate(config: dict, paths: dict[str, str]) -> None:
+    """The demo world's rain gate (utils.rain_detector.train_rain_detector), unless its record
+    says it was made with the same world, seed and epochs."""
+    from utils.rain_detector import train_rain_detector
+
+    world = world_settings(config, config["DEMO_SEED"], config["DEMO_NUM_TRAIN"])
+    gate = {"world": world, "seed": config["DEMO_SEED"], "epochs": config["DEMO_GATE_EPOCHS"]}
+    if is_built(paths["gate"] + ".json", gate, [paths["gate"]]):
+        print(f"demo rain gate: reused {paths['gate']}", flush=True)
+        return
+    result = train_rain_detector(gate_settings(config, paths))
+    atomic_write_json(paths["gate"] + ".json", {"settings": gate, "result": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}})
+
+
 def build_demo(config: dict) -> dict[str, str]:
-    """Build (or reuse) the demo world and measure the kept stand-ins on it; the gate is trained by
-    the caller (Make_Demo.py) into ``world_paths(DEMO_DIR)["gate"]``."""
+    """Build (or reuse) the demo world and measure the kept stand-ins on it."""
     device = choose_device(config["DEMO_DEVICE"])
     paths = {**weights_paths(config["DEMO_WEIGHTS_DIR"]), **world_paths(config["DEMO_DIR"])}
     kept = {name: read_manifest(paths[f"{name}_manifest"]) for name in ("detector", "spdnet")}
@@ -204,9 +249,7 @@ def _endless(loader: DataLoader, dataset):
     epoch = 0
     while True:
         dataset.set_epoch(epoch)
-        for batch in loader:
-            if batch is not None:
-                yield batch
+        yield from non_empty(loader)
         epoch += 1
 
 
@@ -271,7 +314,7 @@ def score_detector(detector_dir: str, coco_dir: str, image_size: int, device: to
                             coco_ratio=1.0, rain_ratio=0.0)
     loader = DataLoader(dataset, batch_size=16, collate_fn=collate_fn, **loader_settings(workers, device))
     coco_gt = load_coco(dataset.annotation_file)
-    model = IntegratedModel(SPDNet(2, 1), detector).to(device)  # derain=False below: SPDNet never runs
+    model = build_detector_only(detector).to(device)
     with torch.no_grad():
         return evaluate(model, loader, coco_gt, dataset.label_to_category_id, device=device, derain=False,
                         description="demo detector clean val")

@@ -1,72 +1,21 @@
-"""The frozen detector: loading HF RT-DETR, its r18vd config, and the COCO id <-> label mapping.
+"""The frozen detector: loading HF RT-DETR, its r18vd config, freezing and fingerprinting.
 
 RT-DETR checkpoints (PekingU/rtdetr_*) predict contiguous class indices 0..num_labels-1, while COCO
-annotations use category ids 1..90 with gaps. ``coco_label_maps`` is the one place where the two meet,
-matched by name: a wrong mapping silently gives mAP near 0, so every mismatch is an error here.
+annotations use category ids 1..90 with gaps: utils/coco_categories.coco_label_maps matches the two
+by name (a wrong mapping silently gives mAP near 0, so every mismatch is an error there).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
 
-from utils.coco_categories import COCO_CATEGORIES, COCO_ID2LABEL
+from utils.coco_categories import COCO_ID2LABEL
 
 DEFAULT_DETECTOR = "PekingU/rtdetr_r18vd"
-
-
-def _normalise_name(name: str) -> str:
-    return " ".join(str(name).replace("_", " ").split()).lower()
-
-
-def coco_label_maps(
-    id2label: Mapping[int, str], categories: Iterable[Mapping] | None = None
-) -> tuple[dict[int, int], dict[int, int]]:
-    """Match dataset category ids to the detector's contiguous label indices by name.
-
-    Args:
-        id2label: the detector's ``config.id2label`` (label index -> name; keys may be str in JSON).
-        categories: the annotation file's ``categories`` list (``[{"id": .., "name": ..}, ...]``);
-            COCO 2017's 80 categories when omitted.
-
-    Returns:
-        ``(category_id_to_label, label_to_category_id)``. Dataset categories the detector does not know
-        are left out of ``category_id_to_label`` (their boxes cannot be learned or scored), but every
-        detector label must match exactly one category, else a ``ValueError`` names the culprits.
-    """
-    categories = list(COCO_CATEGORIES if categories is None else categories)
-    name_to_category: dict[str, int] = {}
-    for category in categories:
-        if "id" not in category or "name" not in category:
-            raise ValueError(f"category entry {category!r} needs both 'id' and 'name'")
-        key = _normalise_name(category["name"])
-        if key in name_to_category:
-            raise ValueError(f"category name {category['name']!r} appears twice in the annotation categories")
-        name_to_category[key] = int(category["id"])
-
-    label_to_category_id: dict[int, int] = {}
-    unmatched = []
-    for label, name in sorted(((int(k), v) for k, v in id2label.items())):
-        category_id = name_to_category.get(_normalise_name(name))
-        if category_id is None:
-            unmatched.append(f"{label}: {name!r}")
-        else:
-            label_to_category_id[label] = category_id
-    if unmatched:
-        known = ", ".join(repr(c["name"]) for c in categories[:10])
-        raise ValueError(
-            f"detector labels with no dataset category of the same name: {', '.join(unmatched)}. "
-            f"The annotation categories are {known}{', ...' if len(categories) > 10 else ''}. "
-            "Use a detector trained on these classes, or annotations whose category names match it."
-        )
-    labels = sorted(label_to_category_id)
-    if labels != list(range(len(labels))):
-        raise ValueError(f"detector labels must be contiguous 0..{len(labels) - 1}, got {labels}")
-    category_id_to_label = {category_id: label for label, category_id in label_to_category_id.items()}
-    return category_id_to_label, label_to_category_id
 
 
 def rtdetr_r18vd_config(id2label: Mapping[int, str] | None = None):
@@ -168,21 +117,22 @@ def load_detector(source) -> nn.Module:
     source = os.fspath(source)
     looks_local = os.path.isabs(source) or source.startswith(".") or os.path.exists(source)
     if looks_local and not os.path.isdir(source):
-        raise FileNotFoundError(f"detector directory {source!r} does not exist")
+        raise FileNotFoundError(f"DETECTOR: directory {source!r} does not exist")
     if looks_local and not os.path.isfile(os.path.join(source, "config.json")):
         raise FileNotFoundError(
-            f"detector directory {source!r} has no config.json: point DETECTOR at a folder written by "
+            f"DETECTOR: directory {source!r} has no config.json: point DETECTOR at a folder written by "
             "save_pretrained (config.json plus model.safetensors)"
         )
     try:
         model = AutoModelForObjectDetection.from_pretrained(source)
     except OSError as error:
-        raise OSError(
-            f"could not load detector {source!r}: it is not a local directory, and the hub could not "
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(
+            f"DETECTOR: could not load {source!r}: it is not a local directory, and the hub could not "
             "be reached or has no such model. Download it once where there is a network "
-            f"(`hf download {source} --local-dir ./{source.split('/')[-1]}`) and set DETECTOR to that "
-            f"local directory. Underlying error: {error}"
-        ) from error
+            f"(`hf download {source} --local-dir ./weights/{source.split('/')[-1]}`) and set DETECTOR to that "
+            f"local directory ({detail})"
+        ) from None
     return freeze(model.float())  # weights kept in fp16 (the demo's) run in fp32 like any other
 
 

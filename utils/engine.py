@@ -12,12 +12,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
 from utils.coco_eval import CocoEvaluator, coco_metrics
-from utils.objectives import Objective, adaptation_loss
+from utils.config import UserError
+from utils.data import non_empty
+from utils.distributed import all_gather_objects, all_reduce_mean_, all_reduce_sum_, distributed_world
+from utils.objectives import LOSS_TERMS, Objective, adaptation_loss
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -41,24 +43,17 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def clean_pairs(targets: Sequence[Mapping], device: torch.device) -> torch.Tensor:
+    """(B, 3, H, W) clean originals of a batch (the dataset's ``return_clean_pair``) on ``device``."""
+    return torch.stack([t["clean_image"] for t in targets]).to(device, non_blocking=True)
+
+
 def detector_targets(targets: Sequence[Mapping], device: torch.device) -> list[dict[str, torch.Tensor]]:
     """The HF label dicts (``class_labels`` (N,), ``boxes`` (N, 4) normalised cx,cy,w,h) on ``device``."""
     return [
         {"class_labels": t["class_labels"].to(device, non_blocking=True), "boxes": t["boxes"].to(device, non_blocking=True)}
         for t in targets
     ]
-
-
-def clean_pairs(targets: Sequence[Mapping], device: torch.device) -> torch.Tensor:
-    """(B, 3, H, W) clean originals of a batch (the dataset's ``return_clean_pair``) on ``device``."""
-    return torch.stack([t["clean_image"] for t in targets]).to(device, non_blocking=True)
-
-
-def distributed_world() -> tuple[int, int]:
-    """(rank, world size): (0, 1) outside torchrun."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 class NonFiniteGuard:
@@ -103,21 +98,8 @@ class TrainState:
         return asdict(self)
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-def all_reduce_mean_(tensors: Sequence[torch.Tensor], world_size: int) -> None:
-    """Average tensors over ranks in place, as one flat message."""
-    if world_size == 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for tensor in tensors:
-        tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
-        offset += tensor.numel()
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many micro-batches in a row with a non-finite loss (MAX_NONFINITE_IN_A_ROW)."""
 
 
 def memory_in_use_gb(device: torch.device) -> float:
@@ -128,35 +110,109 @@ def memory_in_use_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux -> GB
 
 
+@dataclass
+class LoopSettings:
+    """How ``train_one_epoch`` steps: the training settings it reads (``from_config``)."""
+
+    accumulation_steps: int  # GRADIENT_ACCUMULATION_STEPS
+    clip_grad_norm: float | None  # GRAD_CLIP_NORM
+    precision: str  # PRECISION
+    max_nonfinite_in_a_row: int  # MAX_NONFINITE_IN_A_ROW
+    log_every_steps: int = 10  # LOG_EVERY_STEPS
+    max_steps: int | None = None  # MAX_STEPS
+    objective: Objective = Objective()  # DETECTION_LOSS_WEIGHT, FEATURE_LOSS_WEIGHT, PIXEL_LOSS_WEIGHT
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "LoopSettings":
+        return cls(config["GRADIENT_ACCUMULATION_STEPS"], config["GRAD_CLIP_NORM"], config["PRECISION"],
+                   config["MAX_NONFINITE_IN_A_ROW"], config["LOG_EVERY_STEPS"], config["MAX_STEPS"],
+                   Objective.from_config(config))
+
+
+class WindowStats:
+    """One accumulation window's bookkeeping, kept on the device and read once per optimizer step (no
+    host sync per micro-batch): the sum of its finite losses and of their unweighted terms, how many
+    micro-batches were finite and how many not, and the longest run of non-finite micro-batches in a
+    row (which spans windows)."""
+
+    def __init__(self, device: torch.device, terms: Sequence[str] = ()):
+        self.loss, self.finite, self.nonfinite, self.in_a_row, self.worst_in_a_row = (
+            torch.zeros((), device=device) for _ in range(5))
+        self.terms = {term: torch.zeros((), device=device) for term in terms}
+
+    def add(self, loss: torch.Tensor, finite: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
+        self.loss += torch.where(finite, loss.detach(), torch.zeros_like(loss))
+        for term, value in terms.items():
+            self.terms[term] += torch.where(finite, value, torch.zeros_like(value))
+        self.finite += finite
+        self.nonfinite += ~finite
+        self.in_a_row = torch.where(finite, torch.zeros_like(self.in_a_row), self.in_a_row + 1)
+        self.worst_in_a_row = torch.maximum(self.worst_in_a_row, self.in_a_row)
+
+    def read(self, world_size: int) -> tuple[list[float], dict[str, float]]:
+        """([loss sum, finite count, non-finite count, worst run], {term: sum}) summed over ranks (the
+        run's sum is an upper bound); starts the next window."""
+        stats = torch.stack((self.loss, self.finite, self.nonfinite, self.worst_in_a_row, *self.terms.values()))
+        all_reduce_sum_(stats, world_size)
+        self.loss.zero_(), self.finite.zero_(), self.nonfinite.zero_(), self.worst_in_a_row.copy_(self.in_a_row)
+        for total in self.terms.values():
+            total.zero_()
+        values = stats.tolist()
+        return values[:4], dict(zip(self.terms, values[4:]))
+
+
+class MetricLogger:
+    """Running means of named values since the last log line and over the epoch, and the images per
+    second since the last log line (torchvision's references' MetricLogger, cut to what training logs)."""
+
+    def __init__(self):
+        self.sums = {"interval": {}, "epoch": {}}
+        self.images = {"interval": 0, "epoch": 0}
+        self.interval_start = time.perf_counter()
+
+    def update(self, **values: float) -> None:
+        for sums in self.sums.values():
+            for name, value in values.items():
+                total, count = sums.get(name, (0.0, 0))
+                sums[name] = (total + value, count + 1)
+
+    def add_images(self, count: int) -> None:
+        self.images = {scope: seen + count for scope, seen in self.images.items()}
+
+    def mean(self, name: str, scope: str = "interval") -> float | None:
+        total, count = self.sums[scope].get(name, (0.0, 0))
+        return total / count if count else None
+
+    def images_per_second(self) -> float:
+        return self.images["interval"] / max(time.perf_counter() - self.interval_start, 1e-9)
+
+    def next_interval(self) -> None:
+        self.sums["interval"], self.images["interval"], self.interval_start = {}, 0, time.perf_counter()
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,
     loader: Iterable,
     state: TrainState,
+    settings: LoopSettings,
     *,
     micro_batches_in_epoch: int,
-    accumulation_steps: int,
-    clip_grad_norm: float | None,
-    precision: str,
     device: torch.device,
-    max_nonfinite_in_a_row: int,
-    log_every_steps: int = 10,
     on_log: Callable[[dict], None] | None = None,
     after_step: Callable[[TrainState], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
-    max_steps: int | None = None,
-    objective: Objective = Objective(),
 ) -> dict:
     """One epoch of SPDNet adaptation, from ``state.micro_batches_done`` to the end of the epoch.
 
     ``loader`` yields ``(images (B, 3, H, W) in 0-1, targets)`` micro-batches, starting at micro-batch
     ``state.micro_batches_done`` of the epoch (the sampler skips the ones done before a resume).
-    Micro-batches are grouped in windows of ``accumulation_steps`` counted from the epoch's start (the
-    last window may be shorter); each window's losses are divided by its size and summed, the gradient
-    is averaged over ranks, clipped, and one optimizer step is taken. A micro-batch whose derained
-    images or loss are not finite contributes nothing; a window with no finite micro-batch takes no
-    step and is not counted as one (no scheduler step, no ``after_step``). After
+    Micro-batches are grouped in windows of ``settings.accumulation_steps`` counted from the epoch's
+    start (the last window may be shorter); each window's losses are divided by its size and summed,
+    the gradient is averaged over ranks, clipped, and one optimizer step is taken. A micro-batch
+    whose derained images or loss are not finite contributes nothing; a window with no finite
+    micro-batch takes no step and is not counted as one (no scheduler step, no ``after_step``). After
     ``max_nonfinite_in_a_row`` non-finite micro-batches in a row, NonFiniteLossError (read at the
     window's end). Stops early, at a window boundary, when ``should_stop()`` says so or ``max_steps``
     optimizer steps are reached before the epoch's end (at its end, the epoch is complete: not stopped).
@@ -168,22 +224,11 @@ def train_one_epoch(
     rank, world_size = distributed_world()
     parameters = [p for p in model.parameters() if p.requires_grad]
     guard = NonFiniteGuard(parameters)
+    terms = [term for term in LOSS_TERMS if getattr(settings.objective, term)]
+    window, metrics = WindowStats(device, terms), MetricLogger()
     model.train()
     optimizer.zero_grad(set_to_none=True)
-
-    # Device-side accumulators, read once per optimizer step: no host sync per micro-batch.
-    window_loss = torch.zeros((), device=device)
-    window_finite = torch.zeros((), device=device)
-    window_nonfinite = torch.zeros((), device=device)
-    in_a_row = torch.zeros((), device=device)
-    worst_in_a_row = torch.zeros((), device=device)
-    log_loss_sum, log_loss_count, epoch_loss_sum, epoch_loss_count = 0.0, 0, 0.0, 0
-    # This rank's unweighted loss terms, summed over the log interval's finite micro-batches, and their count.
-    log_terms: dict[str, torch.Tensor] = {}
-    log_finite = torch.zeros((), device=device)
-    images_seen, log_images, log_start = 0, 0, time.perf_counter()
     stopped = False
-
     micro_index = state.micro_batches_done
     progress = tqdm(
         total=micro_batches_in_epoch, initial=micro_index, desc=f"epoch {state.epoch + 1}", disable=rank != 0,
@@ -196,66 +241,49 @@ def train_one_epoch(
                 # so a resume replays exactly these micro-batches.
                 stopped = True
                 break
-            window_start = (micro_index // accumulation_steps) * accumulation_steps
-            window_size = min(accumulation_steps, micro_batches_in_epoch - window_start)
-            if batch is not None:  # None: every image of the micro-batch was unreadable
+            window_start = (micro_index // settings.accumulation_steps) * settings.accumulation_steps
+            window_size = min(settings.accumulation_steps, micro_batches_in_epoch - window_start)
+            # None: every image of the micro-batch was unreadable; it still takes its place in the window.
+            if batch is not None:
                 images, targets = batch
                 images = images.to(device, non_blocking=True)
-                labels = detector_targets(targets, device)
-                clean = clean_pairs(targets, device) if objective.needs_clean_pair else None
-                with autocast(device, precision):
-                    loss, terms = adaptation_loss(model, images, labels, clean, objective)
+                clean = clean_pairs(targets, device) if settings.objective.needs_clean_pair else None
+                with autocast(device, settings.precision):
+                    loss, loss_terms = adaptation_loss(model, images, detector_targets(targets, device), clean,
+                                                       settings.objective)
                 finite = guard.set_loss(loss)
                 (loss / window_size).backward()
-                window_loss += torch.where(finite, loss.detach(), torch.zeros_like(loss))
-                log_finite += finite
-                for term, value in terms.items():
-                    log_terms[term] = log_terms.get(term, 0) + torch.where(finite, value, torch.zeros_like(value))
-                window_finite += finite
-                window_nonfinite += ~finite
-                in_a_row = torch.where(finite, torch.zeros_like(in_a_row), in_a_row + 1)
-                worst_in_a_row = torch.maximum(worst_in_a_row, in_a_row)
-                images_seen += len(images)
-                log_images += len(images)
+                window.add(loss, finite, loss_terms)
+                metrics.add_images(len(images))
             micro_index += 1
             progress.update(1)
             if micro_index - window_start < window_size:
                 continue
 
             # The window is complete: one synchronisation, one optimizer step.
-            stats = torch.stack((window_loss, window_finite, window_nonfinite, worst_in_a_row))
-            if world_size > 1:
-                dist.all_reduce(stats)  # sums over ranks; worst_in_a_row summed is an upper bound
-            gradients = [p.grad for p in parameters if p.grad is not None]
-            all_reduce_mean_(gradients, world_size)
-            loss_sum, finite_count, nonfinite_count, worst = stats.tolist()
+            (loss_sum, finite_count, nonfinite_count, worst), term_sums = window.read(world_size)
+            all_reduce_mean_([p.grad for p in parameters if p.grad is not None], world_size)
             state.nonfinite_micro_batches += int(nonfinite_count)
             state.micro_batches_done = micro_index
-            window_loss.zero_(), window_finite.zero_(), window_nonfinite.zero_(), worst_in_a_row.copy_(in_a_row)
             if finite_count == 0:
                 # A window of nothing but non-finite losses is not a step: AdamW would still move the
                 # weights on stale moments and weight decay, and the schedule and checkpoints would count it.
                 optimizer.zero_grad(set_to_none=True)
             else:
                 grad_norm = None
-                if clip_grad_norm is not None:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, clip_grad_norm))
+                if settings.clip_grad_norm is not None:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.clip_grad_norm))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step_lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 state.step += 1
-                log_loss_sum += loss_sum / finite_count
-                log_loss_count += 1
-                epoch_loss_sum += loss_sum / finite_count
-                epoch_loss_count += 1
-                if state.step % log_every_steps == 0:
-                    elapsed = time.perf_counter() - log_start
+                metrics.update(loss=loss_sum / finite_count, **{f"loss_{t}": total / finite_count for t, total in term_sums.items()})
+                if state.step % settings.log_every_steps == 0:
                     record = {
-                        "type": "train", "epoch": state.epoch + 1, "step": state.step,
-                        "loss": log_loss_sum / log_loss_count, "lr": step_lr,
-                        **{f"loss_{term}": float(total) / max(float(log_finite), 1.0) for term, total in log_terms.items()},
-                        "grad_norm": grad_norm, "images_per_s": world_size * log_images / max(elapsed, 1e-9),
+                        "type": "train", "epoch": state.epoch + 1, "step": state.step, "loss": metrics.mean("loss"),
+                        **{f"loss_{term}": metrics.mean(f"loss_{term}") for term in terms},
+                        "lr": step_lr, "grad_norm": grad_norm, "images_per_s": world_size * metrics.images_per_second(),
                         "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
                     }
                     progress.set_postfix(
@@ -264,26 +292,21 @@ def train_one_epoch(
                     )
                     if on_log is not None:
                         on_log(record)
-                    log_loss_sum, log_loss_count, log_images, log_start = 0.0, 0, 0, time.perf_counter()
-                    log_terms.clear(), log_finite.zero_()
+                    metrics.next_interval()
                 if after_step is not None:
                     after_step(state)
-            if int(worst) >= max_nonfinite_in_a_row:
+            if int(worst) >= settings.max_nonfinite_in_a_row:
                 raise NonFiniteLossError(
                     f"{int(worst)} micro-batches in a row had a non-finite SPDNet output or loss (limit "
-                    f"MAX_NONFINITE_IN_A_ROW={max_nonfinite_in_a_row}); stopping."
+                    f"MAX_NONFINITE_IN_A_ROW={settings.max_nonfinite_in_a_row}); stopping."
                 )
-            if max_steps is not None and state.step >= max_steps and micro_index < micro_batches_in_epoch:
+            if settings.max_steps is not None and state.step >= settings.max_steps and micro_index < micro_batches_in_epoch:
                 stopped = True
                 break
     finally:
         progress.close()
         guard.remove()
-    return {
-        "loss": epoch_loss_sum / epoch_loss_count if epoch_loss_count else None,
-        "images": images_seen * world_size,
-        "stopped": stopped,
-    }
+    return {"loss": metrics.mean("loss", "epoch"), "images": metrics.images["epoch"] * world_size, "stopped": stopped}
 
 
 @torch.inference_mode()
@@ -312,10 +335,7 @@ def evaluate(
     model.eval()
     evaluator = CocoEvaluator(coco_gt, label_to_category_id)
     model_seconds, images_seen = 0.0, 0
-    for batch in tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True, leave=False):
-        if batch is None:
-            continue
-        images, targets = batch
+    for images, targets in non_empty(tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True, leave=False)):
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -332,8 +352,7 @@ def evaluate(
         )
     results, image_ids = evaluator.results, evaluator.image_ids
     if world_size > 1:
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, (results, image_ids, model_seconds, images_seen))
+        gathered = all_gather_objects((results, image_ids, model_seconds, images_seen), world_size)
         results = [r for part in gathered for r in part[0]]
         image_ids = [i for part in gathered for i in part[1]]
         model_seconds = max(part[2] for part in gathered)

@@ -1,6 +1,5 @@
-"""The three-pipeline comparison behind Eval_SPDNet_Adaptation.py: build, score, tabulate, picture.
-
-Pipelines, all sharing one frozen detector:
+"""The three-pipeline comparison behind Eval_SPDNet_Adaptation.py: score, tabulate, picture
+(utils/pipelines.py builds the pipelines, all sharing one frozen detector):
     vanilla   image -> RT-DETR
     original  image -> original SPDNet (official weights) -> RT-DETR
     adapted   image -> adapted SPDNet (spdnet_adapted.pt) -> RT-DETR
@@ -8,59 +7,21 @@ Pipelines, all sharing one frozen detector:
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from utils.coco_eval import METRIC_NAMES, cxcywh_to_xyxy, post_process
-from utils.detector import load_detector
-from utils.engine import autocast, check_precision, evaluate
-from utils.integrated_model import IntegratedModel
-from utils.pipelines import build_spdnet, choose_device
+from utils.engine import autocast, evaluate
+from utils.pipelines import Pipelines, choose_device
 
 PIPELINE_TITLES = {
     "vanilla": "Vanilla RT-DETR",
     "original": "Original SPDNet + RT-DETR",
     "adapted": "Adapted SPDNet + RT-DETR",
 }
-
-
-@dataclass
-class Pipelines:
-    detector: torch.nn.Module
-    original: IntegratedModel  # with derain=False it is the vanilla detector
-    adapted: IntegratedModel
-
-    def runs(self):
-        """(name, model, derain) for each pipeline, in table order."""
-        return [("vanilla", self.original, False), ("original", self.original, True), ("adapted", self.adapted, True)]
-
-
-def adapted_weights_path(config: dict) -> str:
-    return config["ADAPTED_WEIGHTS"] or os.path.join(config["OUTPUT_DIR"], "spdnet_adapted.pt")
-
-
-def build_three_pipelines(config: dict, device: torch.device) -> Pipelines:
-    """The frozen detector, the original SPDNet and the adapted one; every file checked up front."""
-    check_precision(config["PRECISION"])
-    adapted_path = adapted_weights_path(config)
-    if not os.path.isfile(adapted_path):
-        raise FileNotFoundError(
-            f"adapted SPDNet {adapted_path!r} does not exist: run Training_SPDNet_Adaptation.py first "
-            "(with the same OUTPUT_DIR) or set ADAPTED_WEIGHTS"
-        )
-    detector = load_detector(config["DETECTOR"])
-    original = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
-    adapted = build_spdnet(adapted_path, config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
-    return Pipelines(
-        detector=detector,
-        original=IntegratedModel(original, detector).to(device).eval(),
-        adapted=IntegratedModel(adapted, detector).to(device).eval(),
-    )
 
 
 def build_val_loader(config: dict, id2label: dict, rain_fraction: float):
@@ -96,7 +57,7 @@ def image_quality(spdnets: dict, coco_dir: str, coco_rain_dir: str, image_size: 
     """Per-image mean PSNR (dB) and SSIM against the clean originals (COCO_DIR, same file names) on
     the rainy val split: ``{"rainy": {"psnr_db", "ssim"}}`` for the input itself and one entry per
     SPDNet of ``spdnets`` ({name: SPDNet}), its output clamped to 0-1 as every pipeline feeds it on."""
-    from utils.data import build_dataset, collate_fn
+    from utils.data import build_dataset, collate_fn, non_empty
     from utils.image_quality import psnr, ssim
 
     dataset = build_dataset(coco_dir, coco_rain_dir, "val", None, image_size=image_size, percent=percent,
@@ -106,10 +67,7 @@ def image_quality(spdnets: dict, coco_dir: str, coco_rain_dir: str, image_size: 
     names = ["rainy", *models]
     sums = {name: {"psnr_db": 0.0, "ssim": 0.0} for name in names}
     count = 0
-    for batch in tqdm(loader, desc="rainy val: PSNR / SSIM", dynamic_ncols=True, leave=False):
-        if batch is None:  # every image of the batch was unreadable
-            continue
-        images, targets = batch
+    for images, targets in non_empty(tqdm(loader, desc="rainy val: PSNR / SSIM", dynamic_ncols=True, leave=False)):
         clean = torch.stack([t["clean_image"] for t in targets]).to(device)
         images = images.to(device)
         for name in names:
@@ -148,21 +106,11 @@ def comparison_table(results: dict, split: str) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict, output_dir: str, name: str) -> str:
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, name)
-    temporary = path + ".tmp"
-    with open(temporary, "w") as file:
-        json.dump(results, file, indent=2)
-    os.replace(temporary, path)
-    print(f"wrote {path}")
-    return path
-
-
 @torch.inference_mode()
 def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, device: torch.device) -> list[str]:
     """eval_bars.png (metrics per pipeline) and eval_examples.png (rainy input | original | adapted):
     ground-truth boxes in green, each pipeline's best detections in yellow with their scores."""
+    from utils.data import non_empty
     from utils.visualize import draw_detections, save_grid, save_metric_bars
 
     output_dir = config["OUTPUT_DIR"]
@@ -173,10 +121,7 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
     loader, _, _ = build_val_loader(dict(config, DATALOADER_WORKERS=0), pipelines.detector.config.id2label, 1.0)
     id2label = pipelines.detector.config.id2label
     rows = []
-    for batch in loader:
-        if batch is None:  # every image of the batch was unreadable
-            continue
-        images, targets = batch
+    for images, targets in non_empty(loader):
         images = images.to(device)
         size = [images.shape[-2:]] * len(images)
         with autocast(device, config["PRECISION"]):

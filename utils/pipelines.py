@@ -1,12 +1,34 @@
-"""Factories for the models every script builds: SPDNet from weights, the device to run on."""
+"""Every model the scripts run, assembled here, and the files they are saved in.
+
+    training model   image -> SPDNet (SPDNET_WEIGHTS, trained) -> RT-DETR (DETECTOR, frozen)
+    vanilla          image -> RT-DETR
+    original         image -> original SPDNet (SPDNET_WEIGHTS) -> RT-DETR
+    adapted          image -> adapted SPDNet (ADAPTED_WEIGHTS: spdnet_adapted.pt) -> RT-DETR
+    conditional      image -> rain gate (RAIN_DETECTOR_WEIGHTS: rain_detector.pt) -> adapted or vanilla
+
+The saved-file contract: the names of the files a run writes in OUTPUT_DIR, what ``spdnet_adapted.pt``
+records (``adapted_weights``), and loading it with the check that it was adapted to this detector
+(``load_adapted_spdnet``), wherever adapted weights are loaded. Every file is read with
+``torch.load(..., weights_only=True)`` (utils/checkpoint.load_weights_file).
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 
-from utils.checkpoint import check_finite, load_checkpoint
+from utils.checkpoint import check_finite, load_weights_file
+from utils.integrated_model import IntegratedModel
+
+ADAPTED_FILE = "spdnet_adapted.pt"  # the best adapted SPDNet (adapted_weights says what it records)
+CHECKPOINT_FILE = "checkpoint.pt"  # everything a resumed training needs
+GATE_FILE = "rain_detector.pt"  # the rain gate, its threshold and calibration (RainDetector.checkpoint)
+
+
+class DetectorMismatchError(ValueError):
+    """Adapted weights loaded in front of another detector than the one they were adapted to."""
 
 
 def choose_device(name: str) -> torch.device:
@@ -24,25 +46,139 @@ def enable_fast_cuda_math(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int):
+def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int, setting: str = "SPDNET_WEIGHTS"):
     """SPDNet of the given size, with ``weights`` (a path or None for random init) loaded.
 
     Files written by this project (spdnet_adapted.pt, checkpoint.pt) record their own size, which
     wins over ``n_feats`` / ``n_resblocks``; official checkpoints are loaded at the given size.
-    A file holding a NaN or inf tensor is refused (NonFiniteTensorError naming the file and the tensor).
+    A missing or unreadable file, or one holding a NaN or inf tensor, is refused with an error
+    naming ``setting`` and the file.
     """
-    from utils.spdnet import SPDNet, load_spdnet_weights
+    from utils.spdnet import SPDNet, SPDNetCheckpointError, load_spdnet_weights
 
     if weights is None:
         return SPDNet(n_feats=n_feats, n_resblocks=n_resblocks)
-    if not os.path.isfile(weights):
-        raise FileNotFoundError(f"SPDNet weights {weights!r} do not exist")
-    checkpoint = load_checkpoint(weights)
+    checkpoint = load_weights_file(weights, setting)
     check_finite(checkpoint, f"SPDNet weights {weights}")
     if isinstance(checkpoint, dict):
         config = checkpoint.get("config") or {}
         n_feats = checkpoint.get("n_feats", config.get("SPDNET_N_FEATS", n_feats))
         n_resblocks = checkpoint.get("n_resblocks", config.get("SPDNET_N_RESBLOCKS", n_resblocks))
     spdnet = SPDNet(n_feats=n_feats, n_resblocks=n_resblocks)
-    load_spdnet_weights(spdnet, checkpoint)
+    try:
+        load_spdnet_weights(spdnet, checkpoint)
+    except SPDNetCheckpointError as error:
+        raise SPDNetCheckpointError(f"{setting}: {weights!r}: {error}") from None
     return spdnet
+
+
+def weights_path(config: dict, setting: str, file_name: str) -> str:
+    """``config[setting]``, or OUTPUT_DIR/``file_name`` when it is None; an error naming the
+    setting when the file does not exist."""
+    path = config[setting] or os.path.join(config["OUTPUT_DIR"], file_name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{setting}: {path!r} does not exist")
+    return path
+
+
+def adapted_weights_path(config: dict) -> str:
+    """ADAPTED_WEIGHTS, or OUTPUT_DIR/spdnet_adapted.pt, which must exist."""
+    path = config["ADAPTED_WEIGHTS"] or os.path.join(config["OUTPUT_DIR"], ADAPTED_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"ADAPTED_WEIGHTS: adapted SPDNet {path!r} does not exist: run Training_SPDNet_Adaptation.py first "
+            "(with the same OUTPUT_DIR) or set ADAPTED_WEIGHTS"
+        )
+    return path
+
+
+def adapted_weights(config: dict, model: IntegratedModel, epoch: int, metrics: dict) -> dict:
+    """What spdnet_adapted.pt holds: SPDNet's weights plus what they were trained for."""
+    return {
+        "spdnet": model.spdnet.state_dict(),
+        # The model's own size: a weights file that records its size wins over SPDNET_N_FEATS.
+        "n_feats": model.spdnet.n_feats,
+        "n_resblocks": model.spdnet.n_resblocks,
+        "config": dict(config),
+        "detector": config["DETECTOR"],
+        "detector_fingerprint": model.detector_fingerprint(),
+        "epoch": epoch,
+        "val_metrics": {key: value for key, value in metrics.items() if isinstance(value, float)},
+    }
+
+
+def load_adapted_spdnet(config: dict, detector: torch.nn.Module) -> IntegratedModel:
+    """The adapted SPDNet (ADAPTED_WEIGHTS) in front of ``detector``, refused when the file records
+    that it was adapted to another detector (SHA-256 fingerprints differ)."""
+    path = adapted_weights_path(config)
+    model = IntegratedModel(build_spdnet(path, config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"], "ADAPTED_WEIGHTS"), detector)
+    recorded = load_weights_file(path, "ADAPTED_WEIGHTS").get("detector_fingerprint")
+    if recorded is not None and recorded != model.detector_fingerprint():
+        raise DetectorMismatchError(
+            f"ADAPTED_WEIGHTS: {path} was adapted to another detector than DETECTOR={config['DETECTOR']!r} "
+            "(fingerprints differ): use the detector it was trained against"
+        )
+    return model
+
+
+def build_training_model(config: dict, device: torch.device) -> IntegratedModel:
+    """SPDNet (from SPDNET_WEIGHTS) in front of the frozen DETECTOR, on ``device``."""
+    from utils.detector import load_detector
+
+    if config["SPDNET_WEIGHTS"] is None:
+        print("warning: SPDNET_WEIGHTS is None, SPDNet starts from a random initialisation", flush=True)
+    spdnet = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
+    spdnet.gradient_checkpointing = config["GRADIENT_CHECKPOINTING"]
+    model = IntegratedModel(spdnet, load_detector(config["DETECTOR"]), channels_last=config["CHANNELS_LAST"])
+    return model.to(device)
+
+
+def build_detector_only(detector: torch.nn.Module) -> IntegratedModel:
+    """The vanilla pipeline on its own: ``model(images, derain=False)`` is the detector (the stand-in
+    SPDNet is the smallest there is and never runs)."""
+    from utils.spdnet import SPDNet
+
+    return IntegratedModel(SPDNet(2, 1), detector)
+
+
+@dataclass
+class Pipelines:
+    detector: torch.nn.Module
+    original: IntegratedModel  # with derain=False it is the vanilla detector
+    adapted: IntegratedModel
+
+    def runs(self):
+        """(name, model, derain) for each pipeline, in table order."""
+        return [("vanilla", self.original, False), ("original", self.original, True), ("adapted", self.adapted, True)]
+
+
+def build_three_pipelines(config: dict, device: torch.device) -> Pipelines:
+    """The frozen detector, the original SPDNet and the adapted one; every file checked up front."""
+    from utils.detector import load_detector
+    from utils.engine import check_precision
+
+    check_precision(config["PRECISION"])
+    adapted_weights_path(config)
+    detector = load_detector(config["DETECTOR"])
+    original = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
+    adapted = load_adapted_spdnet(config, detector)
+    return Pipelines(
+        detector=detector,
+        original=IntegratedModel(original, detector).to(device).eval(),
+        adapted=adapted.to(device).eval(),
+    )
+
+
+def build_conditional_model(config: dict, device: torch.device, routing: str = "hard"):
+    """The rain gate, the adapted SPDNet and the frozen detector; files checked before any work.
+    ``routing``: "hard" or "soft" (utils.conditional)."""
+    from utils.conditional import ConditionalModel
+    from utils.detector import load_detector
+    from utils.engine import check_precision
+    from utils.rain_detector import load_rain_detector
+
+    check_precision(config["PRECISION"])
+    adapted_weights_path(config)
+    gate_path = weights_path(config, "RAIN_DETECTOR_WEIGHTS", GATE_FILE)
+    integrated = load_adapted_spdnet(config, load_detector(config["DETECTOR"]))
+    return ConditionalModel(load_rain_detector(gate_path), integrated, routing).to(device).eval()

@@ -1,5 +1,5 @@
 """bf16 against fp32 for the gradient SPDNet learns from: the pieces tests/test_precision.py and
-bench_precision.py share.
+benchmarks/bench_precision.py share.
 
 Random weights make such comparisons meaningless (a random RT-DETR passes almost no gradient back to
 its input, a random SPDNet's outputs are far outside 0-255), so ``train_tiny_pair`` first trains a
@@ -16,12 +16,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from utils.data import build_dataset, collate_fn
+from utils.data import build_dataset, collate_fn, non_empty
 from utils.demo import train_detector, train_original_spdnet
 from utils.detector import load_detector
 from utils.engine import autocast, detector_targets
 from utils.integrated_model import IntegratedModel
-from utils.pipelines import build_spdnet
+from utils.pipelines import build_training_model
 
 CPU = torch.device("cpu")
 SPDNET_SIZE = (8, 1)  # n_feats, n_resblocks of the tiny SPDNet
@@ -49,7 +49,7 @@ def rainy_batches(coco_dir: str, coco_rain_dir: str, detector_dir: str, image_si
     id2label = load_detector(detector_dir).config.id2label
     dataset = build_dataset(coco_dir, coco_rain_dir, "train", id2label, image_size=image_size, coco_ratio=0.0, rain_ratio=1.0)
     batches = [(images, detector_targets(targets, CPU))
-               for images, targets in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
+               for images, targets in non_empty(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
                if len(images) == batch_size]
     if len(batches) < count:
         raise ValueError(f"{coco_rain_dir}: only {len(batches)} full rainy batches of {batch_size}, {count} asked")
@@ -57,7 +57,10 @@ def rainy_batches(coco_dir: str, coco_rain_dir: str, detector_dir: str, image_si
 
 
 def build_model(detector_dir: str, spdnet_path: str) -> IntegratedModel:
-    return IntegratedModel(build_spdnet(spdnet_path, *SPDNET_SIZE), load_detector(detector_dir)).train()
+    """The training model (utils/pipelines.py) of the tiny pair, in train mode on the CPU."""
+    settings = {"SPDNET_WEIGHTS": spdnet_path, "SPDNET_N_FEATS": SPDNET_SIZE[0], "SPDNET_N_RESBLOCKS": SPDNET_SIZE[1],
+                "GRADIENT_CHECKPOINTING": False, "CHANNELS_LAST": False, "DETECTOR": detector_dir}
+    return build_training_model(settings, CPU).train()
 
 
 @dataclass

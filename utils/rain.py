@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from utils.checkpoint import atomic_write_json
+
 # Bumped whenever the streak renderer's output changes, so a resume never mixes two renderers' rain.
 RENDERER_VERSION = 2
 # The same for the drop renderer; recorded only for drop presets, so streak folders keep their settings.
@@ -315,10 +317,7 @@ def claim_variant_root(root: str, name: str, seed: int, split_folder: str) -> No
             f"{images!r} already holds files but {root!r} has no {SETTINGS_FILE}, so their rain is unknown: "
             "choose another COCO_RAIN_DIR, or delete that folder"
         )
-    os.makedirs(root, exist_ok=True)
-    with open(path + ".tmp", "w") as file:
-        json.dump(settings, file)
-    os.replace(path + ".tmp", path)
+    atomic_write_json(path, settings, indent=None)
 
 
 def copy_if_changed(source: str, destination: str) -> None:

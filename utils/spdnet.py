@@ -421,10 +421,10 @@ def _is_wavelet_buffer(key: str) -> bool:
 def _extract_state_dict(source) -> tuple[Mapping[str, torch.Tensor], str]:
     """The SPDNet state dict inside a path or dict (official, DataParallel, nested, or ours)."""
     if isinstance(source, (str, os.PathLike)):
+        from utils.checkpoint import load_weights_file
+
         path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"SPDNet weights {path!r} do not exist")
-        source, name = torch.load(path, map_location="cpu", weights_only=True), path
+        source, name = load_weights_file(path, "SPDNet weights"), path
     else:
         name = "the given state dict"
     if not isinstance(source, Mapping):

@@ -1,9 +1,6 @@
 """The pieces of Training_SPDNet_Adaptation.py's ``main``: factories, resume, and the epoch loop.
 
-Distributed training under torchrun: every rank holds the whole model; only SPDNet trains, so instead
-of a DistributedDataParallel wrapper its gradients are averaged over ranks once per optimizer step
-(in ``engine.train_one_epoch``) -- no communication on accumulation micro-steps, nothing to unwrap
-when saving. Rank 0 alone logs and writes files.
+Under torchrun (utils/distributed.py) rank 0 alone logs and writes files.
 """
 
 from __future__ import annotations
@@ -12,24 +9,21 @@ import copy
 import json
 import math
 import os
-import random
+import signal
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
-from utils.checkpoint import atomic_save, check_finite, load_checkpoint, restore_rng_states, rng_states
-from utils.config import ConfigError
-from utils.engine import NonFiniteLossError, TrainState, check_precision, evaluate, train_one_epoch
+from utils.checkpoint import atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states, seed_everything
+from utils.config import ConfigError, UserError
+from utils.distributed import ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed, init_distributed
+from utils.engine import LoopSettings, NonFiniteLossError, TrainState, check_precision, evaluate, train_one_epoch
 from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
 from utils.objectives import Objective
-from utils.pipelines import build_spdnet, choose_device, enable_fast_cuda_math
+from utils.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights, choose_device, enable_fast_cuda_math
 
-CHECKPOINT_NAME = "checkpoint.pt"
-ADAPTED_NAME = "spdnet_adapted.pt"
 LOG_NAME = "training_log.jsonl"
 PLOT_NAME = "training_curves.png"
 
@@ -67,22 +61,9 @@ def check_config(config: dict) -> None:
         )
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def setup_run(config: dict) -> Run:
     """Device, distributed process group (under torchrun), seeds and the output directory."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    device = choose_device(config["DEVICE"])
-    if world_size > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    device, rank, world_size = init_distributed(choose_device(config["DEVICE"]))
     enable_fast_cuda_math(device)
     seed_everything(config["SEED"])
     os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
@@ -90,53 +71,7 @@ def setup_run(config: dict) -> Run:
 
 
 def teardown(run: Run) -> None:
-    if run.world_size > 1 and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def build_model(config: dict, device: torch.device) -> IntegratedModel:
-    """SPDNet (from SPDNET_WEIGHTS) in front of the frozen DETECTOR, on ``device``."""
-    from utils.detector import load_detector
-
-    if config["SPDNET_WEIGHTS"] is None:
-        print("warning: SPDNET_WEIGHTS is None, SPDNet starts from a random initialisation", flush=True)
-    spdnet = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
-    spdnet.gradient_checkpointing = config["GRADIENT_CHECKPOINTING"]
-    model = IntegratedModel(spdnet, load_detector(config["DETECTOR"]), channels_last=config["CHANNELS_LAST"])
-    return model.to(device)
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (shuffled from seed + epoch, padded to equal shards) that can start mid-epoch."""
-
-    def __init__(self, dataset, num_replicas: int, rank: int, seed: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False)
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Shuffle for ``epoch`` and skip its first ``start`` indices (those consumed before a resume)."""
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        return iter(indices[self.start :])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
-class ShardSampler(Sampler):
-    """Every rank's share of an evaluation set, in order and without padding (no image scored twice)."""
-
-    def __init__(self, dataset, num_replicas: int, rank: int):
-        self.indices = list(range(rank, len(dataset), num_replicas))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+    destroy_distributed()
 
 
 @dataclass
@@ -256,8 +191,8 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
     """
     if not config["RESUME"]:
         return TrainState()
-    path = run.path(CHECKPOINT_NAME)
-    checkpoint = load_checkpoint(path)
+    path = run.path(CHECKPOINT_FILE)
+    checkpoint = load_weights_file(path, "RESUME")
     check_finite({key: checkpoint[key] for key in ("spdnet", "optimizer")}, f"checkpoint {path}")
     state = TrainState(**checkpoint["state"])
     if state.micro_batches_done:
@@ -294,15 +229,40 @@ def check_ranks_agree(model: IntegratedModel, epoch_loss: float | None, run: Run
     from utils.detector import state_dict_sha256
 
     mine = (state_dict_sha256(model.spdnet), None if epoch_loss is None else round(epoch_loss, 6))
-    everyone = [None] * run.world_size
-    dist.all_gather_object(everyone, mine)
+    everyone = all_gather_objects(mine, run.world_size)
     if any(other != mine for other in everyone):
         raise RuntimeError(f"ranks disagree after an epoch (SPDNet hash, loss): {everyone}")
     print(f"rank {run.rank}: SPDNet weights and epoch loss {mine[1]} agree across {run.world_size} ranks", flush=True)
 
 
-class DetectorChangedError(RuntimeError):
-    pass
+class StopRequested:
+    """SIGINT / SIGTERM ask for a clean stop: checkpoint, then exit. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl-C again to abort)", flush=True)
+
+    def install(self) -> "StopRequested":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class DetectorChangedError(UserError, RuntimeError):
+    """The frozen detector's fingerprint changed during training."""
 
 
 def verify_detector(model: IntegratedModel, fingerprint: str, when: str) -> None:
@@ -335,7 +295,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
     def save_checkpoint(current: TrainState) -> None:
         verify_detector(model, fingerprint, f"at step {current.step}")
         if run.is_main:
-            atomic_save(training_checkpoint(config, model, optimizer, scheduler, current, fingerprint), run.path(CHECKPOINT_NAME))
+            atomic_save(training_checkpoint(config, model, optimizer, scheduler, current, fingerprint), run.path(CHECKPOINT_FILE))
 
     # The latest step's checkpoint, kept in memory, and the last one confirmed good: a step is good
     # once the window after it (which ran on its weights) gave a finite loss.
@@ -361,9 +321,9 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
             )
         verify_detector(model, fingerprint, f"at step {good['state']['step']}")
         if run.is_main:
-            atomic_save(good, run.path(CHECKPOINT_NAME))
+            atomic_save(good, run.path(CHECKPOINT_FILE))
         return (
-            f"{run.path(CHECKPOINT_NAME)} holds step {good['state']['step']}, the last whose weights gave a finite "
+            f"{run.path(CHECKPOINT_FILE)} holds step {good['state']['step']}, the last whose weights gave a finite "
             "loss: continue from it with --RESUME=True and a lower --LEARNING_RATE (honoured on resume: the "
             "schedule continues from that step at the new rate) or PRECISION='fp32'."
         )
@@ -376,7 +336,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
 
     def stop(reason: str) -> dict:
         if run.is_main:
-            print(f"stopped at step {state.step} ({reason}); continue with --RESUME=True (checkpoint: {run.path(CHECKPOINT_NAME)})", flush=True)
+            print(f"stopped at step {state.step} ({reason}); continue with --RESUME=True (checkpoint: {run.path(CHECKPOINT_FILE)})", flush=True)
         return {"state": state.to_dict(), "stopped": True}
 
     def max_steps_reached() -> bool:
@@ -399,12 +359,9 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
         epoch_start = time.perf_counter()
         try:
             result = train_one_epoch(
-                model, optimizer, scheduler, data.train_loader, state,
-                micro_batches_in_epoch=data.micro_batches_per_epoch,
-                accumulation_steps=config["GRADIENT_ACCUMULATION_STEPS"], clip_grad_norm=config["GRAD_CLIP_NORM"],
-                precision=config["PRECISION"], device=run.device, max_nonfinite_in_a_row=config["MAX_NONFINITE_IN_A_ROW"],
-                log_every_steps=config["LOG_EVERY_STEPS"], on_log=log, after_step=after_step,
-                should_stop=should_stop, max_steps=config["MAX_STEPS"], objective=Objective.from_config(config),
+                model, optimizer, scheduler, data.train_loader, state, LoopSettings.from_config(config),
+                micro_batches_in_epoch=data.micro_batches_per_epoch, device=run.device, on_log=log,
+                after_step=after_step, should_stop=should_stop,
             )
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"{error} {save_last_good()}") from None
@@ -420,7 +377,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
             state.best_map, state.best_epoch, state.epochs_without_improvement = metrics["AP"], epoch_number, 0
             verify_detector(model, fingerprint, f"in epoch {epoch_number}")
             if run.is_main:
-                atomic_save(adapted_weights(config, model, epoch_number, metrics), run.path(ADAPTED_NAME))
+                atomic_save(adapted_weights(config, model, epoch_number, metrics), run.path(ADAPTED_FILE))
         else:
             state.epochs_without_improvement += 1
         record = {
@@ -454,22 +411,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
 
         plot_training_curves(log_path, run.path(PLOT_NAME))
         print(
-            f"done: best rainy-val AP {state.best_map:.4f} at epoch {state.best_epoch} -> {run.path(ADAPTED_NAME)}; "
+            f"done: best rainy-val AP {state.best_map:.4f} at epoch {state.best_epoch} -> {run.path(ADAPTED_FILE)}; "
             f"detector unchanged (SHA-256 {fingerprint[:16]}...)", flush=True,
         )
     return {"state": state.to_dict(), "stopped": False, "early_stopped": stopped_early}
-
-
-def adapted_weights(config: dict, model: IntegratedModel, epoch: int, metrics: dict) -> dict:
-    """What spdnet_adapted.pt holds: SPDNet's weights plus what they were trained for."""
-    return {
-        "spdnet": model.spdnet.state_dict(),
-        # The model's own size: a weights file that records its size wins over SPDNET_N_FEATS.
-        "n_feats": model.spdnet.n_feats,
-        "n_resblocks": model.spdnet.n_resblocks,
-        "config": dict(config),
-        "detector": config["DETECTOR"],
-        "detector_fingerprint": model.detector_fingerprint(),
-        "epoch": epoch,
-        "val_metrics": {key: value for key, value in metrics.items() if isinstance(value, float)},
-    }

@@ -1,9 +1,9 @@
 """How close PRECISION="bf16" is to fp32 for the gradient SPDNet learns from, and why "cosine > 0.99"
 is the wrong yardstick for it.
 
-    python bench_precision.py                                          # ~1 min on a CPU
-    python bench_precision.py --DETECTOR_STEPS=800                     # a better trained detector (~2 min)
-    python bench_precision.py --DETECTOR_STEPS=300 --IMAGE_SIZE=128    # larger images (~2 min)
+    python -m benchmarks.bench_precision                                          # ~1 min on a CPU
+    python -m benchmarks.bench_precision --DETECTOR_STEPS=800                     # a better trained detector (~2 min)
+    python -m benchmarks.bench_precision --DETECTOR_STEPS=300 --IMAGE_SIZE=128    # larger images (~2 min)
 
 Builds a tiny synthetic world in a temporary folder, trains a small detector on its clean images and
 a small SPDNet with pixel MSE (the demo's trainers), then on BATCHES rainy batches compares SPDNet's

@@ -1,8 +1,8 @@
 """Measure the adaptation training step: speed, memory and FLOP/s per configuration (nanoGPT-style bench).
 
-    python bench.py                                   # CPU defaults: timing at 192x192, memory at 320x320 (~5 min)
-    python bench.py --MEMORY_IMAGE_SIZE=640           # memory measured at 640x640 itself (minutes more)
-    python bench.py --IMAGE_SIZE=640 --BATCH_SIZE=2   # on a GPU
+    python -m benchmarks.bench                                   # CPU defaults: timing at 192x192, memory at 320x320 (~5 min)
+    python -m benchmarks.bench --MEMORY_IMAGE_SIZE=640           # memory measured at 640x640 itself (minutes more)
+    python -m benchmarks.bench --IMAGE_SIZE=640 --BATCH_SIZE=2   # on a GPU
 
 For each configuration (fp32, fp32 + activation checkpointing, bf16 + channels_last, bf16 +
 checkpointing + channels_last) it times the full step (forward, backward, optimizer) after warm-up,
@@ -56,15 +56,16 @@ def parse_configuration(name: str) -> dict:
 def build(config: dict, configuration: str, device):
     import torch
 
-    from utils.detector import load_detector, rtdetr_r18vd_config
-    from utils.integrated_model import IntegratedModel
-    from utils.spdnet import SPDNet
+    from utils.detector import rtdetr_r18vd_config
+    from utils.pipelines import build_training_model
 
     settings = parse_configuration(configuration)
     torch.manual_seed(0)
-    spdnet = SPDNet(config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"], gradient_checkpointing=settings["checkpointing"])
-    detector = load_detector(config["DETECTOR"] or rtdetr_r18vd_config())
-    model = IntegratedModel(spdnet, detector, channels_last=settings["channels_last"]).to(device).train()
+    model = build_training_model({
+        "SPDNET_WEIGHTS": None, "SPDNET_N_FEATS": config["SPDNET_N_FEATS"], "SPDNET_N_RESBLOCKS": config["SPDNET_N_RESBLOCKS"],
+        "GRADIENT_CHECKPOINTING": settings["checkpointing"], "CHANNELS_LAST": settings["channels_last"],
+        "DETECTOR": config["DETECTOR"] or rtdetr_r18vd_config(),
+    }, device).train()
     optimizer = torch.optim.AdamW(list(model.trainable_parameters()), lr=1e-5)
     return model, optimizer, settings["precision"]
 
@@ -204,13 +205,13 @@ def memory_probe(config: dict, configuration: str) -> dict:
 
 def measure_memory(config: dict, configuration: str) -> dict:
     code = (
-        "import json, sys, bench\n"
+        "import json, sys\nfrom benchmarks import bench\n"
         f"print('RESULT' + json.dumps(bench.memory_probe(json.loads(sys.argv[1]), {configuration!r})))\n"
     )
     # Large blocks always mmapped: freed tensors go back to the system, so resident memory follows them.
     environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     result = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True,
-                            env=environment, cwd=os.path.dirname(os.path.abspath(__file__)))
+                            env=environment, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     line = next((l for l in result.stdout.splitlines() if l.startswith("RESULT")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"memory probe for {configuration} failed:\n{result.stderr[-2000:]}")

@@ -1,0 +1,183 @@
+"""Every bad input a user can give ends in one line naming the setting and the file, exit code 1, no traceback.
+
+Config errors are run as real command lines (they must be refused before torch is imported, so
+these subprocesses are cheap); the rest go through ``command_line`` in this process.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import Eval_conditional
+import Eval_SPDNet_Adaptation
+import Infer
+import Training_Rain_Detector
+import Training_SPDNet_Adaptation
+from utils.config import command_line
+from utils.spdnet import SPDNet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Runs a script as `python SCRIPT ARGS...` would, then says whether torch had been imported.
+PROBE = (
+    "import runpy, sys\n"
+    "sys.argv = sys.argv[1:]\n"
+    "try:\n"
+    "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    "finally:\n"
+    "    print('torch imported' if 'torch' in sys.modules else 'torch not imported')\n"
+)
+
+
+def run_script(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PROBE, *arguments], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def one_line_error(main, argv) -> str:
+    """The message ``command_line`` ends ``main(argv)`` with: one line, exit code 1."""
+    with pytest.raises(SystemExit) as exit_info:
+        command_line(lambda: main(argv))
+    message = exit_info.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
+    assert "weights_only=False" not in message
+    return message
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["Training_SPDNet_Adaptation.py", "--BATCH_SZE=4"], "unknown config key 'BATCH_SZE'. Did you mean BATCH_SIZE"),
+        (["Eval_SPDNet_Adaptation.py", "--BATCH_SIZE=big"], "BATCH_SIZE must be int"),
+        (["Eval_conditional.py", "configs/nothere.py"], "config file 'configs/nothere.py' does not exist"),
+        (["Infer.py", "--ROUTING"], "'--ROUTING' must be --KEY=value"),
+        (["Training_Rain_Detector.py", "--DEMO_SEED=1"], "unknown config key 'DEMO_SEED'"),
+        (["Make_Demo.py", "--DEMO_SEED=one"], "DEMO_SEED must be int"),
+    ],
+)
+def test_config_errors_are_one_line_before_torch_is_imported(arguments, expected):
+    result = run_script(*arguments)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout.strip().endswith("torch not imported")
+
+
+def test_demo_settings_reach_every_script_that_prepares_the_demo():
+    """configs/demo.py then --DEMO_SEED=1 is parsed once, and the demo's settings are accepted."""
+    from utils.config import load_config
+    from utils.demo_settings import demo_defaults
+
+    for script in (Training_SPDNet_Adaptation, Eval_SPDNet_Adaptation, Eval_conditional, Infer):
+        config = load_config(vars(script), [os.path.join(ROOT, "configs", "demo.py"), "--DEMO_SEED=1"], quiet=True,
+                             extra_defaults=demo_defaults())
+        assert config["DEMO_SEED"] == 1 and config["PREPARE_DEMO"] is True, script.__name__
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """A file of random bytes, a pickle weights-only loading refuses, a valid tiny adapted SPDNet."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "random.pt").write_bytes(os.urandom(4096))
+    torch.save({"spdnet": {}, "options": __import__("argparse").Namespace(x=1)}, root / "pickle.pt")
+    torch.save({"spdnet": SPDNet(n_feats=8, n_resblocks=1).state_dict(), "n_feats": 8, "n_resblocks": 1}, root / "adapted.pt")
+    return root
+
+
+WEIGHTS_PROBLEMS = [
+    ("random.pt", "is not a weights file written by torch.save"),
+    ("pickle.pt", "holds a Python object (argparse.Namespace)"),
+]
+
+
+@pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
+def test_bad_spdnet_weights(tiny_world, bad_files, tmp_path, name, problem):
+    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + [
+        f"--SPDNET_WEIGHTS={bad_files / name}", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"SPDNET_WEIGHTS: '{bad_files / name}' {problem}" in message
+
+
+@pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
+def test_bad_adapted_weights(tiny_world, bad_files, tmp_path, name, problem):
+    message = one_line_error(Eval_SPDNet_Adaptation.main, tiny_world["overrides"] + [
+        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--ADAPTED_WEIGHTS={bad_files / name}", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"ADAPTED_WEIGHTS: '{bad_files / name}' {problem}" in message
+
+
+@pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
+def test_bad_rain_detector_weights(tiny_world, bad_files, tmp_path, name, problem):
+    message = one_line_error(Eval_conditional.main, tiny_world["overrides"] + [
+        f"--ADAPTED_WEIGHTS={bad_files / 'adapted.pt'}", f"--RAIN_DETECTOR_WEIGHTS={bad_files / name}", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"RAIN_DETECTOR_WEIGHTS: '{bad_files / name}' {problem}" in message
+
+
+@pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
+def test_bad_resume_checkpoint(tiny_world, bad_files, tmp_path, name, problem):
+    (tmp_path / "checkpoint.pt").write_bytes((bad_files / name).read_bytes())
+    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + [
+        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}", "--RESUME=True"])
+    assert f"RESUME: '{tmp_path / 'checkpoint.pt'}' {problem}" in message
+
+
+def test_missing_weights_files_name_their_setting(tiny_world, tmp_path):
+    missing = str(tmp_path / "missing.pt")
+    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + [
+        f"--SPDNET_WEIGHTS={missing}", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"SPDNET_WEIGHTS: '{missing}' does not exist" in message
+    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + [
+        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}", "--RESUME=True"])
+    assert f"RESUME: '{tmp_path / 'checkpoint.pt'}' does not exist" in message
+
+
+def test_missing_data_is_named_before_any_model_is_loaded(tiny_world, tmp_path):
+    """COCO_DIR is checked first: the missing detector further down is never reached."""
+    arguments = tiny_world["overrides"] + [f"--COCO_DIR={tmp_path / 'no_coco'}", f"--DETECTOR={tmp_path / 'no_detector'}",
+                                           f"--OUTPUT_DIR={tmp_path}"]
+    for main in (Training_SPDNet_Adaptation.main, Eval_SPDNet_Adaptation.main, Eval_conditional.main):
+        message = one_line_error(main, arguments)
+        assert f"COCO_DIR: '{tmp_path / 'no_coco'}' has no annotations/instances_" in message
+    message = one_line_error(Training_Rain_Detector.main, [
+        f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tmp_path / 'no_rain'}", "--DEVICE=cpu",
+        "--DATALOADER_WORKERS=0", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"COCO_RAIN_DIR {str(tmp_path / 'no_rain')!r} does not exist" in message
+
+
+def test_missing_detector_is_named(tiny_world, tmp_path):
+    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + [
+        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--DETECTOR={tmp_path / 'no_detector'}", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"DETECTOR: directory '{tmp_path / 'no_detector'}' does not exist" in message
+
+
+def test_infer_refuses_an_input_that_is_not_an_image(tmp_path):
+    readme = os.path.join(ROOT, "README.md")
+    message = one_line_error(Infer.main, [f"--INPUT={readme}", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"INPUT: {readme!r} is not an image file" in message
+    message = one_line_error(Infer.main, [f"--INPUT={tmp_path / 'nothing'}", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"INPUT: {str(tmp_path / 'nothing')!r} is neither an image file nor a folder" in message
+    (tmp_path / "empty").mkdir()
+    message = one_line_error(Infer.main, [f"--INPUT={tmp_path / 'empty'}", f"--OUTPUT_DIR={tmp_path}"])
+    assert "has no images" in message
+
+
+def test_bad_values_are_one_line(tiny_world, tmp_path):
+    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + ["--PRECISION=fp16", f"--OUTPUT_DIR={tmp_path}"])
+    assert "FP16 is refused" in message
+    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + ["--IMAGE_SIZE=100", f"--OUTPUT_DIR={tmp_path}"])
+    assert "IMAGE_SIZE must be a multiple of 32" in message
+
+
+@pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
+def test_bad_imagenet_weights(tiny_world, bad_files, tmp_path, name, problem):
+    message = one_line_error(Training_Rain_Detector.main, [
+        f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", "--DEVICE=cpu",
+        "--DATALOADER_WORKERS=0", "--IMAGE_SIZE=64", "--PERCENT_DATASET=100", "--VAL_PERCENT=100", "--ARCHITECTURE=resnet18",
+        f"--IMAGENET_WEIGHTS={bad_files / name}", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"IMAGENET_WEIGHTS: '{bad_files / name}' {problem}" in message
+
+
+def test_a_gate_subset_without_images_is_named(tiny_world, tmp_path):
+    message = one_line_error(Training_Rain_Detector.main, [
+        f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", "--DEVICE=cpu",
+        "--DATALOADER_WORKERS=0", "--IMAGE_SIZE=64", "--PERCENT_DATASET=5", f"--OUTPUT_DIR={tmp_path}"])
+    assert "PERCENT_DATASET=5.0 leaves no train image of COCO_DIR=" in message and message.endswith("raise PERCENT_DATASET")
