@@ -21,12 +21,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from utils.script_runs import run_script  # noqa: E402
+
 WORLD_CONFIGS = {0: ["configs/demo.py"], 1: ["configs/demo.py", "configs/demo_world1.py"]}
 WORLD_DIRS = {0: "outputs_spdnet_adaptation/demo", 1: "outputs_spdnet_adaptation/demo_world1"}
 ROWS = [  # (label, split, pipeline)
@@ -39,24 +41,13 @@ ROWS = [  # (label, split, pipeline)
 ]
 
 
-def run(command: list[str], log_path: str, threads: int | None) -> float:
-    """Run one script to completion, its output into ``log_path``; the wall seconds it took."""
-    environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        code = subprocess.call([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    if code:
-        raise SystemExit(f"{' '.join(command)} failed (exit {code}); see {log_path}")
-    return time.perf_counter() - start
-
-
 def run_seed(world: int, seed: int, threads: int | None) -> dict:
     output_dir = os.path.join(WORLD_DIRS[world], f"seed{seed}")
     os.makedirs(os.path.join(ROOT, output_dir), exist_ok=True)
     arguments = [*WORLD_CONFIGS[world], f"--SEED={seed}", f"--OUTPUT_DIR={output_dir}"]
     log = os.path.join(ROOT, output_dir, "run.log")
-    seconds = run(["Training_SPDNet_Adaptation.py", *arguments], log, threads)
-    seconds += run(["Eval_SPDNet_Adaptation.py", *arguments, "--EVAL_CLEAN=True"], log + ".eval", threads)
+    seconds = run_script(["Training_SPDNet_Adaptation.py", *arguments], log, threads)
+    seconds += run_script(["Eval_SPDNet_Adaptation.py", *arguments, "--EVAL_CLEAN=True"], log + ".eval", threads)
     print(f"world {world}, seed {seed}: done in {seconds:.0f} s", flush=True)
     return {"world": world, "seed": seed, "seconds": seconds, **read_run(world, seed)}
 
@@ -112,7 +103,7 @@ def main() -> None:
         runs = [{"world": w, "seed": s, **read_run(w, s)} for w in args.worlds for s in args.seeds]
     else:
         for world in args.worlds:  # the world, its quality record and its gate, once, before the seeds
-            run(["Make_Demo.py", *WORLD_CONFIGS[world]], os.path.join(ROOT, WORLD_DIRS[world] + "_make.log"), None)
+            run_script(["Make_Demo.py", *WORLD_CONFIGS[world]], os.path.join(ROOT, WORLD_DIRS[world] + "_make.log"), None)
         threads = 1 if args.jobs > 1 else None
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = list(pool.map(lambda job: run_seed(*job, threads), [(w, s) for w in args.worlds for s in args.seeds]))

@@ -1,6 +1,6 @@
 """The objectives ablation on the demo world: which loss terms and how many clean images serve users best.
 
-    python tools/objective_ablation.py                      # 5 objectives x COCO_RATIO {0, 0.5} x seeds 42 7 (~50 min on 2 cores)
+    python tools/objective_ablation.py                      # 5 objectives x COCO_RATIO {0, 0.5} x seeds 42 7: 20 runs, ~3 min each alone
     python tools/objective_ablation.py --seeds 42 --jobs 1  # one seed
     python tools/objective_ablation.py --collect-only       # tabulate the runs already on disk
 
@@ -25,12 +25,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from utils.script_runs import run_script  # noqa: E402
+
 DEMO_DIR = "outputs_spdnet_adaptation/demo"
 ABLATION_DIR = "outputs_spdnet_adaptation/ablation"
 WEIGHTS = {"detection": 1.0, "feature": 10.0, "pixel": 100.0}
@@ -42,17 +44,6 @@ OBJECTIVES = {  # name: the terms it switches on
     "detection+feature+pixel": ("detection", "feature", "pixel"),
 }
 COCO_RATIOS = (0.0, 0.5)
-
-
-def run(command: list[str], log_path: str, threads: int | None) -> float:
-    """Run one script to completion, its output into ``log_path``; the wall seconds it took."""
-    environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    start = time.perf_counter()
-    with open(log_path, "w") as log:
-        code = subprocess.call([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    if code:
-        raise SystemExit(f"{' '.join(command)} failed (exit {code}); see {log_path}")
-    return time.perf_counter() - start
 
 
 def run_name(objective: str, coco_ratio: float, seed: int) -> str:
@@ -68,8 +59,8 @@ def train_and_score(objective: str, coco_ratio: float, seed: int, threads: int |
     weights = [f"--{term.upper()}_LOSS_WEIGHT={WEIGHTS[term] if term in OBJECTIVES[objective] else 0.0}" for term in WEIGHTS]
     arguments = ["configs/demo.py", *weights, f"--COCO_RATIO={coco_ratio}", f"--SEED={seed}", f"--OUTPUT_DIR={output_dir}"]
     log = os.path.join(ROOT, output_dir, "run.log")
-    seconds = run(["Training_SPDNet_Adaptation.py", *arguments], log, threads)
-    run([os.path.join("tools", "objective_ablation.py"), "--score", output_dir, "--training-seconds", f"{seconds:.1f}"],
+    seconds = run_script(["Training_SPDNet_Adaptation.py", *arguments], log, threads)
+    run_script([os.path.join("tools", "objective_ablation.py"), "--score", output_dir, "--training-seconds", f"{seconds:.1f}"],
         log + ".score", threads)
     print(f"{run_name(objective, coco_ratio, seed)}: done ({seconds:.0f} s training script)", flush=True)
     return read_run(objective, coco_ratio, seed)
@@ -77,7 +68,6 @@ def train_and_score(objective: str, coco_ratio: float, seed: int, threads: int |
 
 def score(output_dir: str, training_seconds: float) -> None:
     """Score one run's adapted SPDNet: rainy-val AP, clean-val AP always derained, rainy-val PSNR / SSIM."""
-    sys.path.insert(0, ROOT)
     import torch
 
     from utils.checkpoint import atomic_write_json, load_weights_file
@@ -125,12 +115,12 @@ def table(runs: list[dict], reference: dict) -> str:
     detection_gain = {ratio: statistics.mean(r["rainy"]["AP"] for r in runs if r["objective"] == "detection"
                                              and r["coco_ratio"] == ratio) - original_rainy for ratio in COCO_RATIOS}
     lines = [
-        "| objective | COCO_RATIO | rainy-val AP | clean-val AP, always derain | clean kept | rainy gain kept | "
+        "| objective | COCO_RATIO | seeds | rainy-val AP | clean-val AP, always derain | clean kept | rainy gain kept | "
         "rainy-val PSNR dB | training s |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| frozen detector alone | – | {reference['rainy']['vanilla']['AP']:.3f} | {vanilla_clean:.3f} | 1.00 | – | "
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| frozen detector alone | – | – | {reference['rainy']['vanilla']['AP']:.3f} | {vanilla_clean:.3f} | 1.00 | – | "
         f"{reference['rainy_image_quality']['rainy']['psnr_db']:.2f} | – |",
-        f"| original SPDNet | – | {original_rainy:.3f} | {reference['clean']['original']['AP']:.3f} | "
+        f"| original SPDNet | – | – | {original_rainy:.3f} | {reference['clean']['original']['AP']:.3f} | "
         f"{reference['clean']['original']['AP'] / vanilla_clean:.2f} | 0.00 | "
         f"{reference['rainy_image_quality']['original']['psnr_db']:.2f} | – |",
     ]
@@ -143,13 +133,13 @@ def table(runs: list[dict], reference: dict) -> str:
             clean = [r["clean"]["AP"] for r in chosen]
             gain_kept = (statistics.mean(rainy) - original_rainy) / detection_gain[0.0] if detection_gain[0.0] > 0 else float("nan")
             lines.append(
-                f"| {objective} | {ratio:g} | {spread(rainy)} | {spread(clean)} | {statistics.mean(clean) / vanilla_clean:.2f} | "
+                f"| {objective} | {ratio:g} | {', '.join(str(r['seed']) for r in chosen)} | {spread(rainy)} | {spread(clean)} | {statistics.mean(clean) / vanilla_clean:.2f} | "
                 f"{gain_kept:.2f} | {spread([r['rainy_image_quality']['psnr_db'] for r in chosen], 2)} | "
                 f"{spread([r['training_seconds'] for r in chosen], 0)} |"
             )
     lines += [
         "",
-        f"Seeds per row: {sorted({r['seed'] for r in runs})}. 'clean kept' = clean-val AP always derained / the "
+        "Mean ± sd over the seeds of a row. 'clean kept' = clean-val AP always derained / the "
         "frozen detector's; 'rainy gain kept' = (rainy-val AP - original SPDNet's) / the detection-only objective's "
         "gain at COCO_RATIO 0. Goal: clean kept >= 0.95 with rainy gain kept >= 0.90.",
     ]
@@ -179,10 +169,10 @@ def main() -> None:
         runs = [read_run(*job) for job in done]
     else:
         # The world and its gate, then the frozen detector and the original SPDNet, once.
-        run(["Make_Demo.py", "configs/demo.py"], os.path.join(ROOT, ABLATION_DIR, "make_demo.log"), None)
+        run_script(["Make_Demo.py", "configs/demo.py"], os.path.join(ROOT, ABLATION_DIR, "make_demo.log"), None)
         os.makedirs(os.path.join(ROOT, reference_dir), exist_ok=True)
         if not os.path.isfile(os.path.join(ROOT, reference_dir, "eval_results.json")):
-            run(["Eval_SPDNet_Adaptation.py", "configs/demo.py", "--EVAL_CLEAN=True", f"--OUTPUT_DIR={reference_dir}",
+            run_script(["Eval_SPDNet_Adaptation.py", "configs/demo.py", "--EVAL_CLEAN=True", f"--OUTPUT_DIR={reference_dir}",
                  "--ADAPTED_WEIGHTS=demo_weights/spdnet_original.pt"],  # only its vanilla and original columns are read
                 os.path.join(ROOT, reference_dir, "eval.log"), None)
         threads = 1 if args.jobs > 1 else None
