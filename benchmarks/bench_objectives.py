@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            float(loss)  # wait for the step
+            loss.item()  # wait for the step
             if step >= config["WARMUP"]:
                 seconds.append(time.perf_counter() - start)
         results[name] = statistics.median(seconds)
