@@ -61,7 +61,7 @@ class Objective:
         return self.feature > 0 or self.pixel > 0
 
     def describe(self) -> str:
-        return " + ".join(f"{weight:g} x {term}" for term, weight in zip(LOSS_TERMS, (self.detection, self.feature, self.pixel)) if weight)
+        return " + ".join(f"{getattr(self, term):g} x {term}" for term in LOSS_TERMS if getattr(self, term))
 
 
 def encoder_features(detector: nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
@@ -124,7 +124,6 @@ def adaptation_loss(
         terms["feature"] = feature_loss(features, clean_features)
     if objective.pixel:
         terms["pixel"] = F.l1_loss(derained.float(), clean.float())
-    weights = {"detection": objective.detection, "feature": objective.feature, "pixel": objective.pixel}
-    loss = sum(weights[term] * value for term, value in terms.items())  # 1.0 * x == x: detection alone is unchanged
+    loss = sum(getattr(objective, term) * value for term, value in terms.items())  # 1.0 * x == x: detection alone is unchanged
     loss = torch.where(finite, loss, torch.full_like(loss, math.nan))
     return loss, {term: value.detach() for term, value in terms.items()}
