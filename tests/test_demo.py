@@ -54,7 +54,7 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
     assert {p.dtype for p in detector.parameters()} == {torch.float32}
     assert summary["state"]["epoch"] == 1 and not summary["stopped"]  # fit() checks the detector's SHA-256 itself
     # The original SPDNet's file records its reduced size, which wins over SPDNET_N_FEATS.
-    assert build_spdnet(os.path.join(weights, "spdnet_original.pt"), 32, 3).n_feats == 8
+    assert build_spdnet(os.path.join(weights, "spdnet_original.pt"), 32, 3).n_feats == 16
     with open(os.path.join(root, "demo_quality.json")) as file:
         quality = json.load(file)
     assert set(quality["spdnet_rainy_val"]) == {"rainy_psnr_db", "derained_psnr_db", "rainy_ssim", "derained_ssim"}
