@@ -45,9 +45,10 @@ MAX_NONFINITE_IN_A_ROW = 20  # stop when this many micro-batches in a row give a
 MAX_STEPS = None  # stop (resumably) after this many optimizer steps in all (None: run every epoch)
 # ---- precision and speed
 FP16 = False  # refused: SPDNet overflows fp16 (use PRECISION = "bf16")
-PRECISION = "fp32"  # "fp32" or "bf16" (autocast for SPDNet; the detector, its loss and all weights stay fp32)
+PRECISION = "auto"  # "auto" (bf16 where native: CUDA compute capability >= 8.0, CPUs with AVX512-BF16/AMX; else fp32), "fp32" or "bf16" (autocast for SPDNet; the detector, its loss and all weights stay fp32)
 GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.8 -> 2.1 GB per 640² image at 0.63x speed (benchmarks/bench.py, CPU)
 CHANNELS_LAST = False  # SPDNet in NHWC memory layout (faster convolutions, bf16 above all)
+COMPILE = "off"  # torch.compile SPDNet: "off", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead" (minutes to compile; speed-up not yet measured on a GPU: docs/performance.md)
 # ---- system
 DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
 DATALOADER_WORKERS = 8  # data loading processes per GPU
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["train", "val"])
     run = training.setup_run(config)
     model = build_training_model(config, run.device)
+    training.compile_for_training(config, model, run)
     if run.is_main:
         print("\n".join(model_state_lines(model.spdnet, model.detector)), flush=True)
     data = training.build_data(config, model.detector.config.id2label, run)

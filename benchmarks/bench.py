@@ -5,9 +5,13 @@
     python -m benchmarks.bench --IMAGE_SIZE=640 --BATCH_SIZE=2   # on a GPU
 
 For each configuration (fp32, fp32 + activation checkpointing, bf16 + channels_last, bf16 +
-checkpointing + channels_last) it times the full step (forward, backward, optimizer) after warm-up,
-median of RUNS; measures memory in a fresh process per configuration at MEMORY_IMAGE_SIZE and
-reports it per 640x640 image (scaled by the pixel count: activations grow with it); counts
+checkpointing + channels_last, the same compiled by torch.compile) it times the full step (forward,
+backward, optimizer) after warm-up, median of RUNS, all configurations round-robin in one run; the
+first step's time is reported apart as warm-up (compilation, for compiled ones); measures memory at
+MEMORY_IMAGE_SIZE and reports it per 640x640 image (scaled by the pixel count: activations grow with
+it) — on CUDA during a timed step when MEMORY_IMAGE_SIZE is IMAGE_SIZE, otherwise in a fresh process
+per configuration (compiled configurations on a CPU are not measured there: they would compile
+again, for minutes); counts
 FLOPs with torch.utils.flop_counter against a matmul peak measured in the same run; times one data
 loader worker and the conditional model's clean and rainy paths. Prints a table, writes JSON.
 
@@ -24,10 +28,10 @@ from __future__ import annotations
 IMAGE_SIZE = 192  # timing resolution (the CPU default keeps the whole run to ~5 min; 640 on a GPU)
 BATCH_SIZE = 1  # images per step
 RUNS = 5  # timed steps per configuration, taken round-robin (median reported)
-WARMUP = 1  # untimed steps first
+WARMUP = 1  # steps before timing (at least one: the first, reported as warm-up, compiles a compiled configuration)
 MEMORY_IMAGE_SIZE = 320  # memory is measured at this size, one step in a fresh process (0: skip)
 MEMORY_REPORT_SIZE = 640  # ... and reported per image of this size, scaled by the pixel count
-CONFIGURATIONS = ["fp32", "fp32+ckpt", "bf16+cl", "bf16+ckpt+cl"]  # precision [+ckpt] [+cl = channels_last]
+CONFIGURATIONS = ["fp32", "fp32+ckpt", "bf16+cl", "bf16+ckpt+cl", "bf16+ckpt+cl+compile"]  # precision [+ckpt] [+cl = channels_last] [+compile or +compile:MODE]
 SPDNET_N_FEATS = 32  # SPDNet width
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks
 DETECTOR = None  # None: the r18vd architecture at random init (offline); or a hub id / local directory
@@ -47,17 +51,29 @@ from utils.config import load_config  # noqa: E402
 
 
 def parse_configuration(name: str) -> dict:
+    from utils.pipelines import COMPILE_MODES
+
     parts = name.split("+")
-    if parts[0] not in ("fp32", "bf16") or any(p not in ("ckpt", "cl") for p in parts[1:]):
-        raise ValueError(f"configuration {name!r}: 'fp32' or 'bf16', then optional '+ckpt' and '+cl'")
-    return {"precision": parts[0], "checkpointing": "ckpt" in parts, "channels_last": "cl" in parts}
+    compiles = [p for p in parts[1:] if p == "compile" or p.startswith("compile:")]
+    modes = [p.partition(":")[2] or "default" for p in compiles]
+    if (parts[0] not in ("fp32", "bf16") or any(p not in ("ckpt", "cl") for p in parts[1:] if p not in compiles)
+            or len(compiles) > 1 or any(mode not in COMPILE_MODES[1:] for mode in modes)):
+        raise ValueError(f"configuration {name!r}: 'fp32' or 'bf16', then optional '+ckpt', '+cl' and '+compile' "
+                         f"or '+compile:MODE' (MODE one of {COMPILE_MODES[1:]})")
+    return {"precision": parts[0], "checkpointing": "ckpt" in parts, "channels_last": "cl" in parts,
+            "compile": modes[0] if modes else "off"}
+
+
+def eager_counterpart(name: str) -> str:
+    """The configuration without its '+compile' part: what a compiled one is compared with."""
+    return "+".join(p for p in name.split("+") if p != "compile" and not p.startswith("compile:"))
 
 
 def build(config: dict, configuration: str, device):
     import torch
 
     from utils.detector import rtdetr_r18vd_config
-    from utils.pipelines import build_training_model
+    from utils.pipelines import build_training_model, compile_spdnet
 
     settings = parse_configuration(configuration)
     torch.manual_seed(0)
@@ -66,6 +82,7 @@ def build(config: dict, configuration: str, device):
         "GRADIENT_CHECKPOINTING": settings["checkpointing"], "CHANNELS_LAST": settings["channels_last"],
         "DETECTOR": config["DETECTOR"] or rtdetr_r18vd_config(),
     }, device).train()
+    compile_spdnet(model.spdnet, settings["compile"], device)  # compiled at its first step (warm-up)
     optimizer = torch.optim.AdamW(list(model.trainable_parameters()), lr=1e-5)
     return model, optimizer, settings["precision"]
 
@@ -282,28 +299,46 @@ def main(argv: list[str] | None = None) -> dict:
         model, optimizer, precision = build(config, configuration, device)
         setups[configuration] = lambda m=model, o=optimizer, p=precision: training_step(m, o, p, *batch, device)
     print(f"timing {', '.join(setups)} round-robin ...", flush=True)
-    for step in setups.values():
-        for _ in range(config["WARMUP"]):
+    warmups = {}
+    for configuration, step in setups.items():
+        warmups[configuration] = median_seconds(step, runs=1, warmup=0, device=device)  # compiles a compiled one
+        for _ in range(config["WARMUP"] - 1):
             step()
     times = {configuration: [] for configuration in setups}
     for _ in range(config["RUNS"]):
         for configuration, step in setups.items():
             times[configuration].append(median_seconds(step, runs=1, warmup=0, device=device))
+    in_process_memory = device.type == "cuda" and config["MEMORY_IMAGE_SIZE"] == config["IMAGE_SIZE"]
+    memory = {}
+    if in_process_memory:
+        for configuration, step in setups.items():
+            synchronise(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            step()
+            synchronise(device)
+            per_image = config["BATCH_SIZE"] * 1e9 / (config["MEMORY_REPORT_SIZE"] / config["IMAGE_SIZE"]) ** 2
+            memory[configuration] = {"peak_gb_per_image": (torch.cuda.max_memory_allocated(device) - before) / per_image}
     del setups
     for configuration, samples in times.items():
         seconds = statistics.median(samples)
-        precision = parse_configuration(configuration)["precision"]
+        settings = parse_configuration(configuration)
         entry = {"step_seconds": seconds, "images_per_s": config["BATCH_SIZE"] / seconds,
-                 "tflops": flops_per_step / seconds / 1e12,
-                 "fraction_of_matmul_peak": flops_per_step / seconds / peaks[precision]}
-        if config["MEMORY_IMAGE_SIZE"]:
+                 "warmup_seconds": warmups[configuration], "tflops": flops_per_step / seconds / 1e12,
+                 "fraction_of_matmul_peak": flops_per_step / seconds / peaks[settings["precision"]]}
+        if in_process_memory:
+            entry.update(memory[configuration])
+        elif config["MEMORY_IMAGE_SIZE"] and (settings["compile"] == "off" or device.type == "cuda"):
             print(f"memory {configuration} at {config['MEMORY_IMAGE_SIZE']}x{config['MEMORY_IMAGE_SIZE']} ...", flush=True)
             entry.update(measure_memory(config, configuration))
         report["configurations"][configuration] = entry
     baseline = report["configurations"].get("fp32")
-    if baseline:
-        for entry in report["configurations"].values():
+    for name, entry in report["configurations"].items():
+        if baseline:
             entry["speedup_vs_fp32"] = entry["images_per_s"] / baseline["images_per_s"]
+        eager = report["configurations"].get(eager_counterpart(name))
+        if eager is not None and eager is not entry:
+            entry["speedup_vs_eager"] = entry["images_per_s"] / eager["images_per_s"]
 
     print("timing the conditional model's paths ...", flush=True)
     model, _, _ = build(config, "fp32", device)
@@ -332,12 +367,16 @@ def print_report(report: dict, config: dict) -> None:
               if memory_size else "memory not measured")
     print(f"\n{report['device']}: training step, batch {config['BATCH_SIZE']} at {size}x{size}; "
           f"{memory}; {report['gflop_per_image']:.0f} GFLOP per image")
-    header = f"{'configuration':<16}{'img/s':>8}{'vs fp32':>9}{'TFLOP/s':>9}{'% peak':>8}{'peak GB':>9}{'saved GB':>10}"
+    width = max(16, *(len(name) + 2 for name in report["configurations"]))
+    header = (f"{'configuration':<{width}}{'img/s':>8}{'vs fp32':>9}{'vs eager':>10}{'warm-up s':>11}{'TFLOP/s':>9}"
+              f"{'% peak':>8}{'peak GB':>9}{'saved GB':>10}")
     print(header + "\n" + "-" * len(header))
+    nan = float("nan")
     for name, entry in report["configurations"].items():
-        print(f"{name:<16}{entry['images_per_s']:>8.3f}{entry.get('speedup_vs_fp32', float('nan')):>8.2f}x"
-              f"{entry['tflops']:>9.3f}{100 * entry['fraction_of_matmul_peak']:>7.1f}%"
-              f"{entry.get('peak_gb_per_image', float('nan')):>9.2f}{entry.get('saved_gb_per_image', float('nan')):>10.2f}")
+        print(f"{name:<{width}}{entry['images_per_s']:>8.3f}{entry.get('speedup_vs_fp32', nan):>8.2f}x"
+              f"{entry.get('speedup_vs_eager', nan):>9.2f}x{entry['warmup_seconds']:>11.1f}{entry['tflops']:>9.3f}"
+              f"{100 * entry['fraction_of_matmul_peak']:>7.1f}%"
+              f"{entry.get('peak_gb_per_image', nan):>9.2f}{entry.get('saved_gb_per_image', nan):>10.2f}")
     peaks = report["matmul_peak_tflops"]
     print(f"matmul peak: {peaks['fp32']:.3f} TFLOP/s fp32, {peaks['bf16']:.3f} TFLOP/s bf16")
     conditional = report["conditional"]

@@ -23,6 +23,7 @@ def tiny_world(tmp_path_factory):
         f"--COCO_DIR={paths['coco_dir']}", f"--COCO_RAIN_DIR={paths['coco_rain_dir']}",
         f"--DETECTOR={root / 'detector'}", "--IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0",
         "--SPDNET_N_FEATS=8", "--SPDNET_N_RESBLOCKS=1",
+        "--PRECISION=fp32",  # the same arithmetic on every CI CPU ("auto" picks bf16 on CPUs with AVX512-BF16)
     ]
     return {"root": root, **paths, "detector_dir": str(root / "detector"), "spdnet_weights": str(root / "spdnet_start.pt"),
             "overrides": overrides}

@@ -9,10 +9,15 @@ from benchmarks import bench, bench_objectives, bench_precision
 
 
 def test_configuration_names():
-    assert bench.parse_configuration("bf16+ckpt+cl") == {"precision": "bf16", "checkpointing": True, "channels_last": True}
-    assert bench.parse_configuration("fp32") == {"precision": "fp32", "checkpointing": False, "channels_last": False}
-    with pytest.raises(ValueError, match="'fp32' or 'bf16'"):
-        bench.parse_configuration("fp16+ckpt")
+    assert bench.parse_configuration("bf16+ckpt+cl") == {
+        "precision": "bf16", "checkpointing": True, "channels_last": True, "compile": "off"}
+    assert bench.parse_configuration("fp32") == {"precision": "fp32", "checkpointing": False, "channels_last": False, "compile": "off"}
+    assert bench.parse_configuration("bf16+ckpt+cl+compile")["compile"] == "default"
+    assert bench.parse_configuration("fp32+compile:reduce-overhead")["compile"] == "reduce-overhead"
+    assert bench.eager_counterpart("bf16+ckpt+cl+compile:max-autotune") == "bf16+ckpt+cl"
+    for bad in ("fp16+ckpt", "fp32+compile:fastest", "fp32+compile+compile:default", "fp32+cuda"):
+        with pytest.raises(ValueError, match="'fp32' or 'bf16'"):
+            bench.parse_configuration(bad)
 
 
 def test_saved_tensor_counter_counts_live_saved_bytes_once_per_storage():
@@ -37,8 +42,9 @@ def test_benchmark_smoke_run_writes_its_report(tmp_path):
     assert saved == json.loads(json.dumps(report))
     for entry in saved["configurations"].values():
         assert entry["images_per_s"] > 0 and entry["tflops"] > 0
-        assert entry["peak_gb_per_image"] > 0 and entry["saved_gb_per_image"] > 0
+        assert entry["peak_gb_per_image"] > 0 and entry["saved_gb_per_image"] > 0 and entry["warmup_seconds"] > 0
     assert saved["configurations"]["fp32"]["speedup_vs_fp32"] == 1.0
+    assert all("speedup_vs_eager" not in entry for entry in saved["configurations"].values())  # no compiled one
     assert saved["conditional"]["clean_path_speedup"] > 1 and saved["loader_images_per_s_per_worker"] > 0
 
 

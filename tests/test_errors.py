@@ -165,6 +165,8 @@ def test_bad_values_are_one_line(tiny_world, tmp_path):
     assert "FP16 is refused" in message
     message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + ["--IMAGE_SIZE=100", f"--OUTPUT_DIR={tmp_path}"])
     assert "IMAGE_SIZE must be a multiple of 32" in message
+    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + ["--COMPILE=fastest", f"--OUTPUT_DIR={tmp_path}"])
+    assert "COMPILE must be one of ('off', 'default'," in message
 
 
 @pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)

@@ -21,7 +21,7 @@ from utils.data import non_empty
 from utils.distributed import all_gather_objects, all_reduce_mean_, all_reduce_sum_, distributed_world
 from utils.objectives import LOSS_TERMS, Objective, adaptation_loss
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def check_precision(precision: str, fp16: bool = False) -> None:
@@ -36,9 +36,37 @@ def check_precision(precision: str, fp16: bool = False) -> None:
         raise ValueError(f"PRECISION must be one of {PRECISIONS}, got {precision!r}")
 
 
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` computes bf16 natively, and why: CUDA cards of compute capability 8.0 or
+    newer (Ampere, Ada, Hopper, Blackwell), CPUs with AVX512-BF16 or AMX (oneDNN's check). Elsewhere
+    bf16 is emulated, slower than fp32."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        name = torch.cuda.get_device_name(device)
+        return major >= 8, f"{name}, compute capability {major}.{minor}"
+    if device.type == "cpu":
+        try:
+            supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            supported = False
+        return supported, "CPU " + ("with" if supported else "without") + " AVX512-BF16 / AMX"
+    return False, f"{device.type} device"
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """PRECISION as it runs on ``device``: "auto" becomes "bf16" where bf16 is native, else "fp32".
+    Returns (precision, the reason, for the start-up line)."""
+    check_precision(precision)
+    if precision != "auto":
+        return precision, "as set"
+    native, reason = native_bf16(device)
+    return ("bf16" if native else "fp32"), f"auto: {reason}"
+
+
 def autocast(device: torch.device, precision: str):
-    """bf16 autocast for ``precision == 'bf16'``, nothing for fp32. Weights stay fp32 either way."""
-    if precision == "bf16":
+    """bf16 autocast for ``precision == 'bf16'``, nothing for fp32 ("auto" is resolved first). Weights
+    stay fp32 either way."""
+    if resolve_precision(precision, device)[0] == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

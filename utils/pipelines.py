@@ -46,6 +46,81 @@ def enable_fast_cuda_math(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
+
+
+def check_compile(setting: str) -> str:
+    """COMPILE, refused in one line unless it is "off" or one of torch.compile's modes."""
+    if setting not in COMPILE_MODES:
+        raise ValueError(f"COMPILE must be one of {COMPILE_MODES}, got {setting!r}")
+    return setting
+
+
+def compiler_problem(device: torch.device) -> str | None:
+    """Why torch.compile (inductor) cannot run on ``device`` here, or None: it needs a C++ compiler
+    for CPU kernels, Triton and a card of compute capability 7.0 or newer for CUDA kernels."""
+    import shutil
+
+    if device.type == "cpu":
+        compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+        return None if any(name and shutil.which(name) for name in compilers) else "no C++ compiler (g++, clang++ or $CXX) found"
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "Triton is not installed"
+        major, minor = torch.cuda.get_device_capability(device)
+        return None if major >= 7 else f"Triton needs compute capability 7.0 or newer, this card has {major}.{minor}"
+    return f"inductor does not compile for {device.type}"
+
+
+def compile_spdnet(spdnet: torch.nn.Module, mode: str, device: torch.device) -> str:
+    """Compile SPDNet in place with torch.compile (``nn.Module.compile``: its state_dict keys stay
+    those of the plain module, so saved files are the same) unless ``mode`` is "off" or the compiler
+    cannot run here, which is said in one line. Checkpointed regions are compiled with the rest.
+    Returns the mode that runs ("off" when eager)."""
+    if mode == "off":
+        return "off"
+    problem = compiler_problem(device)
+    if problem is not None:
+        print(f"COMPILE={mode!r}: {problem}; SPDNet runs eager", flush=True)
+        return "off"
+    spdnet.compile(mode=None if mode == "default" else mode, dynamic=False)
+    return mode
+
+
+def warm_up_compiled(model: IntegratedModel, mode: str, shape: tuple[int, ...], precision: str,
+                     device: torch.device) -> float | None:
+    """Compile SPDNet's forward and backward now, on zeros of ``shape`` (B, 3, H, W) under
+    ``precision``, so compilation is timed apart from training and a compiler failure falls back to
+    eager in one line before the first step. Returns the seconds it took (None when eager)."""
+    import time
+
+    from utils.engine import autocast
+
+    if mode == "off":
+        return None
+    started = time.perf_counter()
+    images = torch.zeros(shape, device=device)
+    try:
+        with autocast(device, precision):
+            derained = model.derain(images)
+        derained.float().mean().backward()
+    except Exception as error:  # the compiler's failures have many types; eager still works
+        model.spdnet._compiled_call_impl = None  # undo nn.Module.compile
+        cause = error
+        while getattr(cause, "inner_exception", None) or cause.__cause__:  # the compiler's own error, not dynamo's wrapper
+            cause = getattr(cause, "inner_exception", None) or cause.__cause__
+        reason = (str(cause).strip().splitlines() or [""])[0][:200]
+        print(f"COMPILE={mode!r}: torch.compile failed ({type(cause).__name__}: {reason}); SPDNet runs eager", flush=True)
+        return None
+    finally:
+        model.spdnet.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
 def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int, setting: str = "SPDNET_WEIGHTS"):
     """SPDNet of the given size, with ``weights`` (a path or None for random init) loaded.
 

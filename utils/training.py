@@ -19,10 +19,13 @@ from torch.utils.data import DataLoader
 from utils.checkpoint import atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states, seed_everything
 from utils.config import ConfigError, UserError
 from utils.distributed import ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed, init_distributed
-from utils.engine import LoopSettings, NonFiniteLossError, TrainState, check_precision, evaluate, train_one_epoch
+from utils.engine import LoopSettings, NonFiniteLossError, TrainState, check_precision, evaluate, resolve_precision, train_one_epoch
 from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
 from utils.objectives import Objective
-from utils.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights, choose_device, enable_fast_cuda_math
+from utils.pipelines import (
+    ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights, check_compile, choose_device, compile_spdnet, enable_fast_cuda_math,
+    warm_up_compiled,
+)
 
 LOG_NAME = "training_log.jsonl"
 PLOT_NAME = "training_curves.png"
@@ -46,6 +49,7 @@ class Run:
 def check_config(config: dict) -> None:
     """Settings that would fail hours in are refused now, with the reason."""
     check_precision(config["PRECISION"], config["FP16"])
+    check_compile(config["COMPILE"])
     Objective.from_config(config)
     if config["IMAGE_SIZE"] % SIZE_MULTIPLE:
         raise ValueError(f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} for RT-DETR, got {config['IMAGE_SIZE']}")
@@ -67,7 +71,23 @@ def setup_run(config: dict) -> Run:
     enable_fast_cuda_math(device)
     seed_everything(config["SEED"])
     os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
+    # PRECISION="auto" becomes what runs on this device; checkpoints record the resolved value.
+    precision, reason = resolve_precision(config["PRECISION"], device)
+    if rank == 0:
+        print(f"PRECISION={config['PRECISION']!r} -> {precision} ({reason})", flush=True)
+    config["PRECISION"] = precision
     return Run(device=device, rank=rank, world_size=world_size, output_dir=config["OUTPUT_DIR"])
+
+
+def compile_for_training(config: dict, model: IntegratedModel, run: Run) -> None:
+    """COMPILE: SPDNet compiled, its first forward and backward at the training shape done now and
+    timed apart from training (or eager, said in one line, where the compiler cannot run)."""
+    mode = compile_spdnet(model.spdnet, config["COMPILE"], run.device)
+    shape = (config["BATCH_SIZE"], 3, config["IMAGE_SIZE"], config["IMAGE_SIZE"])
+    seconds = warm_up_compiled(model, mode, shape, config["PRECISION"], run.device)
+    config["COMPILE"] = mode if seconds is not None else "off"
+    if seconds is not None and run.is_main:
+        print(f"COMPILE={mode!r}: SPDNet compiled for {shape} in {seconds:.1f} s (first forward and backward)", flush=True)
 
 
 def teardown(run: Run) -> None:
