@@ -2,7 +2,7 @@
 
     python Make_Demo.py                          # what configs/demo.py triggers in every script
     python Make_Demo.py --DEMO_SEED=1 --DEMO_DIR=./outputs_spdnet_adaptation/demo_world1
-    python Make_Demo.py --DEMO_PRETRAIN=True     # re-make the kept weights in demo_weights/ (~40 min on 2 cores)
+    python Make_Demo.py --DEMO_PRETRAIN=True     # re-make the kept weights in demo_weights/ (~100 min on 2 cores)
 
 Nothing here is downloaded. Real users download PekingU's RT-DETR and the official SPDNet; the demo
 keeps their stand-ins in DEMO_WEIGHTS_DIR (``detector/`` and ``spdnet_original.pt``), trained by
