@@ -186,6 +186,13 @@ class _Holder:
         self.tensor = tensor
 
 
+def bytes_per_report_image(config: dict) -> float:
+    """Bytes of one step at MEMORY_IMAGE_SIZE that make 1 GB per MEMORY_REPORT_SIZE^2 image: SPDNet's
+    maps and the backbone's grow with the pixel count; the decoder's fixed-size query tensors are
+    scaled too, so a small measurement errs on the high side."""
+    return config["BATCH_SIZE"] * 1e9 / (config["MEMORY_REPORT_SIZE"] / config["MEMORY_IMAGE_SIZE"]) ** 2
+
+
 def memory_probe(config: dict, configuration: str) -> dict:
     """One step at MEMORY_IMAGE_SIZE in this (fresh) process: peak memory and saved-tensor bytes."""
     import torch
@@ -214,9 +221,7 @@ def memory_probe(config: dict, configuration: str) -> dict:
         peak = torch.cuda.max_memory_allocated(device) - before
     else:
         peak = _proc_status_kb("VmHWM") * 1024 - before
-    # Per MEMORY_REPORT_SIZE^2 image: SPDNet's maps and the backbone's grow with the pixel count; the decoder's
-    # fixed-size query tensors are scaled too, so a small measurement errs on the high side.
-    per_image = config["BATCH_SIZE"] * 1e9 / (config["MEMORY_REPORT_SIZE"] / config["MEMORY_IMAGE_SIZE"]) ** 2
+    per_image = bytes_per_report_image(config)
     return {"peak_gb_per_image": peak / per_image, "saved_gb_per_image": counter.peak / per_image}
 
 
@@ -311,13 +316,13 @@ def main(argv: list[str] | None = None) -> dict:
     in_process_memory = device.type == "cuda" and config["MEMORY_IMAGE_SIZE"] == config["IMAGE_SIZE"]
     memory = {}
     if in_process_memory:
+        per_image = bytes_per_report_image(config)
         for configuration, step in setups.items():
             synchronise(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
             step()
             synchronise(device)
-            per_image = config["BATCH_SIZE"] * 1e9 / (config["MEMORY_REPORT_SIZE"] / config["IMAGE_SIZE"]) ** 2
             memory[configuration] = {"peak_gb_per_image": (torch.cuda.max_memory_allocated(device) - before) / per_image}
     del setups
     for configuration, samples in times.items():
