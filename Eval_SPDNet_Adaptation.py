@@ -26,6 +26,7 @@ ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
 BATCH_SIZE = 8  # images per batch
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = "auto"  # "auto", "cuda", "cpu", ...
+CPU_THREADS = None  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
 DATALOADER_WORKERS = 4  # data loading processes
 NUM_EXAMPLES = 4  # rows of the qualitative picture
 SEED = 42  # the validation subset when VAL_PERCENT < 100
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     from utils.checkpoint import atomic_write_json
     from utils.data import check_data_dirs
     from utils.demo import prepare_demo_if_asked
-    from utils.pipelines import build_three_pipelines, choose_device
+    from utils.pipelines import build_three_pipelines, choose_device, set_cpu_threads
 
+    set_cpu_threads(config["CPU_THREADS"])
     prepare_demo_if_asked(config)
     check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["val"])
     device = choose_device(config["DEVICE"])

@@ -32,6 +32,7 @@ SOFT_ROUTING = False  # also score soft routing (gated-rainy images see g * SPDN
 BATCH_SIZE = 8  # images per batch (split by the gate inside)
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = "auto"  # "auto", "cuda", "cpu", ...
+CPU_THREADS = None  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
 DATALOADER_WORKERS = 4  # data loading processes
 SEED = 42  # the validation subset and the mixed split's choice of rainy images
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the weights are and results go
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None) -> dict:
     from utils.checkpoint import atomic_write_json
     from utils.data import check_data_dirs
     from utils.demo import prepare_demo_if_asked
-    from utils.pipelines import build_conditional_model, choose_device
+    from utils.pipelines import build_conditional_model, choose_device, set_cpu_threads
 
+    set_cpu_threads(config["CPU_THREADS"])
     prepare_demo_if_asked(config)
     check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["val"])
     device = choose_device(config["DEVICE"])

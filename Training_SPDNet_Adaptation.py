@@ -51,6 +51,7 @@ CHANNELS_LAST = False  # SPDNet in NHWC memory layout (faster convolutions, bf16
 COMPILE = "off"  # torch.compile SPDNet: "off", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead" (minutes to compile; speed-up not yet measured on a GPU: docs/performance.md)
 # ---- system
 DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
+CPU_THREADS = None  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
 DATALOADER_WORKERS = 8  # data loading processes per GPU
 SEED = 42  # seeds the subset, the data order, the rain variants and the initialisation
 # ---- output
@@ -72,9 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
     from utils.data import check_data_dirs
     from utils.demo import prepare_demo_if_asked
     from utils.detector import model_state_lines
-    from utils.pipelines import build_training_model
+    from utils.pipelines import build_training_model, set_cpu_threads
 
     training.check_config(config)
+    set_cpu_threads(config["CPU_THREADS"])
     prepare_demo_if_asked(config)
     check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["train", "val"])
     run = training.setup_run(config)

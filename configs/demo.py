@@ -22,6 +22,7 @@ GRADIENT_ACCUMULATION_STEPS = 1
 WARMUP_STEPS = 5
 CHECKPOINT_EVERY_STEPS = 25
 LOG_EVERY_STEPS = 5
+CPU_THREADS = 1  # every demo run on one thread: the README's table repeats bit for bit on any core count (same CPU kernels)
 PRECISION = "fp32"  # the demo's figures in fp32 on every CPU ("auto" would take bf16 where the CPU has AVX512-BF16)
 GRADIENT_CHECKPOINTING = False  # 128 px images fit easily; recomputation would only cost time
 DATALOADER_WORKERS = 1

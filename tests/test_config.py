@@ -120,3 +120,21 @@ def test_extra_defaults_are_taken_and_printed_only_when_changed(capsys):
     assert config["DEMO_SEED"] == 1 and config["DEMO_DIR"] == "d" and config["BATCH_SIZE"] == 2
     printed = capsys.readouterr().out
     assert "DEMO_SEED" in printed and "DEMO_DIR" not in printed
+
+
+def test_cpu_threads_sets_pytorchs_thread_count_and_none_leaves_it():
+    import torch
+
+    from utils.pipelines import set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_cpu_threads(None)
+        assert torch.get_num_threads() == before
+        set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+        for bad in (0, -2, True, 1.5, "2"):
+            with pytest.raises(ValueError, match="CPU_THREADS must be a positive integer or None"):
+                set_cpu_threads(bad)
+    finally:
+        torch.set_num_threads(before)

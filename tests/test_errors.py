@@ -167,6 +167,9 @@ def test_bad_values_are_one_line(tiny_world, tmp_path):
     assert "IMAGE_SIZE must be a multiple of 32" in message
     message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + ["--COMPILE=fastest", f"--OUTPUT_DIR={tmp_path}"])
     assert "COMPILE must be one of ('off', 'default'," in message
+    for main in (Training_SPDNet_Adaptation.main, Eval_SPDNet_Adaptation.main, Eval_conditional.main):
+        message = one_line_error(main, tiny_world["overrides"] + ["--CPU_THREADS=0", f"--OUTPUT_DIR={tmp_path}"])
+        assert message == "error: CPU_THREADS must be a positive integer or None, got 0"
 
 
 @pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)

@@ -10,8 +10,10 @@ real scripts as a user would, each in its own process:
     Training_SPDNet_Adaptation.py configs/demo.py [configs/demo_world1.py] --SEED=s --OUTPUT_DIR=<world>/seed<s>
     Eval_SPDNet_Adaptation.py     (same)  --EVAL_CLEAN=True
 
-and reads back each run's eval_results.json and the world's demo_quality.json. ``--jobs 2`` runs two
-seeds at once with one thread each (the figures are the same, only the wall time changes). Writes
+and reads back each run's eval_results.json and the world's demo_quality.json. Every run uses the
+demo's one thread (CPU_THREADS in configs/demo.py), as the README's demo commands do, so each seed's
+row is what those commands print with that seed on the same CPU kernels; ``--jobs 2`` runs two seeds
+at once (the figures are the same, only the wall time changes). Writes
 outputs_spdnet_adaptation/demo_table.md and .json.
 """
 
@@ -96,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worlds", type=int, nargs="+", default=[0, 1], choices=sorted(WORLD_CONFIGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
-    parser.add_argument("--jobs", type=int, default=2, help="seeds run at once (one thread each when > 1)")
+    parser.add_argument("--jobs", type=int, default=2, help="seeds run at once (each on the demo's CPU_THREADS)")
     parser.add_argument("--collect-only", action="store_true", help="tabulate finished runs, run nothing")
     args = parser.parse_args()
     if args.collect_only:

@@ -15,8 +15,8 @@ the power of ten nearest to detection / term). Each run is the real training scr
 then the adapted SPDNet is scored in a process of its own (``--score DIR``): rainy-val AP, clean-val AP
 with SPDNet always on (what a gate that errs sends through it), and the rainy-val PSNR / SSIM of its
 output. The frozen detector alone and the original SPDNet come from one Eval_SPDNet_Adaptation.py run
-on the same world. ``--jobs 2`` runs two at once with one thread each (figures unchanged, wall time and
-training seconds not comparable with --jobs 1). Writes <ablation>/ablation.md and .json.
+on the same world. Every run uses the demo's one thread (CPU_THREADS in configs/demo.py); ``--jobs 2``
+runs two at once (figures unchanged, wall time and training seconds not comparable with --jobs 1). Writes <ablation>/ablation.md and .json.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7])
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
     parser.add_argument("--coco-ratios", type=float, nargs="+", default=list(COCO_RATIOS))
-    parser.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each when > 1)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (each on the demo's CPU_THREADS)")
     parser.add_argument("--collect-only", action="store_true", help="tabulate finished runs, run nothing")
     parser.add_argument("--score", metavar="DIR", help=argparse.SUPPRESS)  # internal: score one run in its own process
     parser.add_argument("--training-seconds", type=float, default=float("nan"), help=argparse.SUPPRESS)

@@ -38,6 +38,17 @@ def choose_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_cpu_threads(threads: int | None) -> None:
+    """CPU_THREADS: PyTorch's intra-op threads for this process (None: leave its default, one per
+    core). CPU kernels split their sums by thread, so a CPU run repeats bit for bit only at the
+    same count (and the same CPU kernels)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"CPU_THREADS must be a positive integer or None, got {threads!r}")
+    torch.set_num_threads(threads)
+
+
 def enable_fast_cuda_math(device: torch.device) -> None:
     """TF32 matmuls and convolutions plus cudnn autotuning on CUDA (fixed-size training inputs)."""
     if device.type == "cuda":
