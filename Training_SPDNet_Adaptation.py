@@ -18,7 +18,7 @@ import os
 COCO_DIR = "./data/coco"  # clean COCO: train2017/, val2017/, annotations/instances_{train,val}2017.json
 COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout; a list of such directories = rain variants
 PERCENT_DATASET = 10.0  # percent of the training images used (10 -> ~11,800 on COCO train2017; 0.5 -> ~590)
-COCO_RATIO = 0.0  # fraction of the chosen training images used clean
+COCO_RATIO = 0.5  # fraction of the chosen training images also used clean (teaches SPDNet to leave clean images alone)
 RAIN_RATIO = 1.0  # fraction of the chosen training images used rainy
 VAL_PERCENT = 100.0  # percent of the rainy validation images scored after every epoch (fractions allowed)
 IMAGE_SIZE = 640  # square input size (multiple of 32), a plain resize as RTDetrImageProcessor does
@@ -29,7 +29,7 @@ SPDNET_N_FEATS = 32  # SPDNet width (32 for the official weights)
 SPDNET_N_RESBLOCKS = 3  # SPDNet residual blocks per group (3 for the official weights)
 # ---- objective (docs/objectives.md): the weights of the loss terms, 0 switches one off
 DETECTION_LOSS_WEIGHT = 1.0  # RT-DETR's own detection loss of SPDNet's output
-FEATURE_LOSS_WEIGHT = 0.0  # frozen detector's encoder features of SPDNet's output vs of the clean original (COCO_DIR)
+FEATURE_LOSS_WEIGHT = 10.0  # frozen detector's encoder features of SPDNet's output vs of the clean original (COCO_DIR); default from docs/objectives.md
 PIXEL_LOSS_WEIGHT = 0.0  # L1 between SPDNet's output and the clean original (COCO_DIR, same file name)
 # ---- optimisation
 NUM_EPOCHS = 10  # passes over the training subset

@@ -79,7 +79,7 @@ def test_demo_settings_reach_every_script_that_prepares_the_demo():
 def bad_files(tmp_path_factory):
     """A file of random bytes, a pickle weights-only loading refuses, a valid tiny adapted SPDNet."""
     root = tmp_path_factory.mktemp("bad")
-    (root / "random.pt").write_bytes(os.urandom(4096))
+    (root / "random.pt").write_bytes(b"not weights, plain text\n" * 200)  # fixed: random bytes may start like a pickle
     torch.save({"spdnet": {}, "options": __import__("argparse").Namespace(x=1)}, root / "pickle.pt")
     torch.save({"spdnet": SPDNet(n_feats=8, n_resblocks=1).state_dict(), "n_feats": 8, "n_resblocks": 1}, root / "adapted.pt")
     return root
