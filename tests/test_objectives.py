@@ -10,7 +10,7 @@ import torch
 
 from utils.objectives import Objective, adaptation_loss, encoder_features, feature_loss
 from tests.test_integrated_model import batch, batch_norm_stats, tiny_integrated_model
-from tests.test_training import DETECTION_ONLY, FAST, log_records, run, run_failing, training_script
+from tests.test_training import log_records, run, run_failing, script_arguments, training_script
 
 OBJECTIVES = {
     "detection": Objective(1.0, 0.0, 0.0),
@@ -115,9 +115,7 @@ def test_objectives_train_end_to_end_with_clean_images_in_the_mix(tiny_world, tm
 
 
 def test_the_default_objective_is_detection_and_feature_with_clean_images(tiny_world, tmp_path):
-    fast = [argument for argument in FAST if argument not in DETECTION_ONLY]
-    arguments = tiny_world["overrides"] + fast + [f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}"]
-    result = training_script.main(arguments + ["--NUM_EPOCHS=1"])
+    result = training_script.main(script_arguments(tiny_world, tmp_path, objective=[]) + ["--NUM_EPOCHS=1"])
     assert not result["stopped"] and result["state"]["step"] == 6  # 16 rainy + 8 clean images, 2 x 2 per step
     config = torch.load(tmp_path / "spdnet_adapted.pt", weights_only=True)["config"]
     assert (config["DETECTION_LOSS_WEIGHT"], config["FEATURE_LOSS_WEIGHT"], config["PIXEL_LOSS_WEIGHT"], config["COCO_RATIO"]) == (1.0, 10.0, 0.0, 0.5)

@@ -20,19 +20,21 @@ FAST = ["--PERCENT_DATASET=100", "--BATCH_SIZE=2", "--GRADIENT_ACCUMULATION_STEP
 # The method's objective on rainy images only, so the step counts below are 16 images' worth; the
 # script's default objective (feature loss, clean images too) trains in tests/test_objectives.py.
 DETECTION_ONLY = ["--DETECTION_LOSS_WEIGHT=1.0", "--FEATURE_LOSS_WEIGHT=0.0", "--PIXEL_LOSS_WEIGHT=0.0", "--COCO_RATIO=0.0"]
-FAST += DETECTION_ONLY
+
+
+def script_arguments(tiny_world, output_dir, objective=DETECTION_ONLY) -> list[str]:
+    """The training script's command line on the tiny world, fast, with ``objective`` (empty: the default's)."""
+    return tiny_world["overrides"] + FAST + objective + [f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={output_dir}"]
 
 
 def run(tiny_world, output_dir, *extra):
-    arguments = tiny_world["overrides"] + FAST + [f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={output_dir}"]
-    return training_script.main(arguments + list(extra))
+    return training_script.main(script_arguments(tiny_world, output_dir) + list(extra))
 
 
 def run_failing(tiny_world, output_dir, *extra) -> str:
     """The one line the command line ends with (exit code 1) when a run cannot go on."""
-    arguments = tiny_world["overrides"] + FAST + [f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={output_dir}"]
     with pytest.raises(SystemExit) as exit_info:
-        command_line(lambda: training_script.main(arguments + list(extra)))
+        command_line(lambda: training_script.main(script_arguments(tiny_world, output_dir) + list(extra)))
     message = exit_info.value.code
     assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
     return message
@@ -119,9 +121,7 @@ def test_clean_images_in_the_mix_train_too(tiny_world, tmp_path):
 
 
 def test_two_process_ddp_run_agrees_and_saves_once(tiny_world, tmp_path):
-    arguments = tiny_world["overrides"] + FAST + [
-        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}", "--NUM_EPOCHS=1",
-    ]
+    arguments = script_arguments(tiny_world, tmp_path) + ["--NUM_EPOCHS=1"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
                "Training_SPDNet_Adaptation.py", *arguments]
     environment = dict(os.environ, OMP_NUM_THREADS="1")
@@ -139,9 +139,7 @@ def test_two_process_ddp_run_agrees_and_saves_once(tiny_world, tmp_path):
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_world, tmp_path):
     import signal
 
-    arguments = tiny_world["overrides"] + FAST + [
-        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}", "--NUM_EPOCHS=1000",
-    ]
+    arguments = script_arguments(tiny_world, tmp_path) + ["--NUM_EPOCHS=1000"]
     process = subprocess.Popen(
         [sys.executable, "-u", "Training_SPDNet_Adaptation.py", *arguments],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
