@@ -48,7 +48,7 @@ FP16 = False  # refused: SPDNet overflows fp16 (use PRECISION = "bf16")
 PRECISION = "auto"  # "auto" (bf16 where native: CUDA compute capability >= 8.0, CPUs with AVX512-BF16/AMX; else fp32), "fp32" or "bf16" (autocast for SPDNet; the detector, its loss and all weights stay fp32)
 GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.8 -> 2.1 GB per 640² image at 0.63x speed (benchmarks/bench.py, CPU)
 CHANNELS_LAST = False  # SPDNet in NHWC memory layout (faster convolutions, bf16 above all)
-COMPILE = "off"  # torch.compile SPDNet: "off", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead" (minutes to compile; speed-up not yet measured on a GPU: docs/performance.md)
+COMPILE = "off"  # torch.compile SPDNet: "off", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead" (minutes to compile; CPU: 1.15-1.25x per step, 1.7-2.7x the peak memory; GPU not measured: docs/performance.md)
 # ---- system
 DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
 CPU_THREADS = None  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit

@@ -1,6 +1,6 @@
 """Measure the adaptation training step: speed, memory and FLOP/s per configuration (nanoGPT-style bench).
 
-    python -m benchmarks.bench                                   # CPU defaults: timing at 192x192, memory at 320x320 (~5 min)
+    python -m benchmarks.bench                                   # CPU defaults: timing at 192x192, memory at 320x320 (tens of minutes: compiling)
     python -m benchmarks.bench --MEMORY_IMAGE_SIZE=640           # memory measured at 640x640 itself (minutes more)
     python -m benchmarks.bench --IMAGE_SIZE=640 --BATCH_SIZE=2   # on a GPU
 
@@ -10,10 +10,10 @@ backward, optimizer) after warm-up, median of RUNS, all configurations round-rob
 first step's time is reported apart as warm-up (compilation, for compiled ones); measures memory at
 MEMORY_IMAGE_SIZE and reports it per 640x640 image (scaled by the pixel count: activations grow with
 it) — on CUDA during a timed step when MEMORY_IMAGE_SIZE is IMAGE_SIZE, otherwise in a fresh process
-per configuration (compiled configurations on a CPU are not measured there: they would compile
-again, for minutes); counts
-FLOPs with torch.utils.flop_counter against a matmul peak measured in the same run; times one data
-loader worker and the conditional model's clean and rainy paths. Prints a table, writes JSON.
+per configuration (where a compiled configuration compiles again, at MEMORY_IMAGE_SIZE: minutes on a
+CPU, fewer when that is IMAGE_SIZE and inductor's on-disk cache has the graphs); counts FLOPs with
+torch.utils.flop_counter against a matmul peak measured in the same run; times one data loader
+worker and the conditional model's clean and rainy paths. Prints a table, writes JSON.
 
 Memory: on CUDA, torch.cuda.max_memory_allocated over the step. On CPU, the step's peak resident
 memory above the process's level before it (VmHWM after resetting it, with glibc told to map every
@@ -25,7 +25,7 @@ configurations only the peak memory column tells the whole story.
 
 from __future__ import annotations
 
-IMAGE_SIZE = 192  # timing resolution (the CPU default keeps the whole run to ~5 min; 640 on a GPU)
+IMAGE_SIZE = 192  # timing resolution (the CPU default keeps an eager step to seconds; 640 on a GPU)
 BATCH_SIZE = 1  # images per step
 RUNS = 5  # timed steps per configuration, taken round-robin (median reported)
 WARMUP = 1  # steps before timing (at least one: the first, reported as warm-up, compiles a compiled configuration)
@@ -203,9 +203,12 @@ def memory_probe(config: dict, configuration: str) -> dict:
     enable_fast_cuda_math(device)
     model, optimizer, precision = build(config, configuration, device)
     num_labels = len(model.detector.config.id2label)
-    small = synthetic_batch(config["BATCH_SIZE"], 128, num_labels, device)  # r18vd needs >= 300 anchors
-    training_step(model, optimizer, precision, *small, device)  # kernels, optimizer state, allocator warm
     images, labels = synthetic_batch(config["BATCH_SIZE"], config["MEMORY_IMAGE_SIZE"], num_labels, device)
+    compiled = parse_configuration(configuration)["compile"] != "off"
+    # Kernels, optimizer state, allocator warm; a compiled SPDNet is compiled for the measured size
+    # itself (a graph per shape). r18vd needs >= 300 anchors, so an eager warm-up step runs at 128x128.
+    warm = (images, labels) if compiled else synthetic_batch(config["BATCH_SIZE"], 128, num_labels, device)
+    training_step(model, optimizer, precision, *warm, device)
     counter = SavedTensorCounter()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -333,7 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "fraction_of_matmul_peak": flops_per_step / seconds / peaks[settings["precision"]]}
         if in_process_memory:
             entry.update(memory[configuration])
-        elif config["MEMORY_IMAGE_SIZE"] and (settings["compile"] == "off" or device.type == "cuda"):
+        elif config["MEMORY_IMAGE_SIZE"]:
             print(f"memory {configuration} at {config['MEMORY_IMAGE_SIZE']}x{config['MEMORY_IMAGE_SIZE']} ...", flush=True)
             entry.update(measure_memory(config, configuration))
         report["configurations"][configuration] = entry
