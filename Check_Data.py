@@ -14,14 +14,14 @@ CHECK = True  # fully decode every clean and rainy file and compare sizes with t
 BENCHMARK_IMAGES = 100  # images decoded and resized to time one loader worker (0: no benchmark)
 IMAGE_SIZE = 640  # the loader's output size for the benchmark
 
-from utils.config import command_line, load_config  # noqa: E402
+from utils.runtime.config import command_line, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv)
     import torch
 
-    from utils.data import benchmark_loader, build_dataset, check_split
+    from utils.data.coco import benchmark_loader, build_dataset, check_split
 
     torch.set_num_threads(1)  # what one DataLoader worker gets
     report = {}

@@ -33,19 +33,20 @@ SEED = 42  # the validation subset when VAL_PERCENT < 100
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where spdnet_adapted.pt is and results go
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
-from utils.config import command_line, load_config  # noqa: E402
-from utils.demo_settings import demo_defaults  # noqa: E402
+from utils.runtime.config import command_line, load_config  # noqa: E402
+from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv, extra_defaults=demo_defaults())
     import os
 
-    from utils import evaluation
-    from utils.checkpoint import atomic_write_json
-    from utils.data import check_data_dirs
-    from utils.demo import prepare_demo_if_asked
-    from utils.pipelines import build_three_pipelines, choose_device, set_cpu_threads
+    from utils.apps import evaluation
+    from utils.runtime.checkpoint import atomic_write_json
+    from utils.data.coco import check_data_dirs
+    from utils.apps.demo import prepare_demo_if_asked
+    from utils.apps.pipelines import build_three_pipelines
+    from utils.runtime.device import choose_device, set_cpu_threads
 
     set_cpu_threads(config["CPU_THREADS"])
     prepare_demo_if_asked(config)

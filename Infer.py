@@ -28,8 +28,8 @@ DEVICE = "auto"  # "auto", "cuda", "cpu", ...
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the trained weights are
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
-from utils.config import command_line, load_config  # noqa: E402
-from utils.demo_settings import demo_defaults  # noqa: E402
+from utils.runtime.config import command_line, load_config  # noqa: E402
+from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -65,12 +65,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from torchvision.transforms.functional import pil_to_tensor
     from tqdm import tqdm
 
-    from utils.checkpoint import atomic_write_json
-    from utils.coco_eval import post_process
-    from utils.demo import prepare_demo_if_asked
-    from utils.engine import autocast
-    from utils.pipelines import build_conditional_model, choose_device
-    from utils.visualize import draw_detections
+    from utils.runtime.checkpoint import atomic_write_json
+    from utils.training.coco_eval import post_process
+    from utils.apps.demo import prepare_demo_if_asked
+    from utils.runtime.device import autocast
+    from utils.apps.pipelines import build_conditional_model
+    from utils.runtime.device import choose_device
+    from utils.apps.visualize import draw_detections
 
     prepare_demo_if_asked(config)
     files = list_images(config["INPUT"])

@@ -27,13 +27,13 @@ SEED = 0  # the rain of an image depends only on (SEED, image id, variant name)
 JPEG_QUALITY = 95  # quality of the written JPEGs
 LIMIT = None  # render only the first LIMIT images of each split (None: all)
 
-from utils.config import command_line, load_config  # noqa: E402
+from utils.runtime.config import command_line, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv)
-    from utils.data import SPLIT_FOLDERS, annotation_path
-    from utils.rain import make_rainy_split
+    from utils.data.coco import SPLIT_FOLDERS, annotation_path
+    from utils.data.rain import make_rainy_split
 
     unknown = [split for split in config["SPLITS"] if split not in SPLIT_FOLDERS]
     if unknown:

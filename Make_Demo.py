@@ -10,22 +10,22 @@ keeps their stand-ins in DEMO_WEIGHTS_DIR (``detector/`` and ``spdnet_original.p
 demo world shows), with the settings and the measured quality recorded beside them. A demo world
 (DEMO_SEED) is synthetic shapes in the COCO layout, clean and rainy; the rain gate is trained on it.
 Each stage is skipped when its output records the same settings, so scripts run with
-configs/demo.py call this first at almost no cost; utils/demo.py says how each stage is made.
+configs/demo.py call this first at almost no cost; utils/apps/demo.py says how each stage is made.
 
-Its settings (DEMO_*, listed by --help) are declared in utils/demo_settings.py, because every script
+Its settings (DEMO_*, listed by --help) are declared in utils/runtime/demo_settings.py, because every script
 that can prepare the demo takes them too: `python Training_SPDNet_Adaptation.py configs/demo.py
 --DEMO_SEED=1` builds world 1 before training on it.
 """
 
 from __future__ import annotations
 
-from utils.config import command_line, load_config  # noqa: E402
-from utils.demo_settings import demo_defaults  # noqa: E402
+from utils.runtime.config import command_line, load_config  # noqa: E402
+from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv, quiet=True, extra_defaults=demo_defaults())
-    from utils.demo import prepare_demo
+    from utils.apps.demo import prepare_demo
 
     return prepare_demo(config)
 

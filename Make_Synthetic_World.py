@@ -21,14 +21,14 @@ VARIANTS_PER_PRESET = 1  # differently seeded renderings of each preset
 SEED = 0  # scenes and rain are a function of this seed
 WORKERS = 0  # processes for the rain (0: this process; small images render fastest without a pool)
 
-from utils.config import command_line, load_config  # noqa: E402
+from utils.runtime.config import command_line, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv)
     import time
 
-    from utils.synthetic import build_synthetic_world
+    from utils.data.synthetic import build_synthetic_world
 
     start = time.perf_counter()
     paths = build_synthetic_world(

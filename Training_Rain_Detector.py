@@ -45,12 +45,12 @@ DATALOADER_WORKERS = 8  # data loading processes
 SEED = 42  # subsets, order and initialisation
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # rain_detector.pt goes here
 
-from utils.config import command_line, load_config  # noqa: E402
+from utils.runtime.config import command_line, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv)
-    from utils.rain_detector import train_rain_detector
+    from utils.apps.gate_training import train_rain_detector
 
     return train_rain_detector(config)
 

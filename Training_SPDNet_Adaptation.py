@@ -62,18 +62,19 @@ CHECKPOINT_EVERY_STEPS = 200  # also checkpoint every this many optimizer steps 
 LOG_EVERY_STEPS = 10  # optimizer steps per line in training_log.jsonl
 EVAL_BEFORE_TRAINING = True  # score the starting SPDNet first, as the "epoch 0" baseline
 
-from utils.config import command_line, load_config  # noqa: E402  (the constants above come first, as users read them)
-from utils.demo_settings import demo_defaults  # noqa: E402
+from utils.runtime.config import command_line, load_config  # noqa: E402  (the constants above come first, as users read them)
+from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     quiet = int(os.environ.get("RANK", "0")) != 0  # rank 0 alone prints the config
     config = load_config(globals(), argv, quiet=quiet, extra_defaults=demo_defaults())
-    from utils import training
-    from utils.data import check_data_dirs
-    from utils.demo import prepare_demo_if_asked
-    from utils.detector import model_state_lines
-    from utils.pipelines import build_training_model, set_cpu_threads
+    from utils.apps import adaptation as training
+    from utils.data.coco import check_data_dirs
+    from utils.apps.demo import prepare_demo_if_asked
+    from utils.models.detector import model_state_lines
+    from utils.apps.pipelines import build_training_model
+    from utils.runtime.device import set_cpu_threads
 
     training.check_config(config)
     set_cpu_threads(config["CPU_THREADS"])

@@ -46,12 +46,12 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from utils.checkpoint import atomic_write_json  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.runtime.checkpoint import atomic_write_json  # noqa: E402
+from utils.runtime.config import load_config  # noqa: E402
 
 
 def parse_configuration(name: str) -> dict:
-    from utils.pipelines import COMPILE_MODES
+    from utils.runtime.device import COMPILE_MODES
 
     parts = name.split("+")
     compiles = [p for p in parts[1:] if p == "compile" or p.startswith("compile:")]
@@ -72,8 +72,9 @@ def eager_counterpart(name: str) -> str:
 def build(config: dict, configuration: str, device):
     import torch
 
-    from utils.detector import rtdetr_r18vd_config
-    from utils.pipelines import build_training_model, compile_spdnet
+    from utils.models.detector import rtdetr_r18vd_config
+    from utils.apps.pipelines import build_training_model
+    from utils.runtime.device import compile_spdnet
 
     settings = parse_configuration(configuration)
     torch.manual_seed(0)
@@ -101,7 +102,7 @@ def synthetic_batch(batch_size: int, size: int, num_labels: int, device):
 
 
 def training_step(model, optimizer, precision, images, labels, device) -> None:
-    from utils.engine import autocast
+    from utils.runtime.device import autocast
 
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
@@ -197,7 +198,7 @@ def memory_probe(config: dict, configuration: str) -> dict:
     """One step at MEMORY_IMAGE_SIZE in this (fresh) process: peak memory and saved-tensor bytes."""
     import torch
 
-    from utils.pipelines import choose_device, enable_fast_cuda_math
+    from utils.runtime.device import choose_device, enable_fast_cuda_math
 
     device = choose_device(config["DEVICE"])
     enable_fast_cuda_math(device)
@@ -251,8 +252,8 @@ def loader_rate(images: int) -> float:
     import torch
     from PIL import Image
 
-    from utils.data import benchmark_loader, build_dataset
-    from utils.synthetic import CATEGORIES, render_scene
+    from utils.data.coco import benchmark_loader, build_dataset
+    from utils.data.synthetic import CATEGORIES, render_scene
 
     with tempfile.TemporaryDirectory() as root:
         folder = os.path.join(root, "val2017")
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from utils.pipelines import choose_device, enable_fast_cuda_math
+    from utils.runtime.device import choose_device, enable_fast_cuda_math
 
     started = time.perf_counter()
     config = load_config(globals(), argv)

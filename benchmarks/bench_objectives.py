@@ -23,7 +23,7 @@ WARMUP = 2  # untimed steps first
 THREADS = None  # torch threads (None: torch's default)
 DEVICE = "auto"  # "auto", "cuda", "cpu"
 
-from utils.config import load_config  # noqa: E402
+from utils.runtime.config import load_config  # noqa: E402
 
 OBJECTIVES = {  # the ablation's objectives: the terms of DETECTION 1 + FEATURE 10 + PIXEL 100 each switches on
     "detection": (1.0, 0.0, 0.0),
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from utils.engine import detector_targets
-    from utils.objectives import Objective, adaptation_loss
-    from utils.pipelines import build_training_model, choose_device
+    from utils.training.engine import detector_targets
+    from utils.training.objectives import Objective, adaptation_loss
+    from utils.apps.pipelines import build_training_model
+    from utils.runtime.device import choose_device
 
     config = load_config(globals(), argv)
     if config["THREADS"]:

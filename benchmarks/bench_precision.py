@@ -31,15 +31,15 @@ OUTPUT_DIR = "./outputs_spdnet_adaptation"  # bench_precision.json goes here
 import os  # noqa: E402
 import tempfile  # noqa: E402
 
-from utils.checkpoint import atomic_write_json  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.runtime.checkpoint import atomic_write_json  # noqa: E402
+from utils.runtime.config import load_config  # noqa: E402
 
 
 def measure_batch(config: dict, detector_dir: str, spdnet_path: str, images, labels) -> dict:
     """Every comparison on one batch: fp32 reference first, then each variant against it."""
     import torch
 
-    from utils.precision import (NoisyOutput, build_model, cosine, detect_in_bf16, loss_and_gradient,
+    from utils.apps.precision_study import (NoisyOutput, build_model, cosine, detect_in_bf16, loss_and_gradient,
                                  spdnet_gradient_for_upstream)
 
     model = build_model(detector_dir, spdnet_path)
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from utils.precision import batch_spread, rainy_batches, train_tiny_pair
-    from utils.synthetic import build_synthetic_world
+    from utils.apps.precision_study import batch_spread, rainy_batches, train_tiny_pair
+    from utils.data.synthetic import build_synthetic_world
 
     config = load_config(globals(), argv)
     started = time.perf_counter()

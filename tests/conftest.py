@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from utils.detector import load_detector, small_rtdetr_config
-from utils.spdnet import SPDNet
-from utils.synthetic import SHAPES, build_synthetic_world
+from utils.models.detector import load_detector, small_rtdetr_config
+from utils.models.spdnet import SPDNet
+from utils.data.synthetic import SHAPES, build_synthetic_world
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from utils.coco_categories import COCO_ID2LABEL
-from utils.coco_eval import CocoEvaluator, coco_metrics, cxcywh_to_xyxy, post_process, to_coco_results
-from utils.coco_categories import coco_label_maps
+from utils.runtime.coco_categories import COCO_ID2LABEL
+from utils.training.coco_eval import CocoEvaluator, coco_metrics, cxcywh_to_xyxy, post_process, to_coco_results
+from utils.runtime.coco_categories import coco_label_maps
 
 # Two images of different sizes; COCO category ids with gaps (1 person, 18 dog, 90 toothbrush).
 IMAGES = [{"id": 11, "width": 640, "height": 480, "file_name": "a.jpg"},

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from utils import engine, pipelines
-from utils.integrated_model import IntegratedModel
-from utils.pipelines import check_compile, compile_spdnet, warm_up_compiled
-from utils.spdnet import SPDNet
+from utils.runtime import device as runtime
+from utils.models.integrated_model import IntegratedModel
+from utils.runtime.device import check_compile, compile_spdnet, warm_up_compiled
+from utils.models.spdnet import SPDNet
 
 CPU = torch.device("cpu")
 
@@ -27,7 +27,7 @@ def outputs_and_gradients(spdnet: SPDNet, images: torch.Tensor, target: torch.Te
     return [output.detach() for output in outputs], gradients
 
 
-@pytest.mark.skipif(pipelines.compiler_problem(CPU) is not None, reason="no C++ compiler for inductor here")
+@pytest.mark.skipif(runtime.compiler_problem(CPU) is not None, reason="no C++ compiler for inductor here")
 def test_compiled_spdnet_matches_eager_outputs_and_gradients_with_checkpointing():
     """Inductor fuses and reorders float arithmetic, so equality is to float32 rounding, not bitwise:
     outputs to 1e-4 of their 0-255 range, each gradient to 1e-4 of its own largest entry."""
@@ -51,7 +51,7 @@ def test_compiled_spdnet_matches_eager_outputs_and_gradients_with_checkpointing(
 
 
 def test_compile_falls_back_to_eager_in_one_line_without_a_compiler(monkeypatch, capsys):
-    monkeypatch.setattr(pipelines, "compiler_problem", lambda device: "no C++ compiler (g++, clang++ or $CXX) found")
+    monkeypatch.setattr(runtime, "compiler_problem", lambda device: "no C++ compiler (g++, clang++ or $CXX) found")
     spdnet = SPDNet(n_feats=4, n_resblocks=1)
     assert compile_spdnet(spdnet, "default", CPU) == "off"
     assert capsys.readouterr().out == "COMPILE='default': no C++ compiler (g++, clang++ or $CXX) found; SPDNet runs eager\n"
@@ -59,7 +59,7 @@ def test_compile_falls_back_to_eager_in_one_line_without_a_compiler(monkeypatch,
 
 
 def test_a_compiler_failure_at_warm_up_falls_back_to_eager(capsys, tiny_world):
-    from utils.detector import load_detector
+    from utils.models.detector import load_detector
 
     def failing_backend(graph_module, example_inputs):
         raise RuntimeError("the compiler broke\nsecond line")
@@ -84,12 +84,12 @@ def test_compile_setting_is_checked():
 
 
 def test_precision_auto_takes_bf16_only_where_it_is_native(monkeypatch):
-    monkeypatch.setattr(engine, "native_bf16", lambda device: (True, "CPU with AVX512-BF16 / AMX"))
-    assert engine.resolve_precision("auto", CPU) == ("bf16", "auto: CPU with AVX512-BF16 / AMX")
-    monkeypatch.setattr(engine, "native_bf16", lambda device: (False, "CPU without AVX512-BF16 / AMX"))
-    assert engine.resolve_precision("auto", CPU)[0] == "fp32"
-    with engine.autocast(CPU, "auto"):
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: (True, "CPU with AVX512-BF16 / AMX"))
+    assert runtime.resolve_precision("auto", CPU) == ("bf16", "auto: CPU with AVX512-BF16 / AMX")
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: (False, "CPU without AVX512-BF16 / AMX"))
+    assert runtime.resolve_precision("auto", CPU)[0] == "fp32"
+    with runtime.autocast(CPU, "auto"):
         assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float32
-    assert engine.resolve_precision("bf16", CPU) == ("bf16", "as set")
+    assert runtime.resolve_precision("bf16", CPU) == ("bf16", "as set")
     with pytest.raises(ValueError, match="PRECISION must be one of"):
-        engine.resolve_precision("fp8", CPU)
+        runtime.resolve_precision("fp8", CPU)

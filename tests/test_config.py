@@ -2,7 +2,7 @@
 
 import pytest
 
-from utils.config import ConfigError, load_config, resolve_config, script_defaults
+from utils.runtime.config import ConfigError, load_config, resolve_config, script_defaults
 
 DEFAULTS = {
     "BATCH_SIZE": 2,
@@ -104,7 +104,7 @@ def test_project_settings_are_every_scripts_constants_and_no_more():
     import importlib
     import os
 
-    from utils.config import PROJECT_SETTINGS
+    from utils.runtime.config import PROJECT_SETTINGS
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     scripts = [name[:-3] for name in os.listdir(root) if name.endswith(".py")]
@@ -125,7 +125,7 @@ def test_extra_defaults_are_taken_and_printed_only_when_changed(capsys):
 def test_cpu_threads_sets_pytorchs_thread_count_and_none_leaves_it():
     import torch
 
-    from utils.pipelines import set_cpu_threads
+    from utils.runtime.device import set_cpu_threads
 
     before = torch.get_num_threads()
     try:

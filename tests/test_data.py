@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.data import (
+from utils.data.coco import (
     CocoRainDataset, build_dataset, check_split, collate_fn, load_rgb, loader_settings, rain_variant_dirs,
 )
 

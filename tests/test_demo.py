@@ -10,9 +10,9 @@ import Eval_conditional
 import Eval_SPDNet_Adaptation
 import Make_Demo
 import Training_SPDNet_Adaptation
-from utils.demo import deraining_loss, random_crops
-from utils.detector import load_detector
-from utils.pipelines import build_spdnet
+from utils.apps.demo import deraining_loss, random_crops
+from utils.models.detector import load_detector
+from utils.apps.pipelines import build_spdnet
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
 
@@ -120,8 +120,8 @@ def test_the_kept_stand_ins_reproduce_their_recorded_quality_on_the_world_they_n
     """demo_weights/ holds what Make_Demo.py --DEMO_PRETRAIN=True made; its records say on which
     world. Validation scenes and rain depend on (seed, image id) only, so the pretraining world's
     validation split is rebuilt here with a single training scene."""
-    from utils.demo import deraining_quality, read_manifest, score_detector, weights_paths
-    from utils.synthetic import build_synthetic_world
+    from utils.apps.demo import deraining_quality, read_manifest, score_detector, weights_paths
+    from utils.data.synthetic import build_synthetic_world
 
     paths = weights_paths(KEPT)
     detector_record, spdnet_record = read_manifest(paths["detector_manifest"]), read_manifest(paths["spdnet_manifest"])

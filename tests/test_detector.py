@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from utils.coco_categories import COCO_CATEGORIES, COCO_ID2LABEL, coco_label_maps
-from utils.detector import (
+from utils.runtime.coco_categories import COCO_CATEGORIES, COCO_ID2LABEL, coco_label_maps
+from utils.models.detector import (
     count_parameters,
     detector_fingerprint,
     load_detector,
@@ -75,7 +75,7 @@ def test_missing_local_directory_is_a_clear_error(tmp_path):
 
 def test_unreachable_hub_id_says_how_to_get_the_weights():
     # A subprocess, because the hub's offline switch is read when huggingface_hub is imported.
-    code = "from utils.detector import load_detector\nload_detector('PekingU/rtdetr_r18vd')"
+    code = "from utils.models.detector import load_detector\nload_detector('PekingU/rtdetr_r18vd')"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=os.path.join(os.getcwd(), ".no_hf_cache"))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode != 0

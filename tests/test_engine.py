@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from utils.engine import NonFiniteGuard, autocast, check_precision
-from utils.distributed import ResumableSampler
-from utils.training import lr_factor
+from utils.training.engine import NonFiniteGuard
+from utils.runtime.device import autocast, check_precision
+from utils.runtime.distributed import ResumableSampler
+from utils.apps.adaptation import lr_factor
 
 
 def test_non_finite_micro_batch_contributes_nothing_to_the_accumulated_gradient():

@@ -16,8 +16,8 @@ import Eval_SPDNet_Adaptation
 import Infer
 import Training_Rain_Detector
 import Training_SPDNet_Adaptation
-from utils.config import command_line
-from utils.spdnet import SPDNet
+from utils.runtime.config import command_line
+from utils.models.spdnet import SPDNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs a script as `python SCRIPT ARGS...` would, then says whether torch had been imported.
@@ -66,8 +66,8 @@ def test_config_errors_are_one_line_before_torch_is_imported(arguments, expected
 
 def test_demo_settings_reach_every_script_that_prepares_the_demo():
     """configs/demo.py then --DEMO_SEED=1 is parsed once, and the demo's settings are accepted."""
-    from utils.config import load_config
-    from utils.demo_settings import demo_defaults
+    from utils.runtime.config import load_config
+    from utils.runtime.demo_settings import demo_defaults
 
     for script in (Training_SPDNet_Adaptation, Eval_SPDNet_Adaptation, Eval_conditional, Infer):
         config = load_config(vars(script), [os.path.join(ROOT, "configs", "demo.py"), "--DEMO_SEED=1"], quiet=True,

@@ -11,8 +11,9 @@ import Eval_SPDNet_Adaptation
 import Infer
 import Training_Rain_Detector
 import Training_SPDNet_Adaptation
-from utils.conditional import ConditionalModel
-from utils.rain_detector import RainDetector, choose_threshold, classification_metrics, load_rain_detector
+from utils.models.conditional import ConditionalModel
+from utils.models.rain_gate import RainDetector, load_rain_detector
+from utils.training.gate_metrics import choose_threshold, classification_metrics
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +105,9 @@ class FixedGate(RainDetector):
 
 
 def test_batch_is_split_by_the_gate_and_merged_in_order(tiny_world):
-    from utils.detector import load_detector
-    from utils.integrated_model import IntegratedModel
-    from utils.spdnet import SPDNet
+    from utils.models.detector import load_detector
+    from utils.models.integrated_model import IntegratedModel
+    from utils.models.spdnet import SPDNet
 
     integrated = IntegratedModel(SPDNet(n_feats=8, n_resblocks=1), load_detector(tiny_world["detector_dir"])).eval()
     model = ConditionalModel(FixedGate(), integrated)
@@ -147,8 +148,8 @@ def test_infer_writes_annotated_images_and_detections(tiny_world, trained, tmp_p
 
 
 def test_conditional_evaluation_scores_held_out_rain_and_soft_routing(tiny_world, trained, tmp_path, capsys):
-    from utils.data import annotation_path
-    from utils.rain import make_rainy_split
+    from utils.data.coco import annotation_path
+    from utils.data.rain import make_rainy_split
 
     drops = str(tmp_path / "drops")
     make_rainy_split(tiny_world["coco_dir"], drops, "val2017", annotation_path(tiny_world["coco_dir"], "val"),
@@ -183,8 +184,8 @@ def test_held_out_settings_are_checked_before_any_work(tiny_world, trained, tmp_
 
 
 def test_held_out_family_inside_coco_rain_dir_makes_the_held_out_splits(trained, tmp_path):
-    from utils.conditional_eval import validation_splits
-    from utils.synthetic import build_synthetic_world
+    from utils.apps.conditional_eval import validation_splits
+    from utils.data.synthetic import build_synthetic_world
 
     world = build_synthetic_world(str(tmp_path / "world"), num_train=2, num_val=6, image_size=64, seed=5,
                                   rain_presets=("medium", "drops_light"), show_progress=False)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from utils.image_quality import psnr, ssim
-from utils.visualize import draw_detections
+from utils.training.image_quality import psnr, ssim
+from utils.apps.visualize import draw_detections
 
 
 def test_psnr_follows_its_definition_and_clamps_the_derained_image():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from utils.detector import detector_fingerprint, load_detector, model_state_lines, rtdetr_r18vd_config, small_rtdetr_config
-from utils.integrated_model import IntegratedModel
-from utils.spdnet import SPDNet
+from utils.models.detector import detector_fingerprint, load_detector, model_state_lines, rtdetr_r18vd_config, small_rtdetr_config
+from utils.models.integrated_model import IntegratedModel
+from utils.models.spdnet import SPDNet
 
 SHAPES = {0: "circle", 1: "square", 2: "triangle"}
 

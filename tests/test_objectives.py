@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from utils.objectives import Objective, adaptation_loss, encoder_features, feature_loss
+from utils.training.objectives import Objective, adaptation_loss, encoder_features, feature_loss
 from tests.test_integrated_model import batch, batch_norm_stats, tiny_integrated_model
 from tests.test_training import log_records, run, run_failing, script_arguments, training_script
 

@@ -1,4 +1,4 @@
-"""PRECISION='bf16' against fp32 on the same batches, with briefly trained models (utils/precision.py).
+"""PRECISION='bf16' against fp32 on the same batches, with briefly trained models (utils/apps/precision_study.py).
 
 bf16 autocasts SPDNet; the detector and its loss run in fp32 (``IntegratedModel.detect``). With the
 detector in bf16 too (loss still fp32), the same batches gave a loss 18% off, a gradient deviation of
@@ -19,8 +19,8 @@ end-to-end evidence.
 import pytest
 import torch
 
-from utils.engine import autocast
-from utils.precision import CPU, batch_spread, build_model, cosine, loss_and_gradient, rainy_batches, train_tiny_pair
+from utils.runtime.device import autocast
+from utils.apps.precision_study import CPU, batch_spread, build_model, cosine, loss_and_gradient, rainy_batches, train_tiny_pair
 
 SIZE = 64
 

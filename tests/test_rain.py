@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 import Make_COCO_Rain
-from utils.data import build_dataset
-from utils.rain import (
+from utils.data.coco import build_dataset
+from utils.data.rain import (
     PRESETS, family_presets, make_rainy_split, motion_blur, rain_rng, render_rain, split_by_family, variant_names,
 )
-from utils.data import rain_variant_dirs
+from utils.data.coco import rain_variant_dirs
 
 
 @pytest.fixture(scope="module")

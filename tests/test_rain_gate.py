@@ -5,10 +5,12 @@ import pytest
 import torch
 
 import Training_Rain_Detector
-from utils.conditional import ConditionalModel
-from utils.data import build_dataset
-from utils.rain_detector import GateTrainingSet, RainDetector, camera_augment, fit_temperature, load_rain_detector
-from utils.synthetic import build_synthetic_world
+from utils.models.conditional import ConditionalModel
+from utils.data.coco import build_dataset
+from utils.data.gate_data import GateTrainingSet, camera_augment
+from utils.models.rain_gate import RainDetector, load_rain_detector
+from utils.training.gate_metrics import fit_temperature
+from utils.data.synthetic import build_synthetic_world
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +109,9 @@ class BrightnessGate(RainDetector):
 
 
 def test_soft_routing_blends_gated_rainy_images_and_leaves_clean_ones_bitwise(tiny_world, monkeypatch):
-    from utils.detector import load_detector
-    from utils.integrated_model import IntegratedModel
-    from utils.spdnet import SPDNet
+    from utils.models.detector import load_detector
+    from utils.models.integrated_model import IntegratedModel
+    from utils.models.spdnet import SPDNet
 
     torch.manual_seed(0)
     integrated = IntegratedModel(SPDNet(n_feats=8, n_resblocks=1), load_detector(tiny_world["detector_dir"])).eval()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.spdnet import SPDNet, SPDNetCheckpointError, haar_dwt, haar_idwt, load_spdnet_weights
+from utils.models.spdnet import SPDNet, SPDNetCheckpointError, haar_dwt, haar_idwt, load_spdnet_weights
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import Make_Synthetic_World
-from utils.data import build_dataset, collate_fn
-from utils.synthetic import ID2LABEL, SHAPES, build_synthetic_world, render_scene
+from utils.data.coco import build_dataset, collate_fn
+from utils.data.synthetic import ID2LABEL, SHAPES, build_synthetic_world, render_scene
 
 
 def test_scenes_are_deterministic_and_boxes_hold_the_objects():

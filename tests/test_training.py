@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import Training_SPDNet_Adaptation as training_script
-from utils import training
-from utils.config import ConfigError
-from utils.config import command_line
-from utils.spdnet import SPDNet, load_spdnet_weights
+from utils.apps import adaptation as training
+from utils.runtime.config import ConfigError
+from utils.runtime.config import command_line
+from utils.models.spdnet import SPDNet, load_spdnet_weights
 
 FAST = ["--PERCENT_DATASET=100", "--BATCH_SIZE=2", "--GRADIENT_ACCUMULATION_STEPS=2", "--WARMUP_STEPS=2",
         "--LOG_EVERY_STEPS=1", "--LEARNING_RATE=1e-3", "--EVAL_BEFORE_TRAINING=False"]
@@ -201,7 +201,7 @@ def test_weights_that_overflow_spdnet_stop_the_run_before_any_step(tiny_world, t
 
 
 def test_non_finite_weights_are_refused_on_load_naming_the_file_and_the_tensor(tiny_world, tmp_path):
-    from utils.pipelines import build_spdnet
+    from utils.apps.pipelines import build_spdnet
 
     start = torch.load(tiny_world["spdnet_weights"], weights_only=True)
     start["conv_init1.conv.weight"][0, 0, 0, 0] = float("nan")
@@ -229,7 +229,7 @@ def test_non_finite_weights_are_refused_on_load_naming_the_file_and_the_tensor(t
 def test_bad_boxes_in_the_annotation_file_are_reported_and_left_out(tiny_world, tmp_path, capfd):
     import shutil
 
-    from utils.data import annotation_path, build_dataset
+    from utils.data.coco import annotation_path, build_dataset
 
     coco_dir, rain_dir = tmp_path / "coco", tmp_path / "coco_rain"
     shutil.copytree(tiny_world["coco_dir"], coco_dir)

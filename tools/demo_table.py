@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils.script_runs import run_script  # noqa: E402
+from utils.apps.script_runs import run_script  # noqa: E402
 
 WORLD_CONFIGS = {0: ["configs/demo.py"], 1: ["configs/demo.py", "configs/demo_world1.py"]}
 WORLD_DIRS = {0: "outputs_spdnet_adaptation/demo", 1: "outputs_spdnet_adaptation/demo_world1"}

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from utils.script_runs import run_script  # noqa: E402
+from utils.apps.script_runs import run_script  # noqa: E402
 
 DEMO_DIR = "outputs_spdnet_adaptation/demo"
 ABLATION_DIR = "outputs_spdnet_adaptation/ablation"
@@ -70,11 +70,12 @@ def score(output_dir: str, training_seconds: float) -> None:
     """Score one run's adapted SPDNet: rainy-val AP, clean-val AP always derained, rainy-val PSNR / SSIM."""
     import torch
 
-    from utils.checkpoint import atomic_write_json, load_weights_file
-    from utils.detector import load_detector
-    from utils.engine import evaluate
-    from utils.evaluation import build_val_loader, image_quality
-    from utils.pipelines import choose_device, load_adapted_spdnet
+    from utils.runtime.checkpoint import atomic_write_json, load_weights_file
+    from utils.models.detector import load_detector
+    from utils.training.engine import evaluate
+    from utils.apps.evaluation import build_val_loader, image_quality
+    from utils.apps.pipelines import load_adapted_spdnet
+    from utils.runtime.device import choose_device
 
     os.chdir(ROOT)
     weights_path = os.path.join(output_dir, "spdnet_adapted.pt")

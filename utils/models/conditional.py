@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from utils.integrated_model import IntegratedModel, check_detector_input_size
-from utils.rain_detector import RainDetector
+from utils.models.integrated_model import IntegratedModel, check_detector_input_size
+from utils.models.rain_gate import RainDetector
 
 
 @dataclass

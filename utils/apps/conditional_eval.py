@@ -1,4 +1,4 @@
-"""Eval_conditional.py's pieces (the gated model is built by utils/pipelines.py): choose the splits
+"""Eval_conditional.py's pieces (the gated model is built by utils/apps/pipelines.py): choose the splits
 (held-out rain included), score its routes (hard and soft routing), check the clean guarantee, tabulate."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import os
 
 import torch
 
-from utils.coco_eval import METRIC_NAMES, CocoEvaluator
-from utils.conditional import ConditionalModel
-from utils.data import non_empty, rain_variant_dirs
-from utils.engine import autocast
-from utils.evaluation import build_val_loader
-from utils.rain import FAMILIES, split_by_family
-from utils.rain_detector import classification_metrics
+from utils.training.coco_eval import METRIC_NAMES, CocoEvaluator
+from utils.models.conditional import ConditionalModel
+from utils.data.coco import non_empty, rain_variant_dirs
+from utils.runtime.device import autocast
+from utils.apps.evaluation import build_val_loader
+from utils.data.rain import FAMILIES, split_by_family
+from utils.training.gate_metrics import classification_metrics
 from tqdm import tqdm
 
 # Result rows: name -> (route, routing). "gate" is the hard-routed conditional model, "soft" the soft one.

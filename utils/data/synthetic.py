@@ -17,8 +17,8 @@ import shutil
 import numpy as np
 from PIL import Image, ImageDraw
 
-from utils.checkpoint import atomic_write_json
-from utils.rain import make_rainy_split, renderer_versions
+from utils.runtime.checkpoint import atomic_write_json
+from utils.data.rain import make_rainy_split, renderer_versions
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 CATEGORIES = [{"id": index + 1, "name": name, "supercategory": "shape"} for index, name in enumerate(SHAPES)]

@@ -15,61 +15,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.coco_eval import CocoEvaluator, coco_metrics
-from utils.config import UserError
-from utils.data import non_empty
-from utils.distributed import all_gather_objects, all_reduce_mean_, all_reduce_sum_, distributed_world
-from utils.objectives import LOSS_TERMS, Objective, adaptation_loss
-
-PRECISIONS = ("fp32", "bf16", "auto")
-
-
-def check_precision(precision: str, fp16: bool = False) -> None:
-    """Refuse fp16 with the reason, and unknown precisions."""
-    if fp16 or precision == "fp16":
-        raise ValueError(
-            "FP16 is refused: SPDNet works on 0-255 inputs with unnormalised activations that overflow "
-            "fp16's largest value (65,504) and give NaN losses and gradients. Use PRECISION='bf16' "
-            "(fp32's exponent range at half the bytes) or 'fp32'."
-        )
-    if precision not in PRECISIONS:
-        raise ValueError(f"PRECISION must be one of {PRECISIONS}, got {precision!r}")
-
-
-def native_bf16(device: torch.device) -> tuple[bool, str]:
-    """Whether ``device`` computes bf16 natively, and why: CUDA cards of compute capability 8.0 or
-    newer (Ampere, Ada, Hopper, Blackwell), CPUs with AVX512-BF16 or AMX (oneDNN's check). Elsewhere
-    bf16 is emulated, slower than fp32."""
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        name = torch.cuda.get_device_name(device)
-        return major >= 8, f"{name}, compute capability {major}.{minor}"
-    if device.type == "cpu":
-        try:
-            supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            supported = False
-        return supported, "CPU " + ("with" if supported else "without") + " AVX512-BF16 / AMX"
-    return False, f"{device.type} device"
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """PRECISION as it runs on ``device``: "auto" becomes "bf16" where bf16 is native, else "fp32".
-    Returns (precision, the reason, for the start-up line)."""
-    check_precision(precision)
-    if precision != "auto":
-        return precision, "as set"
-    native, reason = native_bf16(device)
-    return ("bf16" if native else "fp32"), f"auto: {reason}"
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for ``precision == 'bf16'``, nothing for fp32 ("auto" is resolved first). Weights
-    stay fp32 either way."""
-    if resolve_precision(precision, device)[0] == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
+from utils.training.coco_eval import CocoEvaluator, coco_metrics
+from utils.runtime.config import UserError
+from utils.data.coco import non_empty
+from utils.runtime.distributed import all_gather_objects, all_reduce_mean_, all_reduce_sum_, distributed_world
+from utils.training.objectives import LOSS_TERMS, Objective, adaptation_loss
 
 def clean_pairs(targets: Sequence[Mapping], device: torch.device) -> torch.Tensor:
     """(B, 3, H, W) clean originals of a batch (the dataset's ``return_clean_pair``) on ``device``."""
@@ -128,14 +78,6 @@ class TrainState:
 
 class NonFiniteLossError(UserError, RuntimeError):
     """Too many micro-batches in a row with a non-finite loss (MAX_NONFINITE_IN_A_ROW)."""
-
-
-def memory_in_use_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux -> GB
 
 
 @dataclass

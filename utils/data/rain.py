@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from utils.checkpoint import atomic_write_json
+from utils.runtime.checkpoint import atomic_write_json
 
 # Bumped whenever the streak renderer's output changes, so a resume never mixes two renderers' rain.
 RENDERER_VERSION = 2
@@ -382,7 +382,7 @@ def make_rainy_split(
 
     from tqdm import tqdm
 
-    from utils.data import read_annotation_file
+    from utils.data.coco import read_annotation_file
 
     source_dir = os.path.join(coco_dir, split_folder)
     if not os.path.isdir(source_dir):

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from utils.detector import detector_fingerprint, freeze
+from utils.models.detector import detector_fingerprint, freeze
 
 # RT-DETR's backbone downsamples by 32 and its encoder needs whole feature-map cells.
 SIZE_MULTIPLE = 32

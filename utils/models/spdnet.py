@@ -421,7 +421,7 @@ def _is_wavelet_buffer(key: str) -> bool:
 def _extract_state_dict(source) -> tuple[Mapping[str, torch.Tensor], str]:
     """The SPDNet state dict inside a path or dict (official, DataParallel, nested, or ours)."""
     if isinstance(source, (str, os.PathLike)):
-        from utils.checkpoint import load_weights_file
+        from utils.runtime.checkpoint import load_weights_file
 
         path = os.fspath(source)
         source, name = load_weights_file(path, "SPDNet weights"), path

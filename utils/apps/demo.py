@@ -30,15 +30,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils.checkpoint import atomic_save, atomic_write_json
-from utils.coco_eval import load_coco
-from utils.data import build_dataset, collate_fn, loader_settings, non_empty
-from utils.detector import load_detector, small_rtdetr_config
-from utils.engine import detector_targets, evaluate
-from utils.evaluation import image_quality
-from utils.pipelines import build_detector_only, build_spdnet, choose_device
-from utils.spdnet import SPDNet
-from utils.synthetic import build_synthetic_world, world_id2label
+from utils.runtime.checkpoint import atomic_save, atomic_write_json
+from utils.training.coco_eval import load_coco
+from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empty
+from utils.models.detector import load_detector, small_rtdetr_config
+from utils.training.engine import detector_targets, evaluate
+from utils.apps.evaluation import image_quality
+from utils.apps.pipelines import build_detector_only, build_spdnet
+from utils.runtime.device import choose_device
+from utils.models.spdnet import SPDNet
+from utils.data.synthetic import build_synthetic_world, world_id2label
 
 MANIFEST = "demo_settings.json"
 QUALITY_FILE = "demo_quality.json"
@@ -186,7 +187,7 @@ def gate_settings(config: dict, paths: dict[str, str]) -> dict:
 def train_demo_gate(config: dict, paths: dict[str, str]) -> None:
     """The demo world's rain gate (utils.rain_detector.train_rain_detector), unless its record
     says it was made with the same world, seed and epochs."""
-    from utils.rain_detector import train_rain_detector
+    from utils.apps.gate_training import train_rain_detector
 
     world = world_settings(config, config["DEMO_SEED"], config["DEMO_NUM_TRAIN"])
     gate = {"world": world, "seed": config["DEMO_SEED"], "epochs": config["DEMO_GATE_EPOCHS"]}

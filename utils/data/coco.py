@@ -40,7 +40,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from utils.coco_categories import coco_label_maps
+from utils.runtime.coco_categories import coco_label_maps
 
 SPLIT_FOLDERS = {"train": "train2017", "val": "val2017"}
 # What a broken image file raises in PIL: unidentified or truncated files are OSErrors, some

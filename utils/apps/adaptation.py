@@ -1,6 +1,6 @@
 """The pieces of Training_SPDNet_Adaptation.py's ``main``: factories, resume, and the epoch loop.
 
-Under torchrun (utils/distributed.py) rank 0 alone logs and writes files.
+Under torchrun (utils/runtime/distributed.py) rank 0 alone logs and writes files.
 """
 
 from __future__ import annotations
@@ -16,16 +16,15 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from utils.checkpoint import atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states, seed_everything
-from utils.config import ConfigError, UserError
-from utils.distributed import ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed, init_distributed
-from utils.engine import LoopSettings, NonFiniteLossError, TrainState, check_precision, evaluate, resolve_precision, train_one_epoch
-from utils.integrated_model import SIZE_MULTIPLE, IntegratedModel
-from utils.objectives import Objective
-from utils.pipelines import (
-    ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights, check_compile, choose_device, compile_spdnet, enable_fast_cuda_math,
-    warm_up_compiled,
-)
+from utils.runtime.checkpoint import atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states, seed_everything
+from utils.runtime.config import ConfigError, UserError
+from utils.runtime.distributed import ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed, init_distributed
+from utils.training.engine import LoopSettings, NonFiniteLossError, TrainState, evaluate, train_one_epoch
+from utils.runtime.device import check_precision, resolve_precision
+from utils.models.integrated_model import SIZE_MULTIPLE, IntegratedModel
+from utils.training.objectives import Objective
+from utils.apps.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights
+from utils.runtime.device import check_compile, choose_device, compile_spdnet, enable_fast_cuda_math, warm_up_compiled
 
 LOG_NAME = "training_log.jsonl"
 PLOT_NAME = "training_curves.png"
@@ -108,7 +107,7 @@ class TrainingData:
 
 def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
     """The training subset (rainy and/or clean) and the rainy validation split, with their loaders."""
-    from utils.data import build_dataset, collate_fn, loader_settings
+    from utils.data.coco import build_dataset, collate_fn, loader_settings
 
     train_dataset = build_dataset(
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "train", id2label, image_size=config["IMAGE_SIZE"],
@@ -246,7 +245,7 @@ def check_ranks_agree(model: IntegratedModel, epoch_loss: float | None, run: Run
     """Under torchrun, every rank must end an epoch with the same SPDNet weights and logged loss."""
     if run.world_size == 1:
         return
-    from utils.detector import state_dict_sha256
+    from utils.models.detector import state_dict_sha256
 
     mine = (state_dict_sha256(model.spdnet), None if epoch_loss is None else round(epoch_loss, 6))
     everyone = all_gather_objects(mine, run.world_size)
@@ -427,7 +426,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
 
     verify_detector(model, fingerprint, "by the end of training")
     if run.is_main:
-        from utils.plots import plot_training_curves
+        from utils.apps.plots import plot_training_curves
 
         plot_training_curves(log_path, run.path(PLOT_NAME))
         print(

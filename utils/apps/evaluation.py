@@ -1,5 +1,5 @@
 """The three-pipeline comparison behind Eval_SPDNet_Adaptation.py: score, tabulate, picture
-(utils/pipelines.py builds the pipelines, all sharing one frozen detector):
+(utils/apps/pipelines.py builds the pipelines, all sharing one frozen detector):
     vanilla   image -> RT-DETR
     original  image -> original SPDNet (official weights) -> RT-DETR
     adapted   image -> adapted SPDNet (spdnet_adapted.pt) -> RT-DETR
@@ -13,9 +13,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from utils.coco_eval import METRIC_NAMES, cxcywh_to_xyxy, post_process
-from utils.engine import autocast, evaluate
-from utils.pipelines import Pipelines, choose_device
+from utils.training.coco_eval import METRIC_NAMES, cxcywh_to_xyxy, post_process
+from utils.training.engine import evaluate
+from utils.runtime.device import autocast
+from utils.apps.pipelines import Pipelines
+from utils.runtime.device import choose_device
 
 PIPELINE_TITLES = {
     "vanilla": "Vanilla RT-DETR",
@@ -27,7 +29,7 @@ PIPELINE_TITLES = {
 def build_val_loader(config: dict, id2label: dict, rain_fraction: float):
     """(loader, annotation file, label -> category id) for the validation split, ``rain_fraction`` of
     its images rainy (1: the rainy split, 0: the clean one, in between: a seeded mix)."""
-    from utils.data import build_dataset, collate_fn, loader_settings
+    from utils.data.coco import build_dataset, collate_fn, loader_settings
 
     dataset = build_dataset(
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", id2label, image_size=config["IMAGE_SIZE"], train=False,
@@ -57,8 +59,8 @@ def image_quality(spdnets: dict, coco_dir: str, coco_rain_dir: str, image_size: 
     """Per-image mean PSNR (dB) and SSIM against the clean originals (COCO_DIR, same file names) on
     the rainy val split: ``{"rainy": {"psnr_db", "ssim"}}`` for the input itself and one entry per
     SPDNet of ``spdnets`` ({name: SPDNet}), its output clamped to 0-1 as every pipeline feeds it on."""
-    from utils.data import build_dataset, collate_fn, non_empty
-    from utils.image_quality import psnr, ssim
+    from utils.data.coco import build_dataset, collate_fn, non_empty
+    from utils.training.image_quality import psnr, ssim
 
     dataset = build_dataset(coco_dir, coco_rain_dir, "val", None, image_size=image_size, percent=percent,
                             coco_ratio=0.0, rain_ratio=1.0, seed=seed, return_clean_pair=True)
@@ -110,8 +112,8 @@ def comparison_table(results: dict, split: str) -> str:
 def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, device: torch.device) -> list[str]:
     """eval_bars.png (metrics per pipeline) and eval_examples.png (rainy input | original | adapted):
     ground-truth boxes in green, each pipeline's best detections in yellow with their scores."""
-    from utils.data import non_empty
-    from utils.visualize import draw_detections, save_grid, save_metric_bars
+    from utils.data.coco import non_empty
+    from utils.apps.visualize import draw_detections, save_grid, save_metric_bars
 
     output_dir = config["OUTPUT_DIR"]
     bars = save_metric_bars(

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from utils.checkpoint import check_finite, load_weights_file
-from utils.integrated_model import IntegratedModel
+from utils.runtime.checkpoint import check_finite, load_weights_file
+from utils.models.integrated_model import IntegratedModel
 
 ADAPTED_FILE = "spdnet_adapted.pt"  # the best adapted SPDNet (adapted_weights says what it records)
 CHECKPOINT_FILE = "checkpoint.pt"  # everything a resumed training needs
@@ -31,107 +31,6 @@ class DetectorMismatchError(ValueError):
     """Adapted weights loaded in front of another detector than the one they were adapted to."""
 
 
-def choose_device(name: str) -> torch.device:
-    """``"auto"`` picks CUDA when available; anything else is taken as a torch device string."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def set_cpu_threads(threads: int | None) -> None:
-    """CPU_THREADS: PyTorch's intra-op threads for this process (None: leave its default, one per
-    core). CPU kernels split their sums by thread, so a CPU run repeats bit for bit only at the
-    same count (and the same CPU kernels)."""
-    if threads is None:
-        return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"CPU_THREADS must be a positive integer or None, got {threads!r}")
-    torch.set_num_threads(threads)
-
-
-def enable_fast_cuda_math(device: torch.device) -> None:
-    """TF32 matmuls and convolutions plus cudnn autotuning on CUDA (fixed-size training inputs)."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-
-
-COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
-
-
-def check_compile(setting: str) -> str:
-    """COMPILE, refused in one line unless it is "off" or one of torch.compile's modes."""
-    if setting not in COMPILE_MODES:
-        raise ValueError(f"COMPILE must be one of {COMPILE_MODES}, got {setting!r}")
-    return setting
-
-
-def compiler_problem(device: torch.device) -> str | None:
-    """Why torch.compile (inductor) cannot run on ``device`` here, or None: it needs a C++ compiler
-    for CPU kernels, Triton and a card of compute capability 7.0 or newer for CUDA kernels."""
-    import shutil
-
-    if device.type == "cpu":
-        compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
-        return None if any(name and shutil.which(name) for name in compilers) else "no C++ compiler (g++, clang++ or $CXX) found"
-    if device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "Triton is not installed"
-        major, minor = torch.cuda.get_device_capability(device)
-        return None if major >= 7 else f"Triton needs compute capability 7.0 or newer, this card has {major}.{minor}"
-    return f"inductor does not compile for {device.type}"
-
-
-def compile_spdnet(spdnet: torch.nn.Module, mode: str, device: torch.device) -> str:
-    """Compile SPDNet in place with torch.compile (``nn.Module.compile``: its state_dict keys stay
-    those of the plain module, so saved files are the same) unless ``mode`` is "off" or the compiler
-    cannot run here, which is said in one line. Checkpointed regions are compiled with the rest.
-    Returns the mode that runs ("off" when eager)."""
-    if mode == "off":
-        return "off"
-    problem = compiler_problem(device)
-    if problem is not None:
-        print(f"COMPILE={mode!r}: {problem}; SPDNet runs eager", flush=True)
-        return "off"
-    spdnet.compile(mode=None if mode == "default" else mode, dynamic=False)
-    return mode
-
-
-def warm_up_compiled(model: IntegratedModel, mode: str, shape: tuple[int, ...], precision: str,
-                     device: torch.device) -> float | None:
-    """Compile SPDNet's forward and backward now, on zeros of ``shape`` (B, 3, H, W) under
-    ``precision``, so compilation is timed apart from training and a compiler failure falls back to
-    eager in one line before the first step. Returns the seconds it took (None when eager)."""
-    import time
-
-    from utils.engine import autocast
-
-    if mode == "off":
-        return None
-    started = time.perf_counter()
-    images = torch.zeros(shape, device=device)
-    try:
-        with autocast(device, precision):
-            derained = model.derain(images)
-        derained.float().mean().backward()
-    except Exception as error:  # the compiler's failures have many types; eager still works
-        model.spdnet._compiled_call_impl = None  # undo nn.Module.compile
-        cause = error
-        while getattr(cause, "inner_exception", None) or cause.__cause__:  # the compiler's own error, not dynamo's wrapper
-            cause = getattr(cause, "inner_exception", None) or cause.__cause__
-        reason = (str(cause).strip().splitlines() or [""])[0][:200]
-        print(f"COMPILE={mode!r}: torch.compile failed ({type(cause).__name__}: {reason}); SPDNet runs eager", flush=True)
-        return None
-    finally:
-        model.spdnet.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
-
-
 def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int, setting: str = "SPDNET_WEIGHTS"):
     """SPDNet of the given size, with ``weights`` (a path or None for random init) loaded.
 
@@ -140,7 +39,7 @@ def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int, setting: s
     A missing or unreadable file, or one holding a NaN or inf tensor, is refused with an error
     naming ``setting`` and the file.
     """
-    from utils.spdnet import SPDNet, SPDNetCheckpointError, load_spdnet_weights
+    from utils.models.spdnet import SPDNet, SPDNetCheckpointError, load_spdnet_weights
 
     if weights is None:
         return SPDNet(n_feats=n_feats, n_resblocks=n_resblocks)
@@ -209,7 +108,7 @@ def load_adapted_spdnet(config: dict, detector: torch.nn.Module) -> IntegratedMo
 
 def build_training_model(config: dict, device: torch.device) -> IntegratedModel:
     """SPDNet (from SPDNET_WEIGHTS) in front of the frozen DETECTOR, on ``device``."""
-    from utils.detector import load_detector
+    from utils.models.detector import load_detector
 
     if config["SPDNET_WEIGHTS"] is None:
         print("warning: SPDNET_WEIGHTS is None, SPDNet starts from a random initialisation", flush=True)
@@ -222,7 +121,7 @@ def build_training_model(config: dict, device: torch.device) -> IntegratedModel:
 def build_detector_only(detector: torch.nn.Module) -> IntegratedModel:
     """The vanilla pipeline on its own: ``model(images, derain=False)`` is the detector (the stand-in
     SPDNet is the smallest there is and never runs)."""
-    from utils.spdnet import SPDNet
+    from utils.models.spdnet import SPDNet
 
     return IntegratedModel(SPDNet(2, 1), detector)
 
@@ -240,8 +139,8 @@ class Pipelines:
 
 def build_three_pipelines(config: dict, device: torch.device) -> Pipelines:
     """The frozen detector, the original SPDNet and the adapted one; every file checked up front."""
-    from utils.detector import load_detector
-    from utils.engine import check_precision
+    from utils.models.detector import load_detector
+    from utils.runtime.device import check_precision
 
     check_precision(config["PRECISION"])
     adapted_weights_path(config)
@@ -258,10 +157,10 @@ def build_three_pipelines(config: dict, device: torch.device) -> Pipelines:
 def build_conditional_model(config: dict, device: torch.device, routing: str = "hard"):
     """The rain gate, the adapted SPDNet and the frozen detector; files checked before any work.
     ``routing``: "hard" or "soft" (utils.conditional)."""
-    from utils.conditional import ConditionalModel
-    from utils.detector import load_detector
-    from utils.engine import check_precision
-    from utils.rain_detector import load_rain_detector
+    from utils.models.conditional import ConditionalModel
+    from utils.models.detector import load_detector
+    from utils.runtime.device import check_precision
+    from utils.models.rain_gate import load_rain_detector
 
     check_precision(config["PRECISION"])
     adapted_weights_path(config)

@@ -2,7 +2,7 @@
 demo (PREPARE_DEMO, set by configs/demo.py) accepts in a config file or as --KEY=value.
 
 Plain constants, no imports: a script reads them before torch is imported, so a bad key or value
-is refused at once. utils/demo.py says how each stage is made.
+is refused at once. utils/apps/demo.py says how each stage is made.
 """
 
 DEMO_DIR = "./outputs_spdnet_adaptation/demo"  # the world, the gate and every demo result go here

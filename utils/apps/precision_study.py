@@ -16,12 +16,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from utils.data import build_dataset, collate_fn, non_empty
-from utils.demo import train_detector, train_original_spdnet
-from utils.detector import load_detector
-from utils.engine import autocast, detector_targets
-from utils.integrated_model import IntegratedModel
-from utils.pipelines import build_training_model
+from utils.data.coco import build_dataset, collate_fn, non_empty
+from utils.apps.demo import train_detector, train_original_spdnet
+from utils.models.detector import load_detector
+from utils.training.engine import detector_targets
+from utils.runtime.device import autocast
+from utils.models.integrated_model import IntegratedModel
+from utils.apps.pipelines import build_training_model
 
 CPU = torch.device("cpu")
 SPDNET_SIZE = (8, 1)  # n_feats, n_resblocks of the tiny SPDNet
@@ -57,7 +58,7 @@ def rainy_batches(coco_dir: str, coco_rain_dir: str, detector_dir: str, image_si
 
 
 def build_model(detector_dir: str, spdnet_path: str) -> IntegratedModel:
-    """The training model (utils/pipelines.py) of the tiny pair, in train mode on the CPU."""
+    """The training model (utils/apps/pipelines.py) of the tiny pair, in train mode on the CPU."""
     settings = {"SPDNET_WEIGHTS": spdnet_path, "SPDNET_N_FEATS": SPDNET_SIZE[0], "SPDNET_N_RESBLOCKS": SPDNET_SIZE[1],
                 "GRADIENT_CHECKPOINTING": False, "CHANNELS_LAST": False, "DETECTOR": detector_dir}
     return build_training_model(settings, CPU).train()

@@ -13,7 +13,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from utils.coco_categories import COCO_ID2LABEL
+from utils.runtime.coco_categories import COCO_ID2LABEL
 
 DEFAULT_DETECTOR = "PekingU/rtdetr_r18vd"
 

@@ -43,7 +43,7 @@ def script_defaults(namespace: Mapping[str, Any]) -> dict[str, Any]:
 # Every setting of the scripts in the project's root, declared here so that a config file shared by
 # several scripts (configs/demo.py serves four) may set a key that only some of them have: the others
 # skip it, and a key no script has is an error (a typo). tests/test_config.py checks that this
-# matches the scripts' constants; the DEMO_* settings are utils/demo_settings.py's.
+# matches the scripts' constants; the DEMO_* settings are utils/runtime/demo_settings.py's.
 PROJECT_SETTINGS = frozenset({
     # Training_SPDNet_Adaptation.py
     "COCO_DIR", "COCO_RAIN_DIR", "PERCENT_DATASET", "COCO_RATIO", "RAIN_RATIO", "VAL_PERCENT", "IMAGE_SIZE",
@@ -70,7 +70,7 @@ PROJECT_SETTINGS = frozenset({
 
 def shared_setting_names() -> frozenset[str]:
     """The keys a config file may set whatever script reads it: every script's, and the demo's."""
-    from utils.demo_settings import demo_defaults
+    from utils.runtime.demo_settings import demo_defaults
 
     return PROJECT_SETTINGS | set(demo_defaults())
 

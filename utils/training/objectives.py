@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.integrated_model import check_detector_input_size
+from utils.models.integrated_model import check_detector_input_size
 
 LOSS_TERMS = ("detection", "feature", "pixel")
 
