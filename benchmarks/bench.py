@@ -5,8 +5,8 @@
     python -m benchmarks.bench --IMAGE_SIZE=640 --BATCH_SIZE=2   # on a GPU
 
 For each configuration (fp32, fp32 + activation checkpointing, bf16 + channels_last, bf16 +
-checkpointing + channels_last, the same compiled by torch.compile) it times the full step (forward,
-backward, optimizer) after warm-up, median of RUNS, all configurations round-robin in one run; the
+checkpointing + channels_last, the same compiled by torch.compile) it times the full training step
+as training runs it (utils/training/engine.train_one_epoch: forward, backward, guard, clipping, optimizer) after warm-up, median of RUNS, all configurations round-robin in one run; the
 first step's time is reported apart as warm-up (compilation, for compiled ones); measures memory at
 MEMORY_IMAGE_SIZE and reports it per 640x640 image (scaled by the pixel count: activations grow with
 it) — on CUDA during a timed step when MEMORY_IMAGE_SIZE is IMAGE_SIZE, otherwise in a fresh process
@@ -102,13 +102,21 @@ def synthetic_batch(batch_size: int, size: int, num_labels: int, device):
 
 
 def training_step(model, optimizer, precision, images, labels, device) -> None:
-    from utils.runtime.device import autocast
+    """One optimizer step through the loop every trainer uses (utils/training/engine.train_one_epoch):
+    the detection loss of SPDNet's output under ``precision``, the non-finite guard, gradient clipping
+    at the training script's GRAD_CLIP_NORM (1.0), the optimizer and scheduler steps."""
+    import torch
 
-    optimizer.zero_grad(set_to_none=True)
-    with autocast(device, precision):
-        loss = model(images, labels=labels).loss.float()
-    loss.backward()
-    optimizer.step()
+    from utils.training.engine import LoopSettings, TrainState, train_one_epoch
+    from utils.training.objectives import Objective, adaptation_loss
+
+    objective = Objective(detection=1.0)
+    settings = LoopSettings(accumulation_steps=1, clip_grad_norm=1.0, precision=precision,
+                            max_nonfinite_in_a_row=1, log_every_steps=10**9, terms=("detection",))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    train_one_epoch(model, lambda x, targets: adaptation_loss(model, x, targets, None, objective), optimizer, scheduler,
+                    [(images, labels)], TrainState(), settings, micro_batches_in_epoch=1, device=device,
+                    show_progress=False)
 
 
 def synchronise(device) -> None:
@@ -277,6 +285,80 @@ def loader_rate(images: int) -> float:
             torch.set_num_threads(threads)
 
 
+def time_round_robin(config: dict, batch, device) -> tuple[dict, dict, dict]:
+    """Every configuration's warm-up seconds, its RUNS step times and (on CUDA at IMAGE_SIZE) its peak
+    memory. Round-robin: this machine's speed drifts over minutes, so every configuration gets one step
+    in turn and the medians compare like with like."""
+    import torch
+
+    setups = {}
+    for configuration in config["CONFIGURATIONS"]:
+        model, optimizer, precision = build(config, configuration, device)
+        setups[configuration] = lambda m=model, o=optimizer, p=precision: training_step(m, o, p, *batch, device)
+    print(f"timing {', '.join(setups)} round-robin ...", flush=True)
+    warmups = {}
+    for configuration, step in setups.items():
+        warmups[configuration] = median_seconds(step, runs=1, warmup=0, device=device)  # compiles a compiled one
+        for _ in range(config["WARMUP"] - 1):
+            step()
+    times = {configuration: [] for configuration in setups}
+    for _ in range(config["RUNS"]):
+        for configuration, step in setups.items():
+            times[configuration].append(median_seconds(step, runs=1, warmup=0, device=device))
+    memory = {}
+    if device.type == "cuda" and config["MEMORY_IMAGE_SIZE"] == config["IMAGE_SIZE"]:
+        per_image = bytes_per_report_image(config)
+        for configuration, step in setups.items():
+            synchronise(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            step()
+            synchronise(device)
+            memory[configuration] = {"peak_gb_per_image": (torch.cuda.max_memory_allocated(device) - before) / per_image}
+    return warmups, times, memory
+
+
+def configuration_entries(config: dict, warmups: dict, times: dict, memory: dict, flops_per_step: float,
+                          peaks: dict) -> dict:
+    """The report's row per configuration: speed, FLOP/s, memory (measured in a fresh process unless
+    ``memory`` has it), and its speed-ups against fp32 and against its eager counterpart."""
+    entries = {}
+    for configuration, samples in times.items():
+        seconds = statistics.median(samples)
+        settings = parse_configuration(configuration)
+        entry = {"step_seconds": seconds, "images_per_s": config["BATCH_SIZE"] / seconds,
+                 "warmup_seconds": warmups[configuration], "tflops": flops_per_step / seconds / 1e12,
+                 "fraction_of_matmul_peak": flops_per_step / seconds / peaks[settings["precision"]]}
+        if configuration in memory:
+            entry.update(memory[configuration])
+        elif config["MEMORY_IMAGE_SIZE"]:
+            print(f"memory {configuration} at {config['MEMORY_IMAGE_SIZE']}x{config['MEMORY_IMAGE_SIZE']} ...", flush=True)
+            entry.update(measure_memory(config, configuration))
+        entries[configuration] = entry
+    baseline = entries.get("fp32")
+    for name, entry in entries.items():
+        if baseline:
+            entry["speedup_vs_fp32"] = entry["images_per_s"] / baseline["images_per_s"]
+        eager = entries.get(eager_counterpart(name))
+        if eager is not None and eager is not entry:
+            entry["speedup_vs_eager"] = entry["images_per_s"] / eager["images_per_s"]
+    return entries
+
+
+def conditional_paths(config: dict, device) -> dict:
+    """Milliseconds of the conditional model's clean path (detector alone) and rainy path (SPDNet + detector)."""
+    import torch
+
+    print("timing the conditional model's paths ...", flush=True)
+    model, _, _ = build(config, "fp32", device)
+    model.eval()
+    images, _ = synthetic_batch(1, config["IMAGE_SIZE"], 1, device)
+    with torch.inference_mode():
+        clean = median_seconds(lambda: model(images, derain=False), config["RUNS"], config["WARMUP"], device)
+        rainy = median_seconds(lambda: model(images, derain=True), config["RUNS"], config["WARMUP"], device)
+    return {"clean_path_ms": 1000 * clean, "rainy_path_ms": 1000 * rainy, "clean_path_speedup": rainy / clean}
+
+
 def main(argv: list[str] | None = None) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -301,62 +383,9 @@ def main(argv: list[str] | None = None) -> dict:
         training_step(model, optimizer, precision, *batch, device)
     flops_per_step = counter.get_total_flops()
     report["gflop_per_image"] = flops_per_step / config["BATCH_SIZE"] / 1e9
-    # Round-robin timing: this machine's speed drifts over minutes, so every configuration gets
-    # one step in turn and the medians compare like with like.
-    setups = {}
-    for configuration in config["CONFIGURATIONS"]:
-        model, optimizer, precision = build(config, configuration, device)
-        setups[configuration] = lambda m=model, o=optimizer, p=precision: training_step(m, o, p, *batch, device)
-    print(f"timing {', '.join(setups)} round-robin ...", flush=True)
-    warmups = {}
-    for configuration, step in setups.items():
-        warmups[configuration] = median_seconds(step, runs=1, warmup=0, device=device)  # compiles a compiled one
-        for _ in range(config["WARMUP"] - 1):
-            step()
-    times = {configuration: [] for configuration in setups}
-    for _ in range(config["RUNS"]):
-        for configuration, step in setups.items():
-            times[configuration].append(median_seconds(step, runs=1, warmup=0, device=device))
-    in_process_memory = device.type == "cuda" and config["MEMORY_IMAGE_SIZE"] == config["IMAGE_SIZE"]
-    memory = {}
-    if in_process_memory:
-        per_image = bytes_per_report_image(config)
-        for configuration, step in setups.items():
-            synchronise(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-            step()
-            synchronise(device)
-            memory[configuration] = {"peak_gb_per_image": (torch.cuda.max_memory_allocated(device) - before) / per_image}
-    del setups
-    for configuration, samples in times.items():
-        seconds = statistics.median(samples)
-        settings = parse_configuration(configuration)
-        entry = {"step_seconds": seconds, "images_per_s": config["BATCH_SIZE"] / seconds,
-                 "warmup_seconds": warmups[configuration], "tflops": flops_per_step / seconds / 1e12,
-                 "fraction_of_matmul_peak": flops_per_step / seconds / peaks[settings["precision"]]}
-        if in_process_memory:
-            entry.update(memory[configuration])
-        elif config["MEMORY_IMAGE_SIZE"]:
-            print(f"memory {configuration} at {config['MEMORY_IMAGE_SIZE']}x{config['MEMORY_IMAGE_SIZE']} ...", flush=True)
-            entry.update(measure_memory(config, configuration))
-        report["configurations"][configuration] = entry
-    baseline = report["configurations"].get("fp32")
-    for name, entry in report["configurations"].items():
-        if baseline:
-            entry["speedup_vs_fp32"] = entry["images_per_s"] / baseline["images_per_s"]
-        eager = report["configurations"].get(eager_counterpart(name))
-        if eager is not None and eager is not entry:
-            entry["speedup_vs_eager"] = entry["images_per_s"] / eager["images_per_s"]
-
-    print("timing the conditional model's paths ...", flush=True)
-    model, _, _ = build(config, "fp32", device)
-    model.eval()
-    images, _ = synthetic_batch(1, config["IMAGE_SIZE"], 1, device)
-    with torch.inference_mode():
-        clean = median_seconds(lambda: model(images, derain=False), config["RUNS"], config["WARMUP"], device)
-        rainy = median_seconds(lambda: model(images, derain=True), config["RUNS"], config["WARMUP"], device)
-    report["conditional"] = {"clean_path_ms": 1000 * clean, "rainy_path_ms": 1000 * rainy, "clean_path_speedup": rainy / clean}
+    warmups, times, memory = time_round_robin(config, batch, device)
+    report["configurations"] = configuration_entries(config, warmups, times, memory, flops_per_step, peaks)
+    report["conditional"] = conditional_paths(config, device)
     if config["LOADER_IMAGES"]:
         print("timing one data loader worker ...", flush=True)
         report["loader_images_per_s_per_worker"] = loader_rate(config["LOADER_IMAGES"])

@@ -5,26 +5,27 @@ Under torchrun (utils/runtime/distributed.py) rank 0 alone logs and writes files
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
+from utils.apps.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights
+from utils.apps.plots import plot_training_curves
+from utils.data.coco import build_dataset, collate_fn, loader_settings
+from utils.models.detector import state_dict_sha256
+from utils.models.integrated_model import SIZE_MULTIPLE, IntegratedModel
 from utils.runtime.checkpoint import atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states, seed_everything
 from utils.runtime.config import ConfigError, UserError
+from utils.runtime.device import (check_compile, check_precision, choose_device, compile_spdnet, enable_fast_cuda_math,
+                                  resolve_precision, warm_up_compiled)
+from utils.runtime.signals import StopRequested  # noqa: F401  (the script installs it)
 from utils.runtime.distributed import ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed, init_distributed
-from utils.training.engine import LoopSettings, NonFiniteLossError, TrainState, evaluate, train_one_epoch
-from utils.runtime.device import check_precision, resolve_precision
-from utils.models.integrated_model import SIZE_MULTIPLE, IntegratedModel
-from utils.training.objectives import Objective
-from utils.apps.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights
-from utils.runtime.device import check_compile, choose_device, compile_spdnet, enable_fast_cuda_math, warm_up_compiled
+from utils.training.engine import LoopSettings, Trainer, TrainState, clean_pairs, detector_targets, evaluate
+from utils.training.objectives import LOSS_TERMS, Objective, adaptation_loss
 
 LOG_NAME = "training_log.jsonl"
 PLOT_NAME = "training_curves.png"
@@ -107,8 +108,6 @@ class TrainingData:
 
 def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
     """The training subset (rainy and/or clean) and the rainy validation split, with their loaders."""
-    from utils.data.coco import build_dataset, collate_fn, loader_settings
-
     train_dataset = build_dataset(
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "train", id2label, image_size=config["IMAGE_SIZE"],
         train=True, percent=config["PERCENT_DATASET"], coco_ratio=config["COCO_RATIO"],
@@ -245,39 +244,11 @@ def check_ranks_agree(model: IntegratedModel, epoch_loss: float | None, run: Run
     """Under torchrun, every rank must end an epoch with the same SPDNet weights and logged loss."""
     if run.world_size == 1:
         return
-    from utils.models.detector import state_dict_sha256
-
     mine = (state_dict_sha256(model.spdnet), None if epoch_loss is None else round(epoch_loss, 6))
     everyone = all_gather_objects(mine, run.world_size)
     if any(other != mine for other in everyone):
         raise RuntimeError(f"ranks disagree after an epoch (SPDNet hash, loss): {everyone}")
     print(f"rank {run.rank}: SPDNet weights and epoch loss {mine[1]} agree across {run.world_size} ranks", flush=True)
-
-
-class StopRequested:
-    """SIGINT / SIGTERM ask for a clean stop: checkpoint, then exit. A second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = {}
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint and stopping (Ctrl-C again to abort)", flush=True)
-
-    def install(self) -> "StopRequested":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def uninstall(self) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 class DetectorChangedError(UserError, RuntimeError):
@@ -294,6 +265,96 @@ def verify_detector(model: IntegratedModel, fingerprint: str, when: str) -> None
         )
 
 
+def adaptation_trainer(config, model, optimizer, scheduler, run: Run) -> Trainer:
+    """The run's log, checkpoint and last good step, with the frozen detector checked before every save."""
+    fingerprint = model.detector_fingerprint()
+
+    def checkpoint(state: TrainState) -> dict:
+        return training_checkpoint(config, model, optimizer, scheduler, state, fingerprint)
+
+    return Trainer(log_path=run.path(LOG_NAME), checkpoint_path=run.path(CHECKPOINT_FILE), make_checkpoint=checkpoint,
+                   checkpoint_every_steps=config["CHECKPOINT_EVERY_STEPS"],
+                   check=lambda when: verify_detector(model, fingerprint, when), is_main=run.is_main,
+                   fresh_log=not config["RESUME"])
+
+
+def adaptation_step(config, model: IntegratedModel, device: torch.device):
+    """The loss of one micro-batch: ``adaptation_loss`` of SPDNet's derained images (the objective's terms)."""
+    objective = Objective.from_config(config)
+
+    def loss_of_batch(images, targets):
+        clean = clean_pairs(targets, device) if objective.needs_clean_pair else None
+        return adaptation_loss(model, images.to(device, non_blocking=True), detector_targets(targets, device), clean,
+                               objective)
+
+    return loss_of_batch, LoopSettings.from_config(config, [t for t in LOSS_TERMS if getattr(objective, t)])
+
+
+def score(config, model, data: TrainingData, run: Run, label: str) -> dict:
+    """Rainy-val COCO metrics of the model as it stands."""
+    return evaluate(model, data.val_loader, data.val_annotation_file, data.label_to_category_id, device=run.device,
+                    precision=config["PRECISION"], derain=True, description=f"rainy val {label}")
+
+
+def score_before_training(config, model, data: TrainingData, state: TrainState, trainer: Trainer, run: Run) -> None:
+    """EVAL_BEFORE_TRAINING: the starting SPDNet's rainy-val AP as epoch 0 (a fresh run only)."""
+    if not (config["EVAL_BEFORE_TRAINING"] and state.epoch == 0 and state.step == 0 and not state.history):
+        return
+    metrics = score(config, model, data, run, "before")
+    state.history.append({"epoch": 0, "val_AP": metrics["AP"]})
+    trainer.log({"type": "epoch", "epoch": 0, "val_AP": metrics["AP"], "val_AP50": metrics["AP50"], "train_loss": None})
+    if run.is_main:
+        print(f"before adaptation: rainy-val AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}", flush=True)
+
+
+def end_epoch(config, model, data: TrainingData, state: TrainState, trainer: Trainer, run: Run, result: dict,
+              seconds: float) -> None:
+    """Score rainy val, keep the best SPDNet in spdnet_adapted.pt, log and print the epoch, checkpoint."""
+    check_ranks_agree(model, result["loss"], run)
+    epoch_number = state.epoch + 1
+    metrics = score(config, model, data, run, f"epoch {epoch_number}")
+    improved = metrics["AP"] > state.best_map
+    if improved:
+        state.best_map, state.best_epoch, state.epochs_without_improvement = metrics["AP"], epoch_number, 0
+        trainer.check(f"in epoch {epoch_number}")
+        if run.is_main:
+            atomic_save(adapted_weights(config, model, epoch_number, metrics), run.path(ADAPTED_FILE))
+    else:
+        state.epochs_without_improvement += 1
+    trainer.log({
+        "type": "epoch", "epoch": epoch_number, "step": state.step, "train_loss": result["loss"],
+        "val_AP": metrics["AP"], "val_AP50": metrics["AP50"], "val_AP75": metrics["AP75"],
+        "best_AP": state.best_map, "nonfinite_total": state.nonfinite_micro_batches,
+        "unreadable_images": int(data.train_dataset.unreadable), "epoch_seconds": seconds,
+    })
+    state.history.append({"epoch": epoch_number, "val_AP": metrics["AP"]})
+    if run.is_main:
+        loss = "none (no step)" if result["loss"] is None else f"{result['loss']:.4f}"
+        print(f"epoch {epoch_number}: train loss {loss}, rainy-val AP {metrics['AP']:.4f} "
+              f"(best {state.best_map:.4f} at epoch {state.best_epoch})" + (" -> saved" if improved else ""), flush=True)
+    state.epoch += 1
+    state.micro_batches_done = 0
+    trainer.save(state)
+    trainer.remember(state)
+
+
+def stopped(state: TrainState, run: Run, reason: str) -> dict:
+    if run.is_main:
+        print(f"stopped at step {state.step} ({reason}); continue with --RESUME=True "
+              f"(checkpoint: {run.path(CHECKPOINT_FILE)})", flush=True)
+    return {"state": state.to_dict(), "stopped": True}
+
+
+def finish(model, trainer: Trainer, state: TrainState, run: Run, early_stopped: bool) -> dict:
+    """The detector checked one last time, the training curves drawn, the outcome printed."""
+    trainer.check("by the end of training")
+    if run.is_main:
+        plot_training_curves(run.path(LOG_NAME), run.path(PLOT_NAME))
+        print(f"done: best rainy-val AP {state.best_map:.4f} at epoch {state.best_epoch} -> {run.path(ADAPTED_FILE)}; "
+              f"detector unchanged (SHA-256 {model.detector_fingerprint()[:16]}...)", flush=True)
+    return {"state": state.to_dict(), "stopped": False, "early_stopped": early_stopped}
+
+
 def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainState, run: Run, should_stop) -> dict:
     """Epochs of training and rainy-val scoring until NUM_EPOCHS, early stopping, MAX_STEPS or a signal.
 
@@ -301,136 +362,27 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
     saved) before stopping. Too many non-finite micro-batches in a row raise NonFiniteLossError after
     checkpoint.pt is set to the last step whose weights went on to give a finite loss.
     """
-    fingerprint = model.detector_fingerprint()
-    log_path = run.path(LOG_NAME)
-    if not config["RESUME"] and run.is_main and os.path.exists(log_path):
-        os.remove(log_path)
-
-    def log(record: dict) -> None:
-        if run.is_main:
-            with open(log_path, "a") as file:
-                file.write(json.dumps(record) + "\n")
-
-    def save_checkpoint(current: TrainState) -> None:
-        verify_detector(model, fingerprint, f"at step {current.step}")
-        if run.is_main:
-            atomic_save(training_checkpoint(config, model, optimizer, scheduler, current, fingerprint), run.path(CHECKPOINT_FILE))
-
-    # The latest step's checkpoint, kept in memory, and the last one confirmed good: a step is good
-    # once the window after it (which ran on its weights) gave a finite loss.
-    snapshots = {"latest": None, "good": None}
-
-    def remember(current: TrainState) -> None:
-        snapshots["latest"] = copy.deepcopy(training_checkpoint(config, model, optimizer, scheduler, current, fingerprint))
-
-    def after_step(current: TrainState) -> None:
-        snapshots["good"] = snapshots["latest"]
-        remember(current)
-        every = config["CHECKPOINT_EVERY_STEPS"]
-        if every and current.step % every == 0:
-            save_checkpoint(current)
-
-    def save_last_good() -> str:
-        """Write the last good step's checkpoint; what the user should do next, in words."""
-        good = snapshots["good"]
-        if good is None:
-            return (
-                "No step gave a finite loss since the start of this run, so nothing was saved: check "
-                "SPDNET_WEIGHTS (or the resumed checkpoint) and LEARNING_RATE."
-            )
-        verify_detector(model, fingerprint, f"at step {good['state']['step']}")
-        if run.is_main:
-            atomic_save(good, run.path(CHECKPOINT_FILE))
-        return (
-            f"{run.path(CHECKPOINT_FILE)} holds step {good['state']['step']}, the last whose weights gave a finite "
-            "loss: continue from it with --RESUME=True and a lower --LEARNING_RATE (honoured on resume: the "
-            "schedule continues from that step at the new rate) or PRECISION='fp32'."
-        )
-
-    def score(epoch_label: str) -> dict:
-        return evaluate(
-            model, data.val_loader, data.val_annotation_file, data.label_to_category_id, device=run.device,
-            precision=config["PRECISION"], derain=True, description=f"rainy val {epoch_label}",
-        )
-
-    def stop(reason: str) -> dict:
-        if run.is_main:
-            print(f"stopped at step {state.step} ({reason}); continue with --RESUME=True (checkpoint: {run.path(CHECKPOINT_FILE)})", flush=True)
-        return {"state": state.to_dict(), "stopped": True}
-
-    def max_steps_reached() -> bool:
-        return config["MAX_STEPS"] is not None and state.step >= config["MAX_STEPS"]
-
-    if config["EVAL_BEFORE_TRAINING"] and state.epoch == 0 and state.step == 0 and not state.history:
-        metrics = score("before")
-        state.history.append({"epoch": 0, "val_AP": metrics["AP"]})
-        log({"type": "epoch", "epoch": 0, "val_AP": metrics["AP"], "val_AP50": metrics["AP50"], "train_loss": None})
-        if run.is_main:
-            print(f"before adaptation: rainy-val AP {metrics['AP']:.4f}, AP50 {metrics['AP50']:.4f}", flush=True)
-
-    stopped_early = False
-    remember(state)
+    trainer = adaptation_trainer(config, model, optimizer, scheduler, run)
+    loss_of_batch, settings = adaptation_step(config, model, run.device)
+    score_before_training(config, model, data, state, trainer, run)
+    trainer.remember(state)
+    max_steps = config["MAX_STEPS"]
     while state.epoch < config["NUM_EPOCHS"]:
-        if max_steps_reached():
-            return stop(f"MAX_STEPS={config['MAX_STEPS']}")
+        if max_steps is not None and state.step >= max_steps:
+            return stopped(state, run, f"MAX_STEPS={max_steps}")
         data.train_sampler.set_epoch(state.epoch, start=state.micro_batches_done * config["BATCH_SIZE"])
         data.train_dataset.set_epoch(state.epoch)
         epoch_start = time.perf_counter()
-        try:
-            result = train_one_epoch(
-                model, optimizer, scheduler, data.train_loader, state, LoopSettings.from_config(config),
-                micro_batches_in_epoch=data.micro_batches_per_epoch, device=run.device, on_log=log,
-                after_step=after_step, should_stop=should_stop,
-            )
-        except NonFiniteLossError as error:
-            raise NonFiniteLossError(f"{error} {save_last_good()}") from None
+        result = trainer.epoch(model, loss_of_batch, optimizer, scheduler, data.train_loader, state, settings,
+                               micro_batches_in_epoch=data.micro_batches_per_epoch, device=run.device,
+                               should_stop=should_stop)
         if result["stopped"]:
-            save_checkpoint(state)
-            return stop(f"MAX_STEPS={config['MAX_STEPS']}" if max_steps_reached() else "signal")
-
-        check_ranks_agree(model, result["loss"], run)
-        metrics = score(f"epoch {state.epoch + 1}")
-        epoch_number = state.epoch + 1
-        improved = metrics["AP"] > state.best_map
-        if improved:
-            state.best_map, state.best_epoch, state.epochs_without_improvement = metrics["AP"], epoch_number, 0
-            verify_detector(model, fingerprint, f"in epoch {epoch_number}")
-            if run.is_main:
-                atomic_save(adapted_weights(config, model, epoch_number, metrics), run.path(ADAPTED_FILE))
-        else:
-            state.epochs_without_improvement += 1
-        record = {
-            "type": "epoch", "epoch": epoch_number, "step": state.step, "train_loss": result["loss"],
-            "val_AP": metrics["AP"], "val_AP50": metrics["AP50"], "val_AP75": metrics["AP75"],
-            "best_AP": state.best_map, "nonfinite_total": state.nonfinite_micro_batches,
-            "unreadable_images": int(data.train_dataset.unreadable),
-            "epoch_seconds": time.perf_counter() - epoch_start,
-        }
-        log(record)
-        state.history.append({"epoch": epoch_number, "val_AP": metrics["AP"]})
-        if run.is_main:
-            loss = "none (no step)" if result["loss"] is None else f"{result['loss']:.4f}"
-            print(
-                f"epoch {epoch_number}: train loss {loss}, rainy-val AP {metrics['AP']:.4f} "
-                f"(best {state.best_map:.4f} at epoch {state.best_epoch})" + (" -> saved" if improved else ""), flush=True,
-            )
-        state.epoch += 1
-        state.micro_batches_done = 0
-        save_checkpoint(state)
-        remember(state)
+            trainer.save(state)
+            reached = max_steps is not None and state.step >= max_steps
+            return stopped(state, run, f"MAX_STEPS={max_steps}" if reached else "signal")
+        end_epoch(config, model, data, state, trainer, run, result, time.perf_counter() - epoch_start)
         if state.epochs_without_improvement >= config["EARLY_STOPPING_PATIENCE"]:
-            stopped_early = True
             if run.is_main:
                 print(f"early stopping: {state.epochs_without_improvement} epochs without improvement", flush=True)
-            break
-
-    verify_detector(model, fingerprint, "by the end of training")
-    if run.is_main:
-        from utils.apps.plots import plot_training_curves
-
-        plot_training_curves(log_path, run.path(PLOT_NAME))
-        print(
-            f"done: best rainy-val AP {state.best_map:.4f} at epoch {state.best_epoch} -> {run.path(ADAPTED_FILE)}; "
-            f"detector unchanged (SHA-256 {fingerprint[:16]}...)", flush=True,
-        )
-    return {"state": state.to_dict(), "stopped": False, "early_stopped": stopped_early}
+            return finish(model, trainer, state, run, early_stopped=True)
+    return finish(model, trainer, state, run, early_stopped=False)

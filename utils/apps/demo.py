@@ -19,6 +19,7 @@ settings is reused.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -28,13 +29,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from utils.apps.gate_training import train_rain_detector
 from utils.runtime.checkpoint import atomic_save, atomic_write_json
 from utils.training.coco_eval import load_coco
 from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empty
 from utils.models.detector import load_detector, small_rtdetr_config
-from utils.training.engine import detector_targets, evaluate
+from utils.training.engine import LoopSettings, TrainState, detector_targets, evaluate, train_one_epoch
 from utils.apps.evaluation import image_quality
 from utils.apps.pipelines import build_detector_only, build_spdnet
 from utils.runtime.device import choose_device
@@ -43,6 +44,7 @@ from utils.data.synthetic import build_synthetic_world, world_id2label
 
 MANIFEST = "demo_settings.json"
 QUALITY_FILE = "demo_quality.json"
+MAX_NONFINITE_IN_A_ROW = 20  # a stand-in whose loss stays NaN this long is broken: stop with the reason
 
 
 def read_manifest(path: str) -> dict | None:
@@ -187,8 +189,6 @@ def gate_settings(config: dict, paths: dict[str, str]) -> dict:
 def train_demo_gate(config: dict, paths: dict[str, str]) -> None:
     """The demo world's rain gate (utils.rain_detector.train_rain_detector), unless its record
     says it was made with the same world, seed and epochs."""
-    from utils.apps.gate_training import train_rain_detector
-
     world = world_settings(config, config["DEMO_SEED"], config["DEMO_NUM_TRAIN"])
     gate = {"world": world, "seed": config["DEMO_SEED"], "epochs": config["DEMO_GATE_EPOCHS"]}
     if is_built(paths["gate"] + ".json", gate, [paths["gate"]]):
@@ -254,21 +254,17 @@ def _endless(loader: DataLoader, dataset):
         epoch += 1
 
 
-def optimise(model, optimizer, loss_of_batch, batches, steps: int, clip_norm: float, description: str) -> None:
+def optimise(model, optimizer, loss_of_batch, batches, steps: int, clip_norm: float, device: torch.device,
+             description: str) -> None:
     """``steps`` AdamW steps on ``loss_of_batch(images, targets)`` with a one-cycle schedule and
-    gradient clipping, under a progress bar (the loss read back only every 20 steps)."""
+    gradient clipping, one batch per step, through the training loop every trainer shares."""
     max_lr = optimizer.param_groups[0]["lr"]
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps)
-    progress = tqdm(range(steps), desc=description, dynamic_ncols=True)
-    for step in progress:
-        loss = loss_of_batch(*next(batches))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        optimizer.step()
-        scheduler.step()
-        if step % 20 == 0 or step == steps - 1:
-            progress.set_postfix(loss=f"{loss.item():.4f}")
+    settings = LoopSettings(accumulation_steps=1, clip_grad_norm=clip_norm, precision="fp32",
+                            max_nonfinite_in_a_row=MAX_NONFINITE_IN_A_ROW, log_every_steps=20)
+    train_one_epoch(model, lambda images, targets: (loss_of_batch(images, targets), {}), optimizer, scheduler,
+                    itertools.islice(batches, steps), TrainState(), settings, micro_batches_in_epoch=steps,
+                    device=device, description=description)
 
 
 def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch.device, workers: int,
@@ -300,7 +296,8 @@ def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch
     def detection_loss(images, targets):
         return detector(pixel_values=images.to(device), labels=detector_targets(targets, device)).loss
 
-    optimise(detector, optimizer, detection_loss, batches, settings["steps"], 0.1, "demo detector (clean images)")
+    optimise(detector, optimizer, detection_loss, batches, settings["steps"], 0.1, device,
+             "demo detector (clean images)")
     staging = output_dir.rstrip("/") + ".tmp"
     shutil.rmtree(staging, ignore_errors=True)
     (detector.eval().half() if half else detector.eval()).save_pretrained(staging)
@@ -354,7 +351,7 @@ def train_original_spdnet(settings: dict, coco_dir: str, coco_rain_dir: str, pat
             images, clean = random_crops(images, clean, settings["crop_size"], generator)
         return deraining_loss(spdnet(images.to(device) * 255.0), clean.to(device))
 
-    optimise(spdnet, optimizer, pixel_loss, batches, settings["steps"], 1.0, "demo SPDNet (pixel MSE)")
+    optimise(spdnet, optimizer, pixel_loss, batches, settings["steps"], 1.0, device, "demo SPDNet (pixel MSE)")
     atomic_save({"spdnet": spdnet.eval().state_dict(), "n_feats": spdnet.n_feats, "n_resblocks": spdnet.n_resblocks,
                  "demo_settings": settings}, path)
 

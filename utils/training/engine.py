@@ -1,12 +1,17 @@
-"""The loops: ``train_one_epoch`` and ``evaluate``, shared by training and every evaluation script.
+"""The loops every trainer and evaluation shares: ``train_one_epoch`` (the step with its non-finite
+guard, gradient clipping, accumulation and logging), ``Trainer`` (an epoch loop's log, checkpoints
+and the last good step around it) and ``evaluate`` (COCO mAP).
 
-One code path for every precision: ``autocast(device, precision)`` is a no-op context in fp32 and
-bf16 autocast otherwise, so there is no second AMP loop to keep in sync.
+SPDNet adaptation, the rain gate and the demo's stand-ins all train through ``train_one_epoch``;
+what differs is the loss of a batch (``loss_of_batch``), and the benchmark times the same function.
+Precision is one code path (utils/runtime/device.autocast), so there is no second AMP loop.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -15,11 +20,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from utils.training.coco_eval import CocoEvaluator, coco_metrics
-from utils.runtime.config import UserError
 from utils.data.coco import non_empty
+from utils.runtime.checkpoint import atomic_save
+from utils.runtime.config import UserError
+from utils.runtime.device import autocast, memory_in_use_gb
 from utils.runtime.distributed import all_gather_objects, all_reduce_mean_, all_reduce_sum_, distributed_world
-from utils.training.objectives import LOSS_TERMS, Objective, adaptation_loss
+from utils.training.coco_eval import CocoEvaluator, coco_metrics
+
+# (images (B, 3, H, W), targets) -> (loss, {term: detached value}): what one micro-batch costs.
+LossOfBatch = Callable[[torch.Tensor, Sequence[Mapping]], tuple[torch.Tensor, Mapping[str, torch.Tensor]]]
+
 
 def clean_pairs(targets: Sequence[Mapping], device: torch.device) -> torch.Tensor:
     """(B, 3, H, W) clean originals of a batch (the dataset's ``return_clean_pair``) on ``device``."""
@@ -82,7 +92,7 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 @dataclass
 class LoopSettings:
-    """How ``train_one_epoch`` steps: the training settings it reads (``from_config``)."""
+    """How ``train_one_epoch`` steps (Training_SPDNet_Adaptation.py's names in the comments)."""
 
     accumulation_steps: int  # GRADIENT_ACCUMULATION_STEPS
     clip_grad_norm: float | None  # GRAD_CLIP_NORM
@@ -90,13 +100,14 @@ class LoopSettings:
     max_nonfinite_in_a_row: int  # MAX_NONFINITE_IN_A_ROW
     log_every_steps: int = 10  # LOG_EVERY_STEPS
     max_steps: int | None = None  # MAX_STEPS
-    objective: Objective = Objective()  # DETECTION_LOSS_WEIGHT, FEATURE_LOSS_WEIGHT, PIXEL_LOSS_WEIGHT
+    terms: Sequence[str] = ()  # the names of the loss terms logged beside the loss
+    nonfinite_what: str = "loss"  # what the non-finite error says went wrong
 
     @classmethod
-    def from_config(cls, config: Mapping) -> "LoopSettings":
+    def from_config(cls, config: Mapping, terms: Sequence[str] = ()) -> "LoopSettings":
         return cls(config["GRADIENT_ACCUMULATION_STEPS"], config["GRAD_CLIP_NORM"], config["PRECISION"],
-                   config["MAX_NONFINITE_IN_A_ROW"], config["LOG_EVERY_STEPS"], config["MAX_STEPS"],
-                   Objective.from_config(config))
+                   config["MAX_NONFINITE_IN_A_ROW"], config["LOG_EVERY_STEPS"], config["MAX_STEPS"], tuple(terms),
+                   "SPDNet output or loss")
 
 
 class WindowStats:
@@ -160,8 +171,29 @@ class MetricLogger:
         self.sums["interval"], self.images["interval"], self.interval_start = {}, 0, time.perf_counter()
 
 
+class StepCounter:
+    """Where the epoch stands inside its accumulation windows: ``micro_index`` counts the epoch's
+    micro-batches, windows of ``accumulation_steps`` are counted from the epoch's start and the last
+    one may be shorter."""
+
+    def __init__(self, start: int, accumulation_steps: int, micro_batches_in_epoch: int):
+        self.micro_index, self.accumulation_steps, self.total = start, accumulation_steps, micro_batches_in_epoch
+
+    def window_size(self) -> int:
+        window_start = (self.micro_index // self.accumulation_steps) * self.accumulation_steps
+        return min(self.accumulation_steps, self.total - window_start)
+
+    def advance(self) -> bool:
+        """Count one micro-batch; True when it completed its window."""
+        window_start = (self.micro_index // self.accumulation_steps) * self.accumulation_steps
+        size = min(self.accumulation_steps, self.total - window_start)
+        self.micro_index += 1
+        return self.micro_index - window_start >= size
+
+
 def train_one_epoch(
     model: nn.Module,
+    loss_of_batch: LossOfBatch,
     optimizer: torch.optim.Optimizer,
     scheduler,
     loader: Iterable,
@@ -173,19 +205,20 @@ def train_one_epoch(
     on_log: Callable[[dict], None] | None = None,
     after_step: Callable[[TrainState], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    description: str | None = None,
+    show_progress: bool = True,
 ) -> dict:
-    """One epoch of SPDNet adaptation, from ``state.micro_batches_done`` to the end of the epoch.
+    """One epoch of training, from ``state.micro_batches_done`` to the end of the epoch.
 
-    ``loader`` yields ``(images (B, 3, H, W) in 0-1, targets)`` micro-batches, starting at micro-batch
-    ``state.micro_batches_done`` of the epoch (the sampler skips the ones done before a resume).
-    Micro-batches are grouped in windows of ``settings.accumulation_steps`` counted from the epoch's
-    start (the last window may be shorter); each window's losses are divided by its size and summed,
-    the gradient is averaged over ranks, clipped, and one optimizer step is taken. A micro-batch
-    whose derained images or loss are not finite contributes nothing; a window with no finite
-    micro-batch takes no step and is not counted as one (no scheduler step, no ``after_step``). After
-    ``max_nonfinite_in_a_row`` non-finite micro-batches in a row, NonFiniteLossError (read at the
-    window's end). Stops early, at a window boundary, when ``should_stop()`` says so or ``max_steps``
-    optimizer steps are reached before the epoch's end (at its end, the epoch is complete: not stopped).
+    ``loader`` yields ``(images (B, 3, H, W), targets)`` micro-batches (or None: every image of it was
+    unreadable; it still takes its place in the window), starting at micro-batch
+    ``state.micro_batches_done`` of the epoch. Each window's losses are divided by its size and summed
+    (``StepCounter``), the gradient is averaged over ranks, clipped, and one optimizer and scheduler
+    step is taken. A micro-batch whose loss is not finite contributes nothing; a window with no finite
+    micro-batch takes no step and is not counted as one. After ``max_nonfinite_in_a_row`` non-finite
+    micro-batches in a row, NonFiniteLossError (read at the window's end). Stops early, at a window
+    boundary, when ``should_stop()`` says so or ``max_steps`` optimizer steps are reached before the
+    epoch's end (at its end, the epoch is complete: not stopped).
 
     Returns:
         {"loss": mean finite loss of the epoch's steps run here (None: no step), "images": images seen,
@@ -194,16 +227,14 @@ def train_one_epoch(
     rank, world_size = distributed_world()
     parameters = [p for p in model.parameters() if p.requires_grad]
     guard = NonFiniteGuard(parameters)
-    terms = [term for term in LOSS_TERMS if getattr(settings.objective, term)]
-    window, metrics = WindowStats(device, terms), MetricLogger()
+    window, metrics = WindowStats(device, settings.terms), MetricLogger()
+    counter = StepCounter(state.micro_batches_done, settings.accumulation_steps, micro_batches_in_epoch)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     stopped = False
-    micro_index = state.micro_batches_done
-    progress = tqdm(
-        total=micro_batches_in_epoch, initial=micro_index, desc=f"epoch {state.epoch + 1}", disable=rank != 0,
-        dynamic_ncols=True, unit="batch",
-    )
+    progress = tqdm(total=micro_batches_in_epoch, initial=counter.micro_index, disable=rank != 0 or not show_progress,
+                    dynamic_ncols=True,
+                    desc=description or f"epoch {state.epoch + 1}", unit="batch")
     try:
         for batch in loader:
             if should_stop():
@@ -211,72 +242,140 @@ def train_one_epoch(
                 # so a resume replays exactly these micro-batches.
                 stopped = True
                 break
-            window_start = (micro_index // settings.accumulation_steps) * settings.accumulation_steps
-            window_size = min(settings.accumulation_steps, micro_batches_in_epoch - window_start)
-            # None: every image of the micro-batch was unreadable; it still takes its place in the window.
             if batch is not None:
-                images, targets = batch
-                images = images.to(device, non_blocking=True)
-                clean = clean_pairs(targets, device) if settings.objective.needs_clean_pair else None
                 with autocast(device, settings.precision):
-                    loss, loss_terms = adaptation_loss(model, images, detector_targets(targets, device), clean,
-                                                       settings.objective)
+                    loss, terms = loss_of_batch(*batch)
                 finite = guard.set_loss(loss)
-                (loss / window_size).backward()
-                window.add(loss, finite, loss_terms)
-                metrics.add_images(len(images))
-            micro_index += 1
+                (loss / counter.window_size()).backward()
+                window.add(loss, finite, terms)
+                metrics.add_images(len(batch[0]))
             progress.update(1)
-            if micro_index - window_start < window_size:
+            if not counter.advance():
                 continue
-
-            # The window is complete: one synchronisation, one optimizer step.
-            (loss_sum, finite_count, nonfinite_count, worst), term_sums = window.read(world_size)
-            all_reduce_mean_([p.grad for p in parameters if p.grad is not None], world_size)
-            state.nonfinite_micro_batches += int(nonfinite_count)
-            state.micro_batches_done = micro_index
-            if finite_count == 0:
-                # A window of nothing but non-finite losses is not a step: AdamW would still move the
-                # weights on stale moments and weight decay, and the schedule and checkpoints would count it.
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                grad_norm = None
-                if settings.clip_grad_norm is not None:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.clip_grad_norm))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                state.step += 1
-                metrics.update(loss=loss_sum / finite_count, **{f"loss_{t}": total / finite_count for t, total in term_sums.items()})
-                if state.step % settings.log_every_steps == 0:
-                    record = {
-                        "type": "train", "epoch": state.epoch + 1, "step": state.step, "loss": metrics.mean("loss"),
-                        **{f"loss_{term}": metrics.mean(f"loss_{term}") for term in terms},
-                        "lr": step_lr, "grad_norm": grad_norm, "images_per_s": world_size * metrics.images_per_second(),
-                        "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
-                    }
-                    progress.set_postfix(
-                        loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                        img_s=f"{record['images_per_s']:.1f}", mem=f"{record['memory_gb']:.1f}G",
-                    )
-                    if on_log is not None:
-                        on_log(record)
-                    metrics.next_interval()
-                if after_step is not None:
-                    after_step(state)
-            if int(worst) >= settings.max_nonfinite_in_a_row:
+            state.micro_batches_done = counter.micro_index
+            worst = optimizer_step(model, parameters, optimizer, scheduler, window, metrics, state, settings,
+                                   device, progress, on_log, after_step)
+            if worst >= settings.max_nonfinite_in_a_row:
                 raise NonFiniteLossError(
-                    f"{int(worst)} micro-batches in a row had a non-finite SPDNet output or loss (limit "
+                    f"{worst} micro-batches in a row had a non-finite {settings.nonfinite_what} (limit "
                     f"MAX_NONFINITE_IN_A_ROW={settings.max_nonfinite_in_a_row}); stopping."
                 )
-            if settings.max_steps is not None and state.step >= settings.max_steps and micro_index < micro_batches_in_epoch:
+            if (settings.max_steps is not None and state.step >= settings.max_steps
+                    and counter.micro_index < micro_batches_in_epoch):
                 stopped = True
                 break
     finally:
         progress.close()
         guard.remove()
     return {"loss": metrics.mean("loss", "epoch"), "images": metrics.images["epoch"] * world_size, "stopped": stopped}
+
+
+def optimizer_step(model, parameters, optimizer, scheduler, window: WindowStats, metrics: MetricLogger,
+                   state: TrainState, settings: LoopSettings, device, progress, on_log, after_step) -> int:
+    """A complete window's end: one synchronisation, then one optimizer step (none when every
+    micro-batch of the window was non-finite), the log line every ``log_every_steps`` steps and
+    ``after_step``. Returns the longest run of non-finite micro-batches seen."""
+    _, world_size = distributed_world()
+    (loss_sum, finite_count, nonfinite_count, worst), term_sums = window.read(world_size)
+    all_reduce_mean_([p.grad for p in parameters if p.grad is not None], world_size)
+    state.nonfinite_micro_batches += int(nonfinite_count)
+    if finite_count == 0:
+        # A window of nothing but non-finite losses is not a step: AdamW would still move the
+        # weights on stale moments and weight decay, and the schedule and checkpoints would count it.
+        optimizer.zero_grad(set_to_none=True)
+        return int(worst)
+    grad_norm = None
+    if settings.clip_grad_norm is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.clip_grad_norm))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    step_lr = optimizer.param_groups[0]["lr"]
+    scheduler.step()
+    state.step += 1
+    metrics.update(loss=loss_sum / finite_count, **{f"loss_{t}": total / finite_count for t, total in term_sums.items()})
+    if state.step % settings.log_every_steps == 0:
+        record = {
+            "type": "train", "epoch": state.epoch + 1, "step": state.step, "loss": metrics.mean("loss"),
+            **{f"loss_{term}": metrics.mean(f"loss_{term}") for term in settings.terms},
+            "lr": step_lr, "grad_norm": grad_norm, "images_per_s": world_size * metrics.images_per_second(),
+            "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
+        }
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                             img_s=f"{record['images_per_s']:.1f}", mem=f"{record['memory_gb']:.1f}G")
+        if on_log is not None:
+            on_log(record)
+        metrics.next_interval()
+    if after_step is not None:
+        after_step(state)
+    return int(worst)
+
+
+class Trainer:
+    """What an epoch loop keeps around ``train_one_epoch``: the JSONL log, the checkpoint file, and the
+    last good step (a step is good once the window after it, which ran on its weights, gave a finite
+    loss), so that a run stopped by non-finite losses saves the weights that still worked.
+
+    ``make_checkpoint(state)`` gives the dict a checkpoint holds (None: the run keeps no checkpoint);
+    ``check(when)`` runs before anything is saved (SPDNet adaptation checks the frozen detector there).
+    Only the main process (``is_main``) writes files.
+    """
+
+    def __init__(self, *, log_path: str | None, checkpoint_path: str | None,
+                 make_checkpoint: Callable[[TrainState], dict] | None, checkpoint_every_steps: int | None = None,
+                 check: Callable[[str], None] = lambda when: None, is_main: bool = True, fresh_log: bool = True):
+        self.log_path, self.checkpoint_path, self.make_checkpoint = log_path, checkpoint_path, make_checkpoint
+        self.checkpoint_every_steps, self.check, self.is_main = checkpoint_every_steps, check, is_main
+        self.latest = self.good = None
+        if fresh_log and is_main and log_path and os.path.exists(log_path):
+            os.remove(log_path)
+
+    def log(self, record: dict) -> None:
+        if self.is_main and self.log_path:
+            with open(self.log_path, "a") as file:
+                file.write(json.dumps(record) + "\n")
+
+    def save(self, state: TrainState) -> None:
+        """Checkpoint ``state`` now (atomically)."""
+        self.check(f"at step {state.step}")
+        if self.is_main and self.make_checkpoint is not None:
+            atomic_save(self.make_checkpoint(state), self.checkpoint_path)
+
+    def remember(self, state: TrainState) -> None:
+        """Keep ``state``'s checkpoint in memory as the latest step's."""
+        if self.make_checkpoint is not None:
+            self.latest = copy.deepcopy(self.make_checkpoint(state))
+
+    def after_step(self, state: TrainState) -> None:
+        """``train_one_epoch``'s hook: the step before this one is now known to be good."""
+        self.good = self.latest
+        self.remember(state)
+        if self.checkpoint_every_steps and state.step % self.checkpoint_every_steps == 0:
+            self.save(state)
+
+    def save_last_good(self) -> str:
+        """Write the last good step's checkpoint; what the user should do next, in words."""
+        if self.good is None:
+            return ("No step gave a finite loss since the start of this run, so nothing was saved: check "
+                    "the starting weights (or the resumed checkpoint) and the learning rate.")
+        step = self.good["state"]["step"]
+        self.check(f"at step {step}")
+        if self.is_main:
+            atomic_save(self.good, self.checkpoint_path)
+        return (f"{self.checkpoint_path} holds step {step}, the last whose weights gave a finite loss: continue "
+                "from it with --RESUME=True and a lower --LEARNING_RATE (honoured on resume: the schedule "
+                "continues from that step at the new rate) or PRECISION='fp32'.")
+
+    def epoch(self, model, loss_of_batch, optimizer, scheduler, loader, state: TrainState, settings: LoopSettings, *,
+              micro_batches_in_epoch: int, device: torch.device, should_stop: Callable[[], bool],
+              description: str | None = None) -> dict:
+        """``train_one_epoch`` with this run's log and checkpoints; NonFiniteLossError after saving the
+        last good step."""
+        try:
+            return train_one_epoch(model, loss_of_batch, optimizer, scheduler, loader, state, settings,
+                                   micro_batches_in_epoch=micro_batches_in_epoch, device=device, on_log=self.log,
+                                   after_step=self.after_step, should_stop=should_stop, description=description)
+        except NonFiniteLossError as error:
+            raise NonFiniteLossError(f"{error} {self.save_last_good()}") from None
 
 
 @torch.inference_mode()
