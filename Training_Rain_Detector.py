@@ -9,9 +9,10 @@ recall of "rainy", and saves OUTPUT_DIR/rain_detector.pt.
 
 With configs/demo.py it first builds or reuses the demo world and the demo's own gate (as the other
 scripts do), then trains a gate with the demo gate's recipe (the GATE_* settings, ARCHITECTURE and
-INPUT_SIZE there; --SEED=0, the demo's DEMO_SEED, repeats the demo's gate). It never writes the demo's
-own gate, DEMO_DIR/rain_detector.pt, which Make_Demo.py makes, records and reuses: without another
-OUTPUT_DIR (configs/demo.py's is DEMO_DIR) it stops in one line saying so.
+INPUT_SIZE there; with --SEED=0, the demo's DEMO_SEED, it repeats bit for bit the demo's gate as the
+demo commands make it, on one thread). It never writes the demo's own gate, DEMO_DIR/rain_detector.pt,
+which Make_Demo.py makes, records and reuses: without another OUTPUT_DIR (configs/demo.py's is
+DEMO_DIR) it stops in one line saying so.
 
 For a gate that holds on rain it has never seen (docs/rain_gate.md):
 

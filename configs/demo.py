@@ -2,8 +2,8 @@
 #   python Training_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_conditional.py configs/demo.py
-#   python Training_Rain_Detector.py configs/demo.py --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate   (another gate;
-#     OUTPUT_DIR below holds the demo's own, which Make_Demo.py manages and that script leaves alone)
+#   python Training_Rain_Detector.py configs/demo.py --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate
+#     (a gate with the demo gate's recipe; OUTPUT_DIR below holds the demo's own, which that script refuses to overwrite)
 PREPARE_DEMO = True  # build or reuse the world and rain gate, measure the kept stand-ins on it (Make_Demo.py)
 DEMO_DIR = "./outputs_spdnet_adaptation/demo"
 DEMO_WEIGHTS_DIR = "./demo_weights"  # kept in the repository, made by `python Make_Demo.py --DEMO_PRETRAIN=True`

@@ -150,6 +150,18 @@ def test_missing_detector_is_named(tiny_world, tmp_path):
     assert f"DETECTOR: directory '{tmp_path / 'no_detector'}' does not exist" in message
 
 
+def test_the_gate_script_never_overwrites_the_demos_gate(tmp_path):
+    """DEMO_DIR/rain_detector.pt is Make_Demo.py's (made, recorded, reused): configs/demo.py's OUTPUT_DIR
+    is refused before the demo is prepared, and so is any folder holding such a record."""
+    demo = os.path.join(ROOT, "configs", "demo.py")
+    message = one_line_error(Training_Rain_Detector.main, [demo, f"--DEMO_DIR={tmp_path}", f"--OUTPUT_DIR={tmp_path}"])
+    assert message.startswith(f"error: OUTPUT_DIR: {tmp_path / 'rain_detector.pt'} is the demo's own gate")
+    assert message.endswith(f"--OUTPUT_DIR={tmp_path / 'gate'}") and not os.listdir(tmp_path)
+    (tmp_path / "rain_detector.pt.json").write_text("{}")
+    message = one_line_error(Training_Rain_Detector.main, [f"--OUTPUT_DIR={tmp_path}"])
+    assert "is the demo's own gate, which Make_Demo.py makes, records and reuses" in message
+
+
 def test_infer_refuses_an_input_that_is_not_an_image(tmp_path):
     readme = os.path.join(ROOT, "README.md")
     message = one_line_error(Infer.main, [f"--INPUT={readme}", f"--OUTPUT_DIR={tmp_path}"])
