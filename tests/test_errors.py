@@ -183,6 +183,8 @@ def test_bad_values_are_one_line(tiny_world, tmp_path):
     for main in (Training_SPDNet_Adaptation.main, Eval_SPDNet_Adaptation.main, Eval_conditional.main):
         message = one_line_error(main, tiny_world["overrides"] + ["--CPU_THREADS=0", f"--OUTPUT_DIR={tmp_path}"])
         assert message == "error: CPU_THREADS must be a positive integer or None, got 0"
+    message = one_line_error(Training_Rain_Detector.main, ["--CPU_THREADS=0", f"--OUTPUT_DIR={tmp_path}"])
+    assert message == "error: CPU_THREADS must be a positive integer or None, got 0"
 
 
 @pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
