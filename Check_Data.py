@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
-COCO_DIR = "./data/coco"  # clean COCO: {train,val}2017/ and annotations/
-COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO (a directory, a directory of variants, or a list)
+from utils.runtime import settings  # the shared defaults (utils/runtime/settings.py)
+
+COCO_DIR = settings.COCO_DIR  # clean COCO: {train,val}2017/ and annotations/
+COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO (a directory, a directory of variants, or a list)
 SPLITS = ["val", "train"]  # the splits to check
 CHECK = True  # fully decode every clean and rainy file and compare sizes with the annotations
 BENCHMARK_IMAGES = 100  # images decoded and resized to time one loader worker (0: no benchmark)
-IMAGE_SIZE = 640  # the loader's output size for the benchmark
+IMAGE_SIZE = settings.IMAGE_SIZE  # the loader's output size for the benchmark
 
 from utils.runtime.config import command_line, load_config  # noqa: E402
 

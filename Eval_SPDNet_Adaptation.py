@@ -9,11 +9,13 @@ Writes OUTPUT_DIR/eval_results.json, eval_bars.png and eval_examples.png.
 
 from __future__ import annotations
 
+from utils.runtime import settings  # the shared defaults (utils/runtime/settings.py)
+
 # ---- data
-COCO_DIR = "./data/coco"  # clean COCO: val2017/ and annotations/instances_val2017.json
-COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout (the first variant when several)
+COCO_DIR = settings.COCO_DIR  # clean COCO: val2017/ and annotations/instances_val2017.json
+COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout (the first variant when several)
 VAL_PERCENT = 100.0  # percent of the validation images scored (fractions allowed)
-IMAGE_SIZE = 640  # square input size (multiple of 32), as in training
+IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32), as in training
 EVAL_CLEAN = False  # also score the three pipelines on the clean validation split
 IMAGE_QUALITY = True  # PSNR / SSIM of the SPDNets' rainy-val outputs against the clean originals in COCO_DIR
 # ---- models
@@ -25,12 +27,12 @@ ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
 # ---- run
 BATCH_SIZE = 8  # images per batch
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
-DEVICE = "auto"  # "auto", "cuda", "cpu", ...
-CPU_THREADS = None  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
-DATALOADER_WORKERS = 4  # data loading processes
+DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...
+CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
+DATALOADER_WORKERS = settings.EVAL_DATALOADER_WORKERS  # data loading processes
 NUM_EXAMPLES = 4  # rows of the qualitative picture
-SEED = 42  # the validation subset when VAL_PERCENT < 100
-OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where spdnet_adapted.pt is and results go
+SEED = settings.SEED  # the validation subset when VAL_PERCENT < 100
+OUTPUT_DIR = settings.OUTPUT_DIR  # where spdnet_adapted.pt is and results go
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
 from utils.runtime.config import command_line, load_config  # noqa: E402

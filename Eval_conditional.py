@@ -13,14 +13,16 @@ table (docs/rain_gate.md). Writes OUTPUT_DIR/conditional_results.json.
 
 from __future__ import annotations
 
+from utils.runtime import settings  # the shared defaults (utils/runtime/settings.py)
+
 # ---- data
-COCO_DIR = "./data/coco"  # clean COCO: val2017/ and annotations/instances_val2017.json
-COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout
+COCO_DIR = settings.COCO_DIR  # clean COCO: val2017/ and annotations/instances_val2017.json
+COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout
 VAL_PERCENT = 100.0  # percent of the validation images used (fractions allowed)
 MIXED_RAIN_FRACTION = 0.5  # fraction of rainy images in the mixed splits
 HOLDOUT_FAMILY = None  # rain family the gate was trained without ("streaks", "drops"): its variants of COCO_RAIN_DIR leave rainy/mixed and make the held-out splits
 HOLDOUT_RAIN_DIR = None  # rainy val the gate never saw, in COCO_RAIN_DIR's layout: the held-out splits (None: HOLDOUT_FAMILY's variants of COCO_RAIN_DIR)
-IMAGE_SIZE = 640  # square input size (multiple of 32)
+IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32)
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
 ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
@@ -31,11 +33,11 @@ SOFT_ROUTING = False  # also score soft routing (gated-rainy images see g * SPDN
 # ---- run
 BATCH_SIZE = 8  # images per batch (split by the gate inside)
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
-DEVICE = "auto"  # "auto", "cuda", "cpu", ...
-CPU_THREADS = None  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
-DATALOADER_WORKERS = 4  # data loading processes
-SEED = 42  # the validation subset and the mixed split's choice of rainy images
-OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the weights are and results go
+DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...
+CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
+DATALOADER_WORKERS = settings.EVAL_DATALOADER_WORKERS  # data loading processes
+SEED = settings.SEED  # the validation subset and the mixed split's choice of rainy images
+OUTPUT_DIR = settings.OUTPUT_DIR  # where the weights are and results go
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
 from utils.runtime.config import command_line, load_config  # noqa: E402

@@ -2,7 +2,7 @@
 
     python Infer.py --INPUT=street.jpg
     python Infer.py --INPUT=./my_photos --OUTPUT=./my_photos_detected
-    python Infer.py configs/demo.py --INPUT=outputs_spdnet_adaptation/demo/coco_rain/val2017
+    python Infer.py configs/demo.py --INPUT=outputs_spdnet_adaptation/demo/data/coco_rain/val2017
 
 Writes one annotated image per input and detections.json (label names, scores, boxes in original
 pixels as x0, y0, x1, y1, the rain probability and which path the image took).
@@ -10,11 +10,13 @@ pixels as x0, y0, x1, y1, the rain probability and which path the image took).
 
 from __future__ import annotations
 
+from utils.runtime import settings  # the shared defaults (utils/runtime/settings.py)
+
 # ---- input and output
 INPUT = "./images"  # an image file or a folder of images
 OUTPUT = None  # where annotated images and detections.json go (None: OUTPUT_DIR/inference)
 SCORE_THRESHOLD = 0.5  # detections below this score are left out
-IMAGE_SIZE = 640  # the model's square input size (multiple of 32)
+IMAGE_SIZE = settings.IMAGE_SIZE  # the model's square input size (multiple of 32)
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
 ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
@@ -24,8 +26,8 @@ SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record i
 ROUTING = "hard"  # "hard": gated-rainy images see SPDNet(x); "soft": g * SPDNet(x) + (1 - g) * x, g the calibrated P(rain)
 # ---- run
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
-DEVICE = "auto"  # "auto", "cuda", "cpu", ...
-OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the trained weights are
+DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...
+OUTPUT_DIR = settings.OUTPUT_DIR  # where the trained weights are
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
 from utils.runtime.config import command_line, load_config  # noqa: E402

@@ -17,13 +17,15 @@ status 1; everything else is still rendered.
 
 from __future__ import annotations
 
-COCO_DIR = "./data/coco"  # the clean images and their annotations
-COCO_RAIN_DIR = "./data/coco_rain"  # where the rainy copies go
+from utils.runtime import settings  # the shared defaults (utils/runtime/settings.py)
+
+COCO_DIR = settings.COCO_DIR  # the clean images and their annotations
+COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # where the rainy copies go
 SPLITS = ["val", "train"]  # which splits to render ("train", "val")
 PRESETS = ["medium"]  # rain presets: streaks "light", "medium", "heavy"; drops on the lens "drops_light", "drops_heavy"
 VARIANTS_PER_PRESET = 1  # differently seeded renderings of each preset
 WORKERS = 2  # parallel processes (each renders on one core; 0: in this process)
-SEED = 0  # the rain of an image depends only on (SEED, image id, variant name)
+RAIN_SEED = 0  # the rain of an image depends only on (RAIN_SEED, image id, variant name)
 JPEG_QUALITY = 95  # quality of the written JPEGs
 LIMIT = None  # render only the first LIMIT images of each split (None: all)
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     for split in config["SPLITS"]:
         report = make_rainy_split(
             config["COCO_DIR"], config["COCO_RAIN_DIR"], SPLIT_FOLDERS[split], annotation_path(config["COCO_DIR"], split),
-            config["PRESETS"], config["VARIANTS_PER_PRESET"], seed=config["SEED"], workers=config["WORKERS"],
+            config["PRESETS"], config["VARIANTS_PER_PRESET"], seed=config["RAIN_SEED"], workers=config["WORKERS"],
             quality=config["JPEG_QUALITY"], limit=config["LIMIT"],
         )
         print(

@@ -1,11 +1,18 @@
 """Train the rain gate: a small classifier telling rainy images from clean ones.
 
     python Training_Rain_Detector.py                   # COCO vs COCO_rain
-    python Training_Rain_Detector.py configs/demo.py   # the CPU demo world
+    python Training_Rain_Detector.py configs/demo.py --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate   # the CPU demo world
 
 Chooses its decision threshold on the validation split (best accuracy), fits a calibration
 temperature there (soft routing's P(rain); no decision changes), reports accuracy, precision and
 recall of "rainy", and saves OUTPUT_DIR/rain_detector.pt.
+
+With configs/demo.py it first builds or reuses the demo world and the demo's own gate (as the other
+scripts do), then trains a gate with the demo gate's recipe (the GATE_* settings, ARCHITECTURE and
+INPUT_SIZE there; with --SEED=0, the demo's DEMO_SEED, it repeats bit for bit the demo's gate as the
+demo commands make it, on one thread). It never writes the demo's own gate, DEMO_DIR/rain_detector.pt,
+which Make_Demo.py makes, records and reuses: without another OUTPUT_DIR (configs/demo.py's is
+DEMO_DIR) it stops in one line saying so.
 
 For a gate that holds on rain it has never seen (docs/rain_gate.md):
 
@@ -13,16 +20,20 @@ For a gate that holds on rain it has never seen (docs/rain_gate.md):
         --AUGMENT_BLUR=0.3 --AUGMENT_JPEG=0.5 --AUGMENT_JITTER=0.2 --AUGMENT_NOISE=0.03
 
 trains on every variant of COCO_RAIN_DIR but the drop family's, and scores the drop variants apart.
+The gate's own sizes and schedule are GATE_*: IMAGE_SIZE, PERCENT_DATASET, NUM_EPOCHS, ... are the
+SPDNet scripts' (a config file shared with them, such as configs/demo.py, leaves the gate's alone).
 """
 
 from __future__ import annotations
 
+from utils.runtime import settings  # the shared defaults (utils/runtime/settings.py)
+
 # ---- data
-COCO_DIR = "./data/coco"  # clean COCO: train2017/, val2017/, annotations/
-COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout (several directories = rain variants)
-PERCENT_DATASET = 5.0  # percent of the training images used (half shown clean, half rainy; fractions allowed)
-VAL_PERCENT = 20.0  # percent of the validation images used (half clean, half rainy; fractions allowed)
-IMAGE_SIZE = 320  # images are loaded at this square size, then the gate downscales to INPUT_SIZE
+COCO_DIR = settings.COCO_DIR  # clean COCO: train2017/, val2017/, annotations/
+COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout (several directories = rain variants)
+GATE_PERCENT_DATASET = 5.0  # percent of the training images used (half shown clean, half rainy; fractions allowed)
+GATE_VAL_PERCENT = 20.0  # percent of the validation images used (half clean, half rainy; fractions allowed)
+GATE_IMAGE_SIZE = 320  # images are loaded at this square size, then the gate downscales to INPUT_SIZE
 # ---- rain families and diversity (the defaults train the gate exactly as before they existed)
 HOLDOUT_FAMILY = None  # rain family kept out of training and threshold choice ("streaks" or "drops"); its variants in COCO_RAIN_DIR are scored apart
 EPOCH_VARIANTS = False  # each epoch draws anew for every image: rain variant, flip, RANDOM_RAIN and AUGMENT_*; False: epoch 1's throughout
@@ -36,23 +47,52 @@ ARCHITECTURE = "mobilenet_v3_small"  # "small_cnn", "mobilenet_v3_small" or "res
 IMAGENET_WEIGHTS = None  # a local torchvision ImageNet state dict to start from (None: from scratch)
 INPUT_SIZE = 224  # the gate's own input resolution
 # ---- optimisation
-NUM_EPOCHS = 5  # passes over the training subset
-BATCH_SIZE = 32  # images per step
-LEARNING_RATE = 1e-3  # AdamW learning rate (cosine decay to 0)
+GATE_NUM_EPOCHS = 5  # passes over the training subset
+GATE_BATCH_SIZE = 32  # images per step
+GATE_LEARNING_RATE = 1e-3  # AdamW learning rate (cosine decay to 0)
 # ---- system
-DEVICE = "auto"  # "auto", "cuda", "cpu", ...
-DATALOADER_WORKERS = 8  # data loading processes
-SEED = 42  # subsets, order and initialisation
-OUTPUT_DIR = "./outputs_spdnet_adaptation"  # rain_detector.pt goes here
+DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...
+CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
+DATALOADER_WORKERS = settings.DATALOADER_WORKERS  # data loading processes
+SEED = settings.SEED  # subsets, order and initialisation
+# ---- output
+OUTPUT_DIR = settings.OUTPUT_DIR  # rain_detector.pt goes here (never DEMO_DIR's, which the demo manages)
+PREPARE_DEMO = False  # first build or reuse the CPU demo world and its gate (configs/demo.py sets it; see Make_Demo.py)
+RESUME = False  # continue from OUTPUT_DIR/rain_detector_checkpoint.pt
+LOG_EVERY_STEPS = 10  # optimizer steps per line in rain_detector_log.jsonl
 
-from utils.runtime.config import command_line, load_config  # noqa: E402
+from utils.runtime.config import UserError, command_line, load_config  # noqa: E402
+from utils.runtime.demo_settings import demo_defaults  # noqa: E402
+
+
+def refuse_the_demos_gate(config: dict) -> None:
+    """Stop in one line rather than overwrite the demo's gate, which Make_Demo.py makes, records
+    (rain_detector.pt.json beside it) and reuses: DEMO_DIR's when PREPARE_DEMO, or any recorded one."""
+    import os
+
+    from utils.apps.demo import world_paths
+    from utils.apps.pipelines import GATE_FILE
+
+    target = os.path.join(config["OUTPUT_DIR"], GATE_FILE)
+    demos = config["PREPARE_DEMO"] and os.path.abspath(target) == os.path.abspath(world_paths(config["DEMO_DIR"])["gate"])
+    if demos or os.path.exists(target + ".json"):
+        raise UserError(
+            f"OUTPUT_DIR: {target} is the demo's own gate, which Make_Demo.py makes, records and reuses; "
+            f"train this one elsewhere, e.g. --OUTPUT_DIR={os.path.join(config['OUTPUT_DIR'], 'gate')}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = load_config(globals(), argv)
+    config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    from utils.apps.demo import prepare_demo_if_asked
+    from utils.apps.gate_names import with_old_gate_names
     from utils.apps.gate_training import train_rain_detector
+    from utils.runtime.device import set_cpu_threads
 
-    return train_rain_detector(config)
+    refuse_the_demos_gate(config)
+    set_cpu_threads(config["CPU_THREADS"])
+    prepare_demo_if_asked(config)
+    return train_rain_detector(with_old_gate_names(config))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import os
 
+from utils.runtime import settings  # the shared defaults (utils/runtime/settings.py)
+
 # ---- data
-COCO_DIR = "./data/coco"  # clean COCO: train2017/, val2017/, annotations/instances_{train,val}2017.json
-COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout; a list of such directories = rain variants
+COCO_DIR = settings.COCO_DIR  # clean COCO: train2017/, val2017/, annotations/instances_{train,val}2017.json
+COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout; a list of such directories = rain variants
 PERCENT_DATASET = 10.0  # percent of the training images used (10 -> ~11,800 on COCO train2017; 0.5 -> ~590)
 COCO_RATIO = 0.5  # fraction of the chosen training images also used clean (teaches SPDNet to leave clean images alone)
 RAIN_RATIO = 1.0  # fraction of the chosen training images used rainy
 VAL_PERCENT = 100.0  # percent of the rainy validation images scored after every epoch (fractions allowed)
-IMAGE_SIZE = 640  # square input size (multiple of 32), a plain resize as RTDetrImageProcessor does
+IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32), a plain resize as RTDetrImageProcessor does
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local save_pretrained directory of the frozen detector
 SPDNET_WEIGHTS = "./weights/spdnet_official.pt"  # official SPDNet weights to start from (None: random init)
@@ -50,12 +52,12 @@ GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.
 CHANNELS_LAST = False  # SPDNet in NHWC memory layout (faster convolutions, bf16 above all)
 COMPILE = "off"  # torch.compile SPDNet: "off", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead" (minutes to compile; CPU: 1.15-1.25x per step, 1.7-2.7x the peak memory; GPU not measured: docs/performance.md)
 # ---- system
-DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
-CPU_THREADS = None  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
-DATALOADER_WORKERS = 8  # data loading processes per GPU
-SEED = 42  # seeds the subset, the data order, the rain variants and the initialisation
+DEVICE = settings.DEVICE  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
+CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
+DATALOADER_WORKERS = settings.DATALOADER_WORKERS  # data loading processes per GPU
+SEED = settings.SEED  # seeds the subset, the data order, the rain variants and the initialisation
 # ---- output
-OUTPUT_DIR = "./outputs_spdnet_adaptation"  # checkpoints, spdnet_adapted.pt, logs and plots
+OUTPUT_DIR = settings.OUTPUT_DIR  # checkpoints, spdnet_adapted.pt, logs and plots
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 RESUME = False  # continue from OUTPUT_DIR/checkpoint.pt
 CHECKPOINT_EVERY_STEPS = 200  # also checkpoint every this many optimizer steps (None: per epoch only)

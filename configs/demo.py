@@ -2,6 +2,8 @@
 #   python Training_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_conditional.py configs/demo.py
+#   python Training_Rain_Detector.py configs/demo.py --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate
+#     (a gate with the demo gate's recipe; OUTPUT_DIR below holds the demo's own, which that script refuses to overwrite)
 PREPARE_DEMO = True  # build or reuse the world and rain gate, measure the kept stand-ins on it (Make_Demo.py)
 DEMO_DIR = "./outputs_spdnet_adaptation/demo"
 DEMO_WEIGHTS_DIR = "./demo_weights"  # kept in the repository, made by `python Make_Demo.py --DEMO_PRETRAIN=True`
@@ -31,3 +33,13 @@ PRECISION = "fp32"  # the demo's figures in fp32 on every CPU ("auto" would take
 GRADIENT_CHECKPOINTING = False  # 128 px images fit easily; recomputation would only cost time
 DATALOADER_WORKERS = 1
 EVAL_BEFORE_TRAINING = False  # Eval_SPDNet_Adaptation.py scores the original SPDNet anyway
+# The rain gate's recipe (Training_Rain_Detector.py), the demo's own gate's (utils/apps/demo.py gate_settings);
+# its SEED stays the scripts' (--SEED=0, the demo's DEMO_SEED, repeats the demo's gate)
+GATE_IMAGE_SIZE = 128  # the world's scene size (DEMO_IMAGE_SIZE)
+GATE_PERCENT_DATASET = 100  # every training scene, half shown clean, half rainy
+GATE_VAL_PERCENT = 100
+GATE_NUM_EPOCHS = 2  # DEMO_GATE_EPOCHS
+GATE_BATCH_SIZE = 32
+GATE_LEARNING_RATE = 1e-3
+ARCHITECTURE = "small_cnn"
+INPUT_SIZE = 128  # the gate sees the scenes at their own size

@@ -138,3 +138,47 @@ def test_cpu_threads_sets_pytorchs_thread_count_and_none_leaves_it():
                 set_cpu_threads(bad)
     finally:
         torch.set_num_threads(before)
+
+
+def _root_scripts() -> dict[str, str]:
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {name[:-3]: os.path.join(root, name) for name in sorted(os.listdir(root)) if name.endswith(".py")}
+
+
+def _bindings(path: str) -> dict[str, str]:
+    """The script's constants written ``KEY = settings.NAME``: KEY -> NAME."""
+    import ast
+
+    with open(path) as file:
+        tree = ast.parse(file.read())
+    return {
+        node.targets[0].id: node.value.attr for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Attribute)
+        and isinstance(node.value.value, ast.Name) and node.value.value.id == "settings"
+    }
+
+
+# The one shared setting whose default differs by kind of script (kept as it was): evaluation loaders.
+OTHER_DEFAULTS = {"DATALOADER_WORKERS": {"EVAL_DATALOADER_WORKERS"}}
+
+
+def test_a_shared_setting_has_one_default_taken_from_utils_runtime_settings():
+    """Every script that declares a setting of utils/runtime/settings.py takes its value from there
+    (``KEY = settings.KEY``, so it cannot drift) and has that default."""
+    import importlib
+
+    from utils.runtime import settings
+
+    shared = {key for key in vars(settings) if key.isupper()}
+    declared_by = {}
+    for script, path in _root_scripts().items():
+        defaults, bindings = script_defaults(vars(importlib.import_module(script))), _bindings(path)
+        assert "settings" not in defaults
+        for key in shared & set(defaults):
+            assert bindings.get(key) in {key} | OTHER_DEFAULTS.get(key, set()), f"{script}.py: {key} is not settings.{key}"
+            assert defaults[key] == getattr(settings, bindings[key]), f"{script}.py: {key}"
+            declared_by.setdefault(key, []).append(script)
+    assert set(declared_by) == shared - {"EVAL_DATALOADER_WORKERS"}  # each is someone's
+    assert len(declared_by["IMAGE_SIZE"]) == 5 and len(declared_by["SEED"]) == 4 and len(declared_by["COCO_DIR"]) == 6

@@ -9,8 +9,9 @@ import torch
 import Eval_conditional
 import Eval_SPDNet_Adaptation
 import Make_Demo
+import Training_Rain_Detector
 import Training_SPDNet_Adaptation
-from utils.apps.demo import deraining_loss, random_crops
+from utils.apps.demo import deraining_loss, gate_settings, random_crops, world_paths
 from utils.models.detector import load_detector
 from utils.apps.pipelines import build_spdnet
 
@@ -30,7 +31,7 @@ def smoke_config(tmp_path, **changes) -> str:
         "OUTPUT_DIR": root, "COCO_DIR": root + "/data/coco", "COCO_RAIN_DIR": root + "/data/coco_rain",
         "DETECTOR": weights + "/detector", "SPDNET_WEIGHTS": weights + "/spdnet_original.pt",
         "RAIN_DETECTOR_WEIGHTS": root + "/rain_detector.pt", "IMAGE_SIZE": 64, "PERCENT_DATASET": 50,
-        "NUM_EPOCHS": 1, "DATALOADER_WORKERS": 0, "DEVICE": "cpu",
+        "NUM_EPOCHS": 1, "DATALOADER_WORKERS": 0, "DEVICE": "cpu", "GATE_IMAGE_SIZE": 64, "INPUT_SIZE": 64, "GATE_NUM_EPOCHS": 1,
     }
     settings.update(changes)
     path = tmp_path / "smoke.py"
@@ -70,6 +71,31 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
     assert set(conditional) >= {"clean", "rainy", "mixed"}
     clean = conditional["clean"]["clean_guarantee"]
     assert clean["identical_to_detector"] == clean["images_gated_clean"]
+    # The gate script on the demo: the demo's gate recipe, into its own folder; with the demo's seed it
+    # makes the demo's gate again, bit for bit, and leaves the demo's own file alone.
+    demo_gate = os.path.join(root, "rain_detector.pt")
+    stamp = os.stat(demo_gate).st_mtime_ns
+    Training_Rain_Detector.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1", "--SEED=1", f"--OUTPUT_DIR={root}/gate"])
+    assert os.stat(demo_gate).st_mtime_ns == stamp
+    ours, demos = (torch.load(path, weights_only=True) for path in (os.path.join(root, "gate", "rain_detector.pt"), demo_gate))
+    assert ours["state_dict"].keys() == demos["state_dict"].keys()
+    assert all(torch.equal(ours["state_dict"][key], demos["state_dict"][key]) for key in demos["state_dict"])
+    assert (ours["threshold"], ours["temperature"]) == (demos["threshold"], demos["temperature"])
+
+
+def test_the_gate_script_takes_the_demo_gates_recipe_from_configs_demo():
+    """configs/demo.py gives Training_Rain_Detector.py every setting of the demo's own gate (none of
+    the SPDNet scripts' IMAGE_SIZE, PERCENT_DATASET, NUM_EPOCHS, ...), but the run's seed, threads and
+    log lines; and the demo's gate settings are every setting of that script."""
+    from utils.runtime.config import load_config, script_defaults
+    from utils.runtime.demo_settings import demo_defaults
+
+    config = load_config(vars(Training_Rain_Detector), [DEMO_CONFIG], quiet=True, extra_defaults=demo_defaults())
+    demos = gate_settings(demo_defaults(), world_paths(config["DEMO_DIR"]))
+    own = set(script_defaults(vars(Training_Rain_Detector))) - {"PREPARE_DEMO"}
+    assert own <= set(demos)
+    assert {key for key in own if config[key] != demos[key]} == {"SEED", "CPU_THREADS", "LOG_EVERY_STEPS"}
+    assert (config["SEED"], demos["SEED"], demos["GATE_IMAGE_SIZE"], demos["GATE_NUM_EPOCHS"]) == (42, 0, 128, 2)
 
 
 def test_a_demo_world_without_the_kept_weights_is_a_clear_error(tmp_path):

@@ -52,7 +52,8 @@ def one_line_error(main, argv) -> str:
         (["Eval_SPDNet_Adaptation.py", "--BATCH_SIZE=big"], "BATCH_SIZE must be int"),
         (["Eval_conditional.py", "configs/nothere.py"], "config file 'configs/nothere.py' does not exist"),
         (["Infer.py", "--ROUTING"], "'--ROUTING' must be --KEY=value"),
-        (["Training_Rain_Detector.py", "--DEMO_SEED=1"], "unknown config key 'DEMO_SEED'"),
+        (["Check_Data.py", "--DEMO_SEED=1"], "unknown config key 'DEMO_SEED'"),
+        (["Training_Rain_Detector.py", "--NUM_EPOCHS=3"], "unknown config key 'NUM_EPOCHS'. Did you mean GATE_NUM_EPOCHS"),
         (["Make_Demo.py", "--DEMO_SEED=one"], "DEMO_SEED must be int"),
     ],
 )
@@ -69,7 +70,7 @@ def test_demo_settings_reach_every_script_that_prepares_the_demo():
     from utils.runtime.config import load_config
     from utils.runtime.demo_settings import demo_defaults
 
-    for script in (Training_SPDNet_Adaptation, Eval_SPDNet_Adaptation, Eval_conditional, Infer):
+    for script in (Training_SPDNet_Adaptation, Eval_SPDNet_Adaptation, Eval_conditional, Infer, Training_Rain_Detector):
         config = load_config(vars(script), [os.path.join(ROOT, "configs", "demo.py"), "--DEMO_SEED=1"], quiet=True,
                              extra_defaults=demo_defaults())
         assert config["DEMO_SEED"] == 1 and config["PREPARE_DEMO"] is True, script.__name__
@@ -149,6 +150,18 @@ def test_missing_detector_is_named(tiny_world, tmp_path):
     assert f"DETECTOR: directory '{tmp_path / 'no_detector'}' does not exist" in message
 
 
+def test_the_gate_script_never_overwrites_the_demos_gate(tmp_path):
+    """DEMO_DIR/rain_detector.pt is Make_Demo.py's (made, recorded, reused): configs/demo.py's OUTPUT_DIR
+    is refused before the demo is prepared, and so is any folder holding such a record."""
+    demo = os.path.join(ROOT, "configs", "demo.py")
+    message = one_line_error(Training_Rain_Detector.main, [demo, f"--DEMO_DIR={tmp_path}", f"--OUTPUT_DIR={tmp_path}"])
+    assert message.startswith(f"error: OUTPUT_DIR: {tmp_path / 'rain_detector.pt'} is the demo's own gate")
+    assert message.endswith(f"--OUTPUT_DIR={tmp_path / 'gate'}") and not os.listdir(tmp_path)
+    (tmp_path / "rain_detector.pt.json").write_text("{}")
+    message = one_line_error(Training_Rain_Detector.main, [f"--OUTPUT_DIR={tmp_path}"])
+    assert "is the demo's own gate, which Make_Demo.py makes, records and reuses" in message
+
+
 def test_infer_refuses_an_input_that_is_not_an_image(tmp_path):
     readme = os.path.join(ROOT, "README.md")
     message = one_line_error(Infer.main, [f"--INPUT={readme}", f"--OUTPUT_DIR={tmp_path}"])
@@ -170,13 +183,15 @@ def test_bad_values_are_one_line(tiny_world, tmp_path):
     for main in (Training_SPDNet_Adaptation.main, Eval_SPDNet_Adaptation.main, Eval_conditional.main):
         message = one_line_error(main, tiny_world["overrides"] + ["--CPU_THREADS=0", f"--OUTPUT_DIR={tmp_path}"])
         assert message == "error: CPU_THREADS must be a positive integer or None, got 0"
+    message = one_line_error(Training_Rain_Detector.main, ["--CPU_THREADS=0", f"--OUTPUT_DIR={tmp_path}"])
+    assert message == "error: CPU_THREADS must be a positive integer or None, got 0"
 
 
 @pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
 def test_bad_imagenet_weights(tiny_world, bad_files, tmp_path, name, problem):
     message = one_line_error(Training_Rain_Detector.main, [
         f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", "--DEVICE=cpu",
-        "--DATALOADER_WORKERS=0", "--IMAGE_SIZE=64", "--PERCENT_DATASET=100", "--VAL_PERCENT=100", "--ARCHITECTURE=resnet18",
+        "--DATALOADER_WORKERS=0", "--GATE_IMAGE_SIZE=64", "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100", "--ARCHITECTURE=resnet18",
         f"--IMAGENET_WEIGHTS={bad_files / name}", f"--OUTPUT_DIR={tmp_path}"])
     assert f"IMAGENET_WEIGHTS: '{bad_files / name}' {problem}" in message
 
@@ -184,5 +199,5 @@ def test_bad_imagenet_weights(tiny_world, bad_files, tmp_path, name, problem):
 def test_a_gate_subset_without_images_is_named(tiny_world, tmp_path):
     message = one_line_error(Training_Rain_Detector.main, [
         f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", "--DEVICE=cpu",
-        "--DATALOADER_WORKERS=0", "--IMAGE_SIZE=64", "--PERCENT_DATASET=5", f"--OUTPUT_DIR={tmp_path}"])
+        "--DATALOADER_WORKERS=0", "--GATE_IMAGE_SIZE=64", "--GATE_PERCENT_DATASET=5", f"--OUTPUT_DIR={tmp_path}"])
     assert "PERCENT_DATASET=5.0 leaves no train image of COCO_DIR=" in message and message.endswith("raise PERCENT_DATASET")

@@ -27,8 +27,8 @@ def trained(tiny_world, tmp_path_factory):
     ])
     gate = Training_Rain_Detector.main([
         f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", f"--OUTPUT_DIR={output}",
-        "--IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0", "--PERCENT_DATASET=100", "--VAL_PERCENT=100",
-        "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64", "--NUM_EPOCHS=2", "--BATCH_SIZE=8",
+        "--GATE_IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0", "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100",
+        "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64", "--GATE_NUM_EPOCHS=2", "--GATE_BATCH_SIZE=8",
     ])
     return {"output": output, "common": common, "gate": gate}
 

@@ -24,8 +24,8 @@ def two_family_world(tmp_path_factory):
 def test_gate_trains_without_the_held_out_family_and_scores_it_apart(two_family_world, tmp_path, capsys):
     result = Training_Rain_Detector.main([
         f"--COCO_DIR={two_family_world['coco_dir']}", f"--COCO_RAIN_DIR={two_family_world['coco_rain_dir']}",
-        f"--OUTPUT_DIR={tmp_path}", "--IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0", "--PERCENT_DATASET=100",
-        "--VAL_PERCENT=100", "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64", "--NUM_EPOCHS=2", "--BATCH_SIZE=8",
+        f"--OUTPUT_DIR={tmp_path}", "--GATE_IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0", "--GATE_PERCENT_DATASET=100",
+        "--GATE_VAL_PERCENT=100", "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64", "--GATE_NUM_EPOCHS=2", "--GATE_BATCH_SIZE=8",
         "--HOLDOUT_FAMILY=drops", "--EPOCH_VARIANTS=True", "--RANDOM_RAIN=0.5", "--AUGMENT_BLUR=0.5", "--AUGMENT_JPEG=0.5",
         "--AUGMENT_JITTER=0.2", "--AUGMENT_NOISE=0.03",
     ])

@@ -79,7 +79,7 @@ def test_world_is_a_function_of_the_seed(tmp_path):
 
 def test_a_built_world_is_reused_and_other_settings_rebuild_it(tmp_path, capsys):
     root = str(tmp_path / "world")
-    paths = Make_Synthetic_World.main([f"--WORLD_DIR={root}", "--NUM_TRAIN=3", "--NUM_VAL=2", "--IMAGE_SIZE=40"])
+    paths = Make_Synthetic_World.main([f"--WORLD_DIR={root}", "--NUM_TRAIN=3", "--NUM_VAL=2", "--WORLD_IMAGE_SIZE=40"])
     assert "--COCO_DIR=" in capsys.readouterr().out
     first_file = os.path.join(paths["coco_dir"], "train2017", "000000000001.jpg")
     stamp = os.stat(first_file).st_mtime_ns

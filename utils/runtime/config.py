@@ -41,7 +41,7 @@ def script_defaults(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # Every setting of the scripts in the project's root, declared here so that a config file shared by
-# several scripts (configs/demo.py serves four) may set a key that only some of them have: the others
+# several scripts (configs/demo.py serves six) may set a key that only some of them have: the others
 # skip it, and a key no script has is an error (a typo). tests/test_config.py checks that this
 # matches the scripts' constants; the DEMO_* settings are utils/runtime/demo_settings.py's.
 PROJECT_SETTINGS = frozenset({
@@ -61,10 +61,11 @@ PROJECT_SETTINGS = frozenset({
     "INPUT", "OUTPUT", "SCORE_THRESHOLD", "ROUTING",
     # Training_Rain_Detector.py
     "EPOCH_VARIANTS", "RANDOM_RAIN", "AUGMENT_BLUR", "AUGMENT_JPEG", "AUGMENT_JITTER", "AUGMENT_NOISE",
-    "ARCHITECTURE", "IMAGENET_WEIGHTS", "INPUT_SIZE",
+    "ARCHITECTURE", "IMAGENET_WEIGHTS", "INPUT_SIZE", "GATE_IMAGE_SIZE", "GATE_PERCENT_DATASET", "GATE_VAL_PERCENT",
+    "GATE_NUM_EPOCHS", "GATE_BATCH_SIZE", "GATE_LEARNING_RATE",
     # Check_Data.py, Make_COCO_Rain.py, Make_Synthetic_World.py
     "SPLITS", "CHECK", "BENCHMARK_IMAGES", "PRESETS", "VARIANTS_PER_PRESET", "WORKERS", "JPEG_QUALITY", "LIMIT",
-    "WORLD_DIR", "NUM_TRAIN", "NUM_VAL", "MAX_OBJECTS",
+    "RAIN_SEED", "WORLD_DIR", "NUM_TRAIN", "NUM_VAL", "MAX_OBJECTS", "WORLD_IMAGE_SIZE", "WORLD_SEED",
 })
 
 
