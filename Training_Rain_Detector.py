@@ -5,7 +5,8 @@
 
 Chooses its decision threshold on the validation split (best accuracy), fits a calibration
 temperature there (soft routing's P(rain); no decision changes), reports accuracy, precision and
-recall of "rainy", and saves OUTPUT_DIR/rain_detector.pt.
+recall of "rainy", and saves OUTPUT_DIR/rain_detector.pt. It logs to OUTPUT_DIR/rain_detector_log.jsonl;
+Ctrl-C (or SIGTERM) saves OUTPUT_DIR/rain_detector_checkpoint.pt, which --RESUME=True continues bit for bit.
 
 With configs/demo.py it first builds or reuses the demo world and the demo's own gate (as the other
 scripts do), then trains a gate with the demo gate's recipe (the GATE_* settings, ARCHITECTURE and
@@ -85,14 +86,13 @@ def refuse_the_demos_gate(config: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv, extra_defaults=demo_defaults())
     from utils.apps.demo import prepare_demo_if_asked
-    from utils.apps.gate_names import with_old_gate_names
     from utils.apps.gate_training import train_rain_detector
     from utils.runtime.device import set_cpu_threads
 
     refuse_the_demos_gate(config)
     set_cpu_threads(config["CPU_THREADS"])
     prepare_demo_if_asked(config)
-    return train_rain_detector(with_old_gate_names(config))
+    return train_rain_detector(config)
 
 
 if __name__ == "__main__":

@@ -175,10 +175,8 @@ def prepare_demo(config: dict) -> dict[str, str]:
 def gate_settings(config: dict, paths: dict[str, str]) -> dict:
     """Every setting of Training_Rain_Detector.py for the demo's gate: a small CNN on the whole world
     (configs/demo.py gives that script the same recipe)."""
-    from utils.apps.gate_names import with_old_gate_names
-
     size, workers = config["DEMO_IMAGE_SIZE"], config["DEMO_WORKERS"]
-    return with_old_gate_names({
+    return {
         "COCO_DIR": paths["coco_dir"], "COCO_RAIN_DIR": paths["coco_rain_dir"], "GATE_PERCENT_DATASET": 100.0,
         "GATE_VAL_PERCENT": 100.0, "GATE_IMAGE_SIZE": size, "HOLDOUT_FAMILY": None, "EPOCH_VARIANTS": False,
         "RANDOM_RAIN": 0.0, "AUGMENT_BLUR": 0.0, "AUGMENT_JPEG": 0.0, "AUGMENT_JITTER": 0.0, "AUGMENT_NOISE": 0.0,
@@ -186,11 +184,11 @@ def gate_settings(config: dict, paths: dict[str, str]) -> dict:
         "GATE_NUM_EPOCHS": config["DEMO_GATE_EPOCHS"], "GATE_BATCH_SIZE": 32, "GATE_LEARNING_RATE": 1e-3,
         "DEVICE": config["DEMO_DEVICE"], "CPU_THREADS": None, "DATALOADER_WORKERS": workers, "SEED": config["DEMO_SEED"],
         "OUTPUT_DIR": config["DEMO_DIR"], "RESUME": False, "LOG_EVERY_STEPS": 10,
-    })
+    }
 
 
 def train_demo_gate(config: dict, paths: dict[str, str]) -> None:
-    """The demo world's rain gate (utils.rain_detector.train_rain_detector), unless its record
+    """The demo world's rain gate (utils.apps.gate_training.train_rain_detector), unless its record
     says it was made with the same world, seed and epochs."""
     world = world_settings(config, config["DEMO_SEED"], config["DEMO_NUM_TRAIN"])
     gate = {"world": world, "seed": config["DEMO_SEED"], "epochs": config["DEMO_GATE_EPOCHS"]}
