@@ -34,14 +34,17 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from multiprocessing import get_context
 from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 from utils.runtime.checkpoint import atomic_write_json
+from utils.data.coco import read_annotation_file
 
 # Bumped whenever the streak renderer's output changes, so a resume never mixes two renderers' rain.
 RENDERER_VERSION = 2
@@ -378,12 +381,6 @@ def make_rainy_split(
         {"written": n, "skipped": n, "failed": [message, ...], "seconds": s,
         "images_per_second_per_worker": rate of the files written}.
     """
-    from multiprocessing import get_context
-
-    from tqdm import tqdm
-
-    from utils.data.coco import read_annotation_file
-
     source_dir = os.path.join(coco_dir, split_folder)
     if not os.path.isdir(source_dir):
         raise FileNotFoundError(f"image folder {source_dir!r} does not exist")
