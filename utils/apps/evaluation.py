@@ -87,10 +87,11 @@ def quality_line(quality: dict) -> str:
 
 
 def comparison_table(results: dict, split: str) -> str:
-    """The plan's three lines (mAP and change against vanilla), then every metric and the speed."""
+    """Three headline lines (each pipeline's mAP, the two SPDNet ones with their change against vanilla),
+    then every metric and the speed."""
     vanilla = results["vanilla"]["AP"]
     lines = [f"\n{split} validation ({results['vanilla']['images']} images)"]
-    # The plan's wording: "Vanilla RT-DETR mAP:", then the other two with their change against it.
+    # "Vanilla RT-DETR mAP:" first, then the other two with their change against it.
     for name in ("vanilla", "original", "adapted"):
         ap = results[name]["AP"]
         label = PIPELINE_TITLES[name] + (" mAP:" if name == "vanilla" else ":")

@@ -9,7 +9,7 @@
 The saved-file contract: the names of the files a run writes in OUTPUT_DIR, what ``spdnet_adapted.pt``
 records (``adapted_weights``), and loading it with the check that it was adapted to this detector
 (``load_adapted_spdnet``), wherever adapted weights are loaded. Every file is read with
-``torch.load(..., weights_only=True)`` (utils/checkpoint.load_weights_file).
+``torch.load(..., weights_only=True)`` (utils/runtime/checkpoint.load_weights_file).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def build_three_pipelines(config: dict, device: torch.device) -> Pipelines:
 
 def build_conditional_model(config: dict, device: torch.device, routing: str = "hard"):
     """The rain gate, the adapted SPDNet and the frozen detector; files checked before any work.
-    ``routing``: "hard" or "soft" (utils.conditional)."""
+    ``routing``: "hard" or "soft" (utils.models.conditional)."""
     check_precision(config["PRECISION"])
     adapted_weights_path(config)
     gate_path = weights_path(config, "RAIN_DETECTOR_WEIGHTS", GATE_FILE)

@@ -20,7 +20,7 @@ Decoding: PIL (JPEG draft mode for large files), which leaves EXIF orientation a
 are annotated on the stored pixel grid (cocoapi and the official tools never apply EXIF rotation; the
 annotation's width and height are the stored ones), so applying it would misplace every box of a
 rotated photo. torchvision.io makes this loader ~1.25x faster but is deprecated since torchvision 0.29
-(README: measured figures), and PIL reads every mode COCO has.
+(docs/data.md: measured figures), and PIL reads every mode COCO has.
 """
 
 from __future__ import annotations

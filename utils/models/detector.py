@@ -1,7 +1,7 @@
 """The frozen detector: loading HF RT-DETR, its r18vd config, freezing and fingerprinting.
 
 RT-DETR checkpoints (PekingU/rtdetr_*) predict contiguous class indices 0..num_labels-1, while COCO
-annotations use category ids 1..90 with gaps: utils/coco_categories.coco_label_maps matches the two
+annotations use category ids 1..90 with gaps: utils/runtime/coco_categories.coco_label_maps matches the two
 by name (a wrong mapping silently gives mAP near 0, so every mismatch is an error there).
 """
 
@@ -137,7 +137,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def model_state_lines(spdnet: nn.Module, detector: nn.Module) -> list[str]:
-    """The plan's model-state block: trainable and total parameters of SPDNet and the detector."""
+    """The lines the training script prints about its model: trainable and total parameters of SPDNet,
+    of the detector (marked FROZEN when none of it trains) and of both."""
     spdnet_total, spdnet_trainable = count_parameters(spdnet), count_parameters(spdnet, True)
     detector_total, detector_trainable = count_parameters(detector), count_parameters(detector, True)
     total, trainable = spdnet_total + detector_total, spdnet_trainable + detector_trainable
