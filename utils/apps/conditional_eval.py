@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import torch
 
@@ -57,56 +58,90 @@ def build_split_loader(config: dict, model: ConditionalModel, rain_fraction: flo
     return build_val_loader(dict(config, COCO_RAIN_DIR=coco_rain_dir), model.integrated.detector.config.id2label, rain_fraction)
 
 
+@dataclass
+class RouteTally:
+    """What ``score_routes`` gathers over one split's batches, row by row of ``ROWS``."""
+
+    evaluators: dict[str, CocoEvaluator]  # row -> its COCO evaluator
+    seconds: dict[str, dict[str, float]]  # row -> seconds in the gate, the rainy path and the clean path
+    probabilities: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,): the gate's rain probability
+    actual: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,) bool: the image is rainy
+    gated_rainy: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,) bool: gated to the rainy path
+    blends: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,): soft routing's blend (SOFT_ROUTING)
+    clean_checked: int = 0  # images gated clean
+    clean_mismatches: int = 0  # of those, the ones a gated routing gave another output than the frozen detector's
+    max_deviation_from_full_batch: float = 0.0  # largest |logit| difference, vanilla on the full batch vs gated
+
+
 @torch.inference_mode()
 def score_routes(model: ConditionalModel, loader, annotation_file, label_to_category_id, config, device, split) -> dict:
     """mAP of each route (soft routing too with SOFT_ROUTING), the gate's confusion, ms per image per
     path, and the clean-path guarantee of every gated routing."""
     rows = [row for row in ROWS if row != "soft" or config["SOFT_ROUTING"]]
-    gated = [row for row in rows if ROWS[row][0] == "gate"]
-    evaluators = {row: CocoEvaluator(annotation_file, label_to_category_id) for row in rows}
-    seconds = {row: {"gate": 0.0, "rainy_path": 0.0, "clean_path": 0.0} for row in rows}
-    probabilities, actual, gated_rainy, blends = [], [], [], []
-    clean_checked, clean_mismatches, max_deviation_from_full_batch = 0, 0, 0.0
+    tally = RouteTally(
+        evaluators={row: CocoEvaluator(annotation_file, label_to_category_id) for row in rows},
+        seconds={row: {"gate": 0.0, "rainy_path": 0.0, "clean_path": 0.0} for row in rows},
+    )
     for images, targets in non_empty(tqdm(loader, desc=f"{split} val", dynamic_ncols=True, leave=False)):
-        images = images.to(device, non_blocking=True)
-        image_ids = [int(t["image_id"]) for t in targets]
-        sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
-        outputs = {}
-        with autocast(device, config["PRECISION"]):
-            for row in rows:
-                route, routing = ROWS[row]
-                outputs[row] = model(images, route=route, routing=routing)
-                for key, value in outputs[row].seconds.items():
-                    seconds[row][key] += value
-                evaluators[row].update(outputs[row].logits, outputs[row].pred_boxes, image_ids, sizes)
-            # The guarantee: an image gated clean gets exactly the frozen detector's output, whatever the routing.
-            clean = (~outputs["gate"].derained).nonzero().squeeze(1)
-            if len(clean):
-                direct = model.integrated.detect(images[clean])
-                same = all(
-                    torch.equal(direct.logits, outputs[row].logits[clean]) and torch.equal(direct.pred_boxes, outputs[row].pred_boxes[clean])
-                    for row in gated
-                )
-                clean_checked += len(clean)
-                clean_mismatches += 0 if same else len(clean)
-                deviation = (outputs["never"].logits[clean] - outputs["gate"].logits[clean]).abs().max()
-                max_deviation_from_full_batch = max(max_deviation_from_full_batch, float(deviation))
-        probabilities.append(outputs["gate"].rain_probability.cpu())
-        gated_rainy.append(outputs["gate"].derained.cpu())
-        if "soft" in outputs:
-            blends.append(outputs["soft"].blend.cpu())
-        actual.append(torch.tensor([bool(t["is_rainy"]) for t in targets]))
-    if clean_mismatches:
-        raise RuntimeError(f"{split}: {clean_mismatches} of {clean_checked} images gated clean did not get the frozen detector's exact output")
+        score_batch(model, images, targets, rows, tally, config, device)
+    if tally.clean_mismatches:
+        raise RuntimeError(f"{split}: {tally.clean_mismatches} of {tally.clean_checked} images gated clean did not get "
+                           "the frozen detector's exact output")
+    return route_results(model, rows, tally)
 
-    probability, is_rainy, routed = torch.cat(probabilities), torch.cat(actual), torch.cat(gated_rainy)
-    images_total = len(probability)
+
+def score_batch(model: ConditionalModel, images: torch.Tensor, targets, rows: list[str], tally: RouteTally, config,
+                device) -> None:
+    """Run one batch ((B, 3, H, W) images and their targets) through every row's route into ``tally``,
+    checking the clean guarantee on it."""
+    images = images.to(device, non_blocking=True)
+    image_ids = [int(t["image_id"]) for t in targets]
+    sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
+    outputs = {}
+    with autocast(device, config["PRECISION"]):
+        for row in rows:
+            route, routing = ROWS[row]
+            outputs[row] = model(images, route=route, routing=routing)
+            for key, value in outputs[row].seconds.items():
+                tally.seconds[row][key] += value
+            tally.evaluators[row].update(outputs[row].logits, outputs[row].pred_boxes, image_ids, sizes)
+        check_clean_guarantee(model, images, outputs, [row for row in rows if ROWS[row][0] == "gate"], tally)
+    tally.probabilities.append(outputs["gate"].rain_probability.cpu())
+    tally.gated_rainy.append(outputs["gate"].derained.cpu())
+    if "soft" in outputs:
+        tally.blends.append(outputs["soft"].blend.cpu())
+    tally.actual.append(torch.tensor([bool(t["is_rainy"]) for t in targets]))
+
+
+def check_clean_guarantee(model: ConditionalModel, images: torch.Tensor, outputs: dict, gated: list[str],
+                          tally: RouteTally) -> None:
+    """The guarantee: an image gated clean gets exactly the frozen detector's output, whatever the
+    routing. Counts into ``tally`` the batch's images ((B, 3, H, W)) gated clean, those a ``gated``
+    row's output differs on, and how far the full-batch vanilla logits stray from the gated ones."""
+    clean = (~outputs["gate"].derained).nonzero().squeeze(1)
+    if len(clean):
+        direct = model.integrated.detect(images[clean])
+        same = all(
+            torch.equal(direct.logits, outputs[row].logits[clean]) and torch.equal(direct.pred_boxes, outputs[row].pred_boxes[clean])
+            for row in gated
+        )
+        tally.clean_checked += len(clean)
+        tally.clean_mismatches += 0 if same else len(clean)
+        deviation = (outputs["never"].logits[clean] - outputs["gate"].logits[clean]).abs().max()
+        tally.max_deviation_from_full_batch = max(tally.max_deviation_from_full_batch, float(deviation))
+
+
+def route_results(model: ConditionalModel, rows: list[str], tally: RouteTally) -> dict:
+    """``score_routes``' result from a split's ``tally``: each row's COCO metrics and ms per image, the
+    gate's routing counts, the rain detector's classification metrics, speed and the clean guarantee."""
+    probability, is_rainy, routed = torch.cat(tally.probabilities), torch.cat(tally.actual), torch.cat(tally.gated_rainy)
+    seconds, images_total = tally.seconds, len(probability)
     n_rainy_path, n_clean_path = int(routed.sum()), int((~routed).sum())
-    result = {row: evaluators[row].summarize() for row in rows}
+    result = {row: tally.evaluators[row].summarize() for row in rows}
     for row in rows:
         result[row]["ms_per_image"] = 1000 * sum(seconds[row].values()) / images_total
     if "soft" in rows:
-        blend = torch.cat(blends)[routed]
+        blend = torch.cat(tally.blends)[routed]
         result["soft"]["mean_blend_of_gated_rainy"] = float(blend.mean()) if len(blend) else None
     rainy_path_ms = 1000 * seconds["always"]["rainy_path"] / images_total
     clean_path_ms = 1000 * seconds["never"]["clean_path"] / images_total
@@ -125,8 +160,8 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
         "clean_path_speedup": rainy_path_ms / clean_path_ms if clean_path_ms else None,
     }
     result["clean_guarantee"] = {
-        "images_gated_clean": clean_checked, "identical_to_detector": clean_checked - clean_mismatches,
-        "max_logit_difference_vs_full_batch_vanilla": max_deviation_from_full_batch,
+        "images_gated_clean": tally.clean_checked, "identical_to_detector": tally.clean_checked - tally.clean_mismatches,
+        "max_logit_difference_vs_full_batch_vanilla": tally.max_deviation_from_full_batch,
     }
     return result
 

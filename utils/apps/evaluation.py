@@ -13,10 +13,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empty
 from utils.training.coco_eval import METRIC_NAMES, cxcywh_to_xyxy, post_process
 from utils.training.engine import evaluate
 from utils.runtime.device import autocast
+from utils.training.image_quality import psnr, ssim
 from utils.apps.pipelines import Pipelines
+from utils.apps.visualize import draw_detections, save_grid, save_metric_bars
 from utils.runtime.device import choose_device
 
 PIPELINE_TITLES = {
@@ -29,8 +32,6 @@ PIPELINE_TITLES = {
 def build_val_loader(config: dict, id2label: dict, rain_fraction: float):
     """(loader, annotation file, label -> category id) for the validation split, ``rain_fraction`` of
     its images rainy (1: the rainy split, 0: the clean one, in between: a seeded mix)."""
-    from utils.data.coco import build_dataset, collate_fn, loader_settings
-
     dataset = build_dataset(
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", id2label, image_size=config["IMAGE_SIZE"], train=False,
         percent=config["VAL_PERCENT"], coco_ratio=1.0 - rain_fraction, rain_ratio=rain_fraction, seed=config["SEED"],
@@ -59,9 +60,6 @@ def image_quality(spdnets: dict, coco_dir: str, coco_rain_dir: str, image_size: 
     """Per-image mean PSNR (dB) and SSIM against the clean originals (COCO_DIR, same file names) on
     the rainy val split: ``{"rainy": {"psnr_db", "ssim"}}`` for the input itself and one entry per
     SPDNet of ``spdnets`` ({name: SPDNet}), its output clamped to 0-1 as every pipeline feeds it on."""
-    from utils.data.coco import build_dataset, collate_fn, non_empty
-    from utils.training.image_quality import psnr, ssim
-
     dataset = build_dataset(coco_dir, coco_rain_dir, "val", None, image_size=image_size, percent=percent,
                             coco_ratio=0.0, rain_ratio=1.0, seed=seed, return_clean_pair=True)
     loader = DataLoader(dataset, batch_size=16, collate_fn=collate_fn)
@@ -89,10 +87,11 @@ def quality_line(quality: dict) -> str:
 
 
 def comparison_table(results: dict, split: str) -> str:
-    """The plan's three lines (mAP and change against vanilla), then every metric and the speed."""
+    """Three headline lines (each pipeline's mAP, the two SPDNet ones with their change against vanilla),
+    then every metric and the speed."""
     vanilla = results["vanilla"]["AP"]
     lines = [f"\n{split} validation ({results['vanilla']['images']} images)"]
-    # The plan's wording: "Vanilla RT-DETR mAP:", then the other two with their change against it.
+    # "Vanilla RT-DETR mAP:" first, then the other two with their change against it.
     for name in ("vanilla", "original", "adapted"):
         ap = results[name]["AP"]
         label = PIPELINE_TITLES[name] + (" mAP:" if name == "vanilla" else ":")
@@ -112,9 +111,6 @@ def comparison_table(results: dict, split: str) -> str:
 def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, device: torch.device) -> list[str]:
     """eval_bars.png (metrics per pipeline) and eval_examples.png (rainy input | original | adapted):
     ground-truth boxes in green, each pipeline's best detections in yellow with their scores."""
-    from utils.data.coco import non_empty
-    from utils.apps.visualize import draw_detections, save_grid, save_metric_bars
-
     output_dir = config["OUTPUT_DIR"]
     bars = save_metric_bars(
         {split: {PIPELINE_TITLES[n]: v for n, v in results[split].items()} for split in ("rainy", "clean") if split in results},

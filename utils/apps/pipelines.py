@@ -9,7 +9,7 @@
 The saved-file contract: the names of the files a run writes in OUTPUT_DIR, what ``spdnet_adapted.pt``
 records (``adapted_weights``), and loading it with the check that it was adapted to this detector
 (``load_adapted_spdnet``), wherever adapted weights are loaded. Every file is read with
-``torch.load(..., weights_only=True)`` (utils/checkpoint.load_weights_file).
+``torch.load(..., weights_only=True)`` (utils/runtime/checkpoint.load_weights_file).
 """
 
 from __future__ import annotations
@@ -20,7 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from utils.runtime.checkpoint import check_finite, load_weights_file
+from utils.runtime.device import check_precision
+from utils.models.conditional import ConditionalModel
+from utils.models.detector import load_detector
 from utils.models.integrated_model import IntegratedModel
+from utils.models.rain_gate import load_rain_detector
+from utils.models.spdnet import SPDNet, SPDNetCheckpointError, load_spdnet_weights
 
 ADAPTED_FILE = "spdnet_adapted.pt"  # the best adapted SPDNet (adapted_weights says what it records)
 CHECKPOINT_FILE = "checkpoint.pt"  # everything a resumed training needs
@@ -39,8 +44,6 @@ def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int, setting: s
     A missing or unreadable file, or one holding a NaN or inf tensor, is refused with an error
     naming ``setting`` and the file.
     """
-    from utils.models.spdnet import SPDNet, SPDNetCheckpointError, load_spdnet_weights
-
     if weights is None:
         return SPDNet(n_feats=n_feats, n_resblocks=n_resblocks)
     checkpoint = load_weights_file(weights, setting)
@@ -108,8 +111,6 @@ def load_adapted_spdnet(config: dict, detector: torch.nn.Module) -> IntegratedMo
 
 def build_training_model(config: dict, device: torch.device) -> IntegratedModel:
     """SPDNet (from SPDNET_WEIGHTS) in front of the frozen DETECTOR, on ``device``."""
-    from utils.models.detector import load_detector
-
     if config["SPDNET_WEIGHTS"] is None:
         print("warning: SPDNET_WEIGHTS is None, SPDNet starts from a random initialisation", flush=True)
     spdnet = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
@@ -121,8 +122,6 @@ def build_training_model(config: dict, device: torch.device) -> IntegratedModel:
 def build_detector_only(detector: torch.nn.Module) -> IntegratedModel:
     """The vanilla pipeline on its own: ``model(images, derain=False)`` is the detector (the stand-in
     SPDNet is the smallest there is and never runs)."""
-    from utils.models.spdnet import SPDNet
-
     return IntegratedModel(SPDNet(2, 1), detector)
 
 
@@ -139,9 +138,6 @@ class Pipelines:
 
 def build_three_pipelines(config: dict, device: torch.device) -> Pipelines:
     """The frozen detector, the original SPDNet and the adapted one; every file checked up front."""
-    from utils.models.detector import load_detector
-    from utils.runtime.device import check_precision
-
     check_precision(config["PRECISION"])
     adapted_weights_path(config)
     detector = load_detector(config["DETECTOR"])
@@ -156,12 +152,7 @@ def build_three_pipelines(config: dict, device: torch.device) -> Pipelines:
 
 def build_conditional_model(config: dict, device: torch.device, routing: str = "hard"):
     """The rain gate, the adapted SPDNet and the frozen detector; files checked before any work.
-    ``routing``: "hard" or "soft" (utils.conditional)."""
-    from utils.models.conditional import ConditionalModel
-    from utils.models.detector import load_detector
-    from utils.runtime.device import check_precision
-    from utils.models.rain_gate import load_rain_detector
-
+    ``routing``: "hard" or "soft" (utils.models.conditional)."""
     check_precision(config["PRECISION"])
     adapted_weights_path(config)
     gate_path = weights_path(config, "RAIN_DETECTOR_WEIGHTS", GATE_FILE)

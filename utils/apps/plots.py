@@ -12,7 +12,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 def plot_training_curves(log_path: str, png_path: str) -> str:
     """Loss per logged step and rainy-val mAP per epoch from ``training_log.jsonl``, as one PNG."""
-    import matplotlib
+    import matplotlib  # here, not at the top: Agg is chosen before pyplot is imported, and only when a picture is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

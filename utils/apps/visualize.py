@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
+from torchvision.utils import draw_bounding_boxes
 
 # Infer.py's pictures: detections drawn when their score reaches this (mAP itself uses every score).
 DRAW_SCORE_THRESHOLD = 0.5
@@ -21,8 +22,6 @@ def draw_detections(
     whatever their score (``post_process`` sorts them), in yellow with their label and score;
     ``ground_truth`` boxes ((N, 4) x0, y0, x1, y1 pixels) in green underneath, without labels.
     """
-    from torchvision.utils import draw_bounding_boxes
-
     canvas = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
     height, width = canvas.shape[-2:]
 
@@ -48,7 +47,7 @@ def draw_detections(
 def save_grid(rows: Sequence[Sequence[torch.Tensor]], column_titles: Sequence[str], path: str, caption: str | None = None) -> str:
     """A PNG of uint8 (3, H, W) images, one row per example, one titled column per pipeline, with an
     optional caption underneath."""
-    import matplotlib
+    import matplotlib  # here, not at the top: Agg is chosen before pyplot is imported, and only when a picture is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -71,7 +70,7 @@ def save_grid(rows: Sequence[Sequence[torch.Tensor]], column_titles: Sequence[st
 
 def save_metric_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str], path: str) -> str:
     """Grouped bars: for each split (e.g. 'rainy', 'clean') and metric, one bar per pipeline."""
-    import matplotlib
+    import matplotlib  # here, not at the top: Agg is chosen before pyplot is imported, and only when a picture is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,7 +20,7 @@ Decoding: PIL (JPEG draft mode for large files), which leaves EXIF orientation a
 are annotated on the stored pixel grid (cocoapi and the official tools never apply EXIF rotation; the
 annotation's width and height are the stored ones), so applying it would misplace every box of a
 rotated photo. torchvision.io makes this loader ~1.25x faster but is deprecated since torchvision 0.29
-(README: measured figures), and PIL reads every mode COCO has.
+(docs/data.md: measured figures), and PIL reads every mode COCO has.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from contextlib import ExitStack
+from multiprocessing import get_context
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -39,6 +40,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
 
 from utils.runtime.coco_categories import coco_label_maps
 
@@ -437,10 +439,6 @@ def check_split(dataset: CocoRainDataset, workers: int | None = None, show_progr
     Every file must decode and have the annotation's width x height (the boxes live on that grid).
     ``workers``: processes, None = one per CPU core, 0 = this process only.
     """
-    from multiprocessing import get_context
-
-    from tqdm import tqdm
-
     folders = [dataset.clean_dir, *dataset.rain_dirs]
     jobs = [
         (os.path.join(folder, file_name), (width, height))

@@ -34,14 +34,17 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from multiprocessing import get_context
 from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm import tqdm
 
 from utils.runtime.checkpoint import atomic_write_json
+from utils.data.coco import read_annotation_file
 
 # Bumped whenever the streak renderer's output changes, so a resume never mixes two renderers' rain.
 RENDERER_VERSION = 2
@@ -354,6 +357,50 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one core per worker: the pool is the parallelism
 
 
+def prepare_rain_jobs(source_dir: str, coco_rain_dir: str, split_folder: str, annotation_file: str,
+                      images: Sequence[dict], names: Sequence[str], seed: int, quality: int) -> list[tuple]:
+    """Make each variant's folders (claimed for it, the annotation file copied in) and list its renders:
+    one ``render_file`` job (source, destination, preset, seed, image id, variant, quality) per variant
+    of ``names`` and image of ``images`` (the annotation file's entries), variant by variant. An image
+    listed but missing from ``source_dir`` is an error."""
+    jobs = []
+    for name in names:
+        root = variant_root(coco_rain_dir, names, name)
+        claim_variant_root(root, name, seed, split_folder)
+        os.makedirs(os.path.join(root, split_folder), exist_ok=True)
+        os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+        copy_if_changed(annotation_file, os.path.join(root, "annotations", os.path.basename(annotation_file)))
+        preset = variant_preset(name)
+        for image in images:
+            source = os.path.join(source_dir, image["file_name"])
+            if not os.path.isfile(source):
+                raise FileNotFoundError(f"image {source!r} is listed in {annotation_file} but missing")
+            destination = os.path.join(root, split_folder, image["file_name"])
+            jobs.append((source, destination, preset, seed, image["id"], name, quality))
+    return jobs
+
+
+def run_rain_jobs(jobs: Sequence[tuple], workers: int, description: str, show_progress: bool) -> tuple[dict, list[str]]:
+    """Render ``jobs`` in ``workers`` spawned processes (0: in this one, on one thread, restored after),
+    under a progress bar titled ``description``: ({"written": n, "skipped": n, "failed": n}, the
+    failures' messages)."""
+    counts, failed = {"written": 0, "skipped": 0, "failed": 0}, []
+    with ExitStack() as stack:
+        if workers > 0:
+            pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=_init_worker))
+            results = pool.imap_unordered(render_file, jobs, chunksize=16)
+        else:
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            _init_worker()
+            results = map(render_file, jobs)
+        for status, error in tqdm(results, total=len(jobs), desc=description, unit="img",
+                                  disable=not show_progress, dynamic_ncols=True):
+            counts[status] += 1
+            if error is not None:
+                failed.append(error)
+    return counts, failed
+
+
 def make_rainy_split(
     coco_dir: str,
     coco_rain_dir: str,
@@ -378,12 +425,6 @@ def make_rainy_split(
         {"written": n, "skipped": n, "failed": [message, ...], "seconds": s,
         "images_per_second_per_worker": rate of the files written}.
     """
-    from multiprocessing import get_context
-
-    from tqdm import tqdm
-
-    from utils.data.coco import read_annotation_file
-
     source_dir = os.path.join(coco_dir, split_folder)
     if not os.path.isdir(source_dir):
         raise FileNotFoundError(f"image folder {source_dir!r} does not exist")
@@ -395,36 +436,9 @@ def make_rainy_split(
             f"{coco_rain_dir!r} holds one rain variant itself; several variants go into sub-directories, "
             "which the loader could not tell apart from it: choose another COCO_RAIN_DIR"
         )
-    jobs = []
-    for name in names:
-        root = variant_root(coco_rain_dir, names, name)
-        claim_variant_root(root, name, seed, split_folder)
-        os.makedirs(os.path.join(root, split_folder), exist_ok=True)
-        os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-        copy_if_changed(annotation_file, os.path.join(root, "annotations", os.path.basename(annotation_file)))
-        preset = variant_preset(name)
-        for image in images:
-            source = os.path.join(source_dir, image["file_name"])
-            if not os.path.isfile(source):
-                raise FileNotFoundError(f"image {source!r} is listed in {annotation_file} but missing")
-            destination = os.path.join(root, split_folder, image["file_name"])
-            jobs.append((source, destination, preset, seed, image["id"], name, quality))
-
+    jobs = prepare_rain_jobs(source_dir, coco_rain_dir, split_folder, annotation_file, images, names, seed, quality)
     start = time.perf_counter()
-    counts, failed = {"written": 0, "skipped": 0, "failed": 0}, []
-    with ExitStack() as stack:
-        if workers > 0:
-            pool = stack.enter_context(get_context("spawn").Pool(workers, initializer=_init_worker))
-            results = pool.imap_unordered(render_file, jobs, chunksize=16)
-        else:
-            stack.callback(torch.set_num_threads, torch.get_num_threads())
-            _init_worker()
-            results = map(render_file, jobs)
-        for status, error in tqdm(results, total=len(jobs), desc=f"rain {split_folder}", unit="img",
-                                  disable=not show_progress, dynamic_ncols=True):
-            counts[status] += 1
-            if error is not None:
-                failed.append(error)
+    counts, failed = run_rain_jobs(jobs, workers, f"rain {split_folder}", show_progress)
     for message in failed:
         print(f"warning: could not render {message}", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start

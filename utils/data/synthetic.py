@@ -16,6 +16,7 @@ import shutil
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from utils.runtime.checkpoint import atomic_write_json
 from utils.data.rain import make_rainy_split, renderer_versions
@@ -107,8 +108,6 @@ def render_scene(rng: np.random.Generator, size: int, max_objects: int = 6, min_
 def write_coco_split(coco_dir: str, split_folder: str, num_images: int, size: int, seed: int, first_id: int,
                      max_objects: int = 6, show_progress: bool = True, num_classes: int = len(SHAPES)) -> str:
     """Render ``num_images`` scenes into COCO_DIR/split_folder and write its annotation file."""
-    from tqdm import tqdm
-
     image_dir = os.path.join(coco_dir, split_folder)
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(os.path.join(coco_dir, "annotations"), exist_ok=True)

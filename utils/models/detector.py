@@ -1,17 +1,19 @@
 """The frozen detector: loading HF RT-DETR, its r18vd config, freezing and fingerprinting.
 
 RT-DETR checkpoints (PekingU/rtdetr_*) predict contiguous class indices 0..num_labels-1, while COCO
-annotations use category ids 1..90 with gaps: utils/coco_categories.coco_label_maps matches the two
+annotations use category ids 1..90 with gaps: utils/runtime/coco_categories.coco_label_maps matches the two
 by name (a wrong mapping silently gives mAP near 0, so every mismatch is an error there).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Mapping
 
 import torch
 from torch import nn
+from transformers import AutoModelForObjectDetection, PretrainedConfig, RTDetrConfig, RTDetrResNetConfig
 
 from utils.runtime.coco_categories import COCO_ID2LABEL
 
@@ -25,8 +27,6 @@ def rtdetr_r18vd_config(id2label: Mapping[int, str] | None = None):
     its last three stages (128, 256, 512 channels, hidden_expansion 0.5) and a 3-layer decoder; COCO's
     80 labels unless ``id2label`` says otherwise. 20,174,608 parameters with 80 labels.
     """
-    from transformers import RTDetrConfig, RTDetrResNetConfig
-
     id2label = dict(COCO_ID2LABEL if id2label is None else id2label)
     backbone_config = RTDetrResNetConfig(
         layer_type="basic",
@@ -58,8 +58,6 @@ def small_rtdetr_config(
     Backbone widths ``base_width * (1, 2, 4, 8)``; the encoder reads the last three stages. With the
     defaults (32..256 wide, d_model 128, 3 decoder layers, 30 queries) it has about 4.8M parameters.
     """
-    from transformers import RTDetrConfig, RTDetrResNetConfig
-
     id2label = {int(index): name for index, name in id2label.items()}
     widths = [base_width * factor for factor in (1, 2, 4, 8)]
     backbone_config = RTDetrResNetConfig(
@@ -108,8 +106,6 @@ def load_detector(source) -> nn.Module:
     Returns:
         The model in eval mode with every parameter ``requires_grad=False``.
     """
-    from transformers import AutoModelForObjectDetection, PretrainedConfig
-
     if isinstance(source, PretrainedConfig):
         return freeze(AutoModelForObjectDetection.from_config(source))
     if not isinstance(source, (str, os.PathLike)):
@@ -141,7 +137,8 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def model_state_lines(spdnet: nn.Module, detector: nn.Module) -> list[str]:
-    """The plan's model-state block: trainable and total parameters of SPDNet and the detector."""
+    """The lines the training script prints about its model: trainable and total parameters of SPDNet,
+    of the detector (marked FROZEN when none of it trains) and of both."""
     spdnet_total, spdnet_trainable = count_parameters(spdnet), count_parameters(spdnet, True)
     detector_total, detector_trainable = count_parameters(detector), count_parameters(detector, True)
     total, trainable = spdnet_total + detector_total, spdnet_trainable + detector_trainable
@@ -166,8 +163,6 @@ def detector_fingerprint(detector: nn.Module) -> str:
 
 def state_dict_sha256(module: nn.Module) -> str:
     """SHA-256 over a module's state_dict: names, dtypes, shapes and raw bytes of every tensor."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         tensor = tensor.detach().to("cpu").contiguous()

@@ -79,7 +79,7 @@ class IntegratedModel(nn.Module):
         """The detector (and its loss, given labels) in fp32, also inside a bf16 autocast region.
 
         PRECISION='bf16' is for SPDNet, ~95% of a step's FLOPs. The detector in bf16 saved little and
-        cost much (measured; README, "What PRECISION=bf16 does"): its 0-1 input rounds to 1/256
+        cost much (measured; docs/performance.md, "What PRECISION=bf16 does"): its 0-1 input rounds to 1/256
         steps, its top-k query selection and Hungarian matching flip, and the loss moved by up to 18%
         on a test batch. In fp32 the loss and the gradient SPDNet learns from are the fp32 ones for
         the image SPDNet made, and clean images get bit-identical detections whatever PRECISION is.

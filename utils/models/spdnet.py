@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from utils.runtime.checkpoint import load_weights_file
+
 HAAR = 1.0 / math.sqrt(2.0)
 # pytorch_wavelets' buffers: analysis filters reversed for conv2d's correlation, synthesis as is.
 HAAR_FILTERS = {
@@ -421,8 +423,6 @@ def _is_wavelet_buffer(key: str) -> bool:
 def _extract_state_dict(source) -> tuple[Mapping[str, torch.Tensor], str]:
     """The SPDNet state dict inside a path or dict (official, DataParallel, nested, or ours)."""
     if isinstance(source, (str, os.PathLike)):
-        from utils.runtime.checkpoint import load_weights_file
-
         path = os.fspath(source)
         source, name = load_weights_file(path, "SPDNet weights"), path
     else:

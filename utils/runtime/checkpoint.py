@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -29,8 +31,6 @@ def atomic_save(obj, path: str) -> None:
 def atomic_write_json(path: str, content, indent: int | None = 2) -> str:
     """Write JSON to a temporary name beside ``path`` (its folder made if need be), then rename: a
     reader never sees half a file. The one JSON writer of the project; returns ``path``."""
-    import json
-
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as file:
         json.dump(content, file, indent=indent)
@@ -75,8 +75,6 @@ def load_weights_file(path: str, setting: str):
     one line naming both; weights-only loading is never turned off (that would run any code the
     file carries).
     """
-    import pickle
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{setting}: {path!r} does not exist")
     try:

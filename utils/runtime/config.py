@@ -17,11 +17,14 @@ A script that can prepare the CPU demo also takes the demo's settings (``extra_d
 from __future__ import annotations
 
 import ast
+import difflib
 import os
 import re
 import runpy
 import sys
 from typing import Any, Callable, Mapping, Sequence
+
+from utils.runtime.demo_settings import demo_defaults
 
 
 class ConfigError(ValueError):
@@ -71,8 +74,6 @@ PROJECT_SETTINGS = frozenset({
 
 def shared_setting_names() -> frozenset[str]:
     """The keys a config file may set whatever script reads it: every script's, and the demo's."""
-    from utils.runtime.demo_settings import demo_defaults
-
     return PROJECT_SETTINGS | set(demo_defaults())
 
 
@@ -108,8 +109,6 @@ def parse_cli_value(text: str) -> Any:
 
 
 def _unknown_key_error(key: str, defaults: Mapping[str, Any], source: str) -> ConfigError:
-    import difflib
-
     close = difflib.get_close_matches(key, list(defaults), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"{source}: unknown config key {key!r}.{hint} Known keys: {', '.join(sorted(defaults))}")

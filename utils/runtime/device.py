@@ -60,7 +60,7 @@ def compiler_problem(device: torch.device) -> str | None:
         return None if any(name and shutil.which(name) for name in compilers) else "no C++ compiler (g++, clang++ or $CXX) found"
     if device.type == "cuda":
         try:
-            import triton  # noqa: F401
+            import triton  # noqa: F401  (here, not at the top: importing it is the test whether it is installed; CPU runs go without it)
         except ImportError:
             return "Triton is not installed"
         major, minor = torch.cuda.get_device_capability(device)

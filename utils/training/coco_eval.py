@@ -17,6 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # COCO scores at most 100 detections per image (COCOeval's maxDets).
@@ -82,8 +84,6 @@ def to_coco_results(
 
 def load_coco(annotation_file: str):
     """pycocotools' COCO index of an annotation file, quietly."""
-    from pycocotools.coco import COCO
-
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(annotation_file)
 
@@ -95,8 +95,6 @@ def coco_metrics(coco_gt, results: list[dict], image_ids: Sequence[int] | None =
     Returns AP, AP50, AP75, APs, APm, APl (-1 where COCO has nothing to score, e.g. no small objects)
     and, with ``per_class``, ``per_class_AP``: {category name: AP}.
     """
-    from pycocotools.cocoeval import COCOeval
-
     if isinstance(coco_gt, str):
         coco_gt = load_coco(coco_gt)
     image_ids = sorted(coco_gt.getImgIds() if image_ids is None else {int(i) for i in image_ids})
