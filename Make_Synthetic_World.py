@@ -5,7 +5,7 @@
 
 Writes WORLD_DIR/coco (train2017/, val2017/, annotations/) and WORLD_DIR/coco_rain in the layout of
 Make_COCO_Rain.py, so every script takes it through --COCO_DIR / --COCO_RAIN_DIR like real COCO.
-Its classes (circle, square, triangle, diamond, cross, ring) are utils.synthetic.ID2LABEL. A world
+Its classes (circle, square, triangle, diamond, cross, ring) are utils.data.synthetic.ID2LABEL. A world
 already built with the same settings is reused; other settings rebuild it.
 """
 
