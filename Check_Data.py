@@ -28,9 +28,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)  # what one DataLoader worker gets
     report = {}
     for split in config["SPLITS"]:
-        dataset = build_dataset(config["COCO_DIR"], config["COCO_RAIN_DIR"], split, None, image_size=config["IMAGE_SIZE"],
-                                train=True, percent=100, coco_ratio=0.0, rain_ratio=1.0)
-        print(f"{split}: {len(dataset):,} images, {len(dataset.rain_dirs)} rain variant(s); files and annotations found")
+        dataset = build_dataset(config["COCO_DIR"], config["COCO_RAIN_DIR"], split, None,
+                                image_size=config["IMAGE_SIZE"], train=True, percent=100, coco_ratio=0.0,
+                                rain_ratio=1.0)
+        print(f"{split}: {len(dataset):,} images, {len(dataset.rain_dirs)} rain variant(s); "
+              "files and annotations found")
         entry = {"images": len(dataset)}
         if config["CHECK"]:
             problems = check_split(dataset)
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> dict:
             entry["problems"] = problems
         if config["BENCHMARK_IMAGES"]:
             rate = benchmark_loader(dataset, config["BENCHMARK_IMAGES"])
-            print(f"{split}: one loader worker delivers {rate:.1f} images/s at {config['IMAGE_SIZE']}x{config['IMAGE_SIZE']}")
+            print(f"{split}: one loader worker delivers {rate:.1f} images/s at "
+                  f"{config['IMAGE_SIZE']}x{config['IMAGE_SIZE']}")
             entry["images_per_second_per_worker"] = rate
         report[split] = entry
     return report

@@ -28,7 +28,8 @@ ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
 BATCH_SIZE = 8  # images per batch
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...
-CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
+CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core);
+#   the same count repeats a CPU run bit for bit
 DATALOADER_WORKERS = settings.EVAL_DATALOADER_WORKERS  # data loading processes
 NUM_EXAMPLES = 4  # rows of the qualitative picture
 SEED = settings.SEED  # the validation subset when VAL_PERCENT < 100
@@ -59,8 +60,10 @@ def main(argv: list[str] | None = None) -> dict:
     splits = ["rainy"] + (["clean"] if config["EVAL_CLEAN"] else [])
     results = {}
     for split in splits:
-        loader, annotation_file, label_to_category_id = evaluation.build_val_loader(config, id2label, 1.0 if split == "rainy" else 0.0)
-        results[split] = evaluation.score_pipelines(pipelines, loader, annotation_file, label_to_category_id, config, device, split)
+        loader, annotation_file, label_to_category_id = evaluation.build_val_loader(
+            config, id2label, 1.0 if split == "rainy" else 0.0)
+        results[split] = evaluation.score_pipelines(
+            pipelines, loader, annotation_file, label_to_category_id, config, device, split)
         print(evaluation.comparison_table(results[split], split))
     if config["IMAGE_QUALITY"]:
         spdnets = {"original": pipelines.original.spdnet, "adapted": pipelines.adapted.spdnet}

@@ -20,8 +20,10 @@ COCO_DIR = settings.COCO_DIR  # clean COCO: val2017/ and annotations/instances_v
 COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout
 VAL_PERCENT = 100.0  # percent of the validation images used (fractions allowed)
 MIXED_RAIN_FRACTION = 0.5  # fraction of rainy images in the mixed splits
-HOLDOUT_FAMILY = None  # rain family the gate was trained without ("streaks", "drops"): its variants of COCO_RAIN_DIR leave rainy/mixed and make the held-out splits
-HOLDOUT_RAIN_DIR = None  # rainy val the gate never saw, in COCO_RAIN_DIR's layout: the held-out splits (None: HOLDOUT_FAMILY's variants of COCO_RAIN_DIR)
+HOLDOUT_FAMILY = None  # rain family the gate was trained without ("streaks", "drops"): its variants of COCO_RAIN_DIR
+#   leave rainy/mixed and make the held-out splits
+HOLDOUT_RAIN_DIR = None  # rainy val the gate never saw, in COCO_RAIN_DIR's layout: the held-out splits
+#   (None: HOLDOUT_FAMILY's variants of COCO_RAIN_DIR)
 IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32)
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
@@ -29,12 +31,14 @@ ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
 RAIN_DETECTOR_WEIGHTS = None  # the rain gate (None: OUTPUT_DIR/rain_detector.pt)
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
-SOFT_ROUTING = False  # also score soft routing (gated-rainy images see g * SPDNet(x) + (1 - g) * x, g the calibrated P(rain))
+SOFT_ROUTING = False  # also score soft routing (gated-rainy images see g * SPDNet(x) + (1 - g) * x,
+#   g the calibrated P(rain))
 # ---- run
 BATCH_SIZE = 8  # images per batch (split by the gate inside)
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...
-CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
+CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core);
+#   the same count repeats a CPU run bit for bit
 DATALOADER_WORKERS = settings.EVAL_DATALOADER_WORKERS  # data loading processes
 SEED = settings.SEED  # the validation subset and the mixed split's choice of rainy images
 OUTPUT_DIR = settings.OUTPUT_DIR  # where the weights are and results go
@@ -63,8 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_conditional_model(config, device)
     results = {}
     for split, (rain_fraction, coco_rain_dir) in splits.items():
-        loader, annotation_file, label_to_category_id = conditional_eval.build_split_loader(config, model, rain_fraction, coco_rain_dir)
-        results[split] = conditional_eval.score_routes(model, loader, annotation_file, label_to_category_id, config, device, split)
+        loader, annotation_file, label_to_category_id = conditional_eval.build_split_loader(
+            config, model, rain_fraction, coco_rain_dir)
+        results[split] = conditional_eval.score_routes(
+            model, loader, annotation_file, label_to_category_id, config, device, split)
     print(conditional_eval.conditional_table(results))
     if config["SOFT_ROUTING"]:
         print(conditional_eval.routing_table(results))

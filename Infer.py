@@ -23,7 +23,7 @@ ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
 RAIN_DETECTOR_WEIGHTS = None  # the rain gate (None: OUTPUT_DIR/rain_detector.pt)
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
-ROUTING = "hard"  # "hard": gated-rainy images see SPDNet(x); "soft": g * SPDNet(x) + (1 - g) * x, g the calibrated P(rain)
+ROUTING = "hard"  # "hard": gated-rainy images see SPDNet(x); "soft": g * SPDNet(x) + (1 - g) * x, g: calibrated P(rain)
 # ---- run
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...
@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"skipping {path}: cannot read it ({error})")
             continue
         height, width = original.shape[-2:]
-        resized = F.interpolate(original[None], size=(config["IMAGE_SIZE"],) * 2, mode="bilinear", align_corners=False, antialias=True)
+        resized = F.interpolate(original[None], size=(config["IMAGE_SIZE"],) * 2, mode="bilinear", align_corners=False,
+                                antialias=True)
         with torch.inference_mode(), autocast(device, config["PRECISION"]):
             outputs = model(resized.clamp(0, 1).to(device))
         (detection,) = post_process(outputs.logits, outputs.pred_boxes, [(height, width)])
@@ -104,8 +105,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "rain_probability": float(outputs.rain_probability[0]),
             "path": "derained" if bool(outputs.derained[0]) else "direct",
             "detections": [
-                {"label": id2label[int(label)], "score": round(float(score), 4), "box_xyxy": [round(float(v), 1) for v in box]}
-                for label, score, box in zip(detection["labels"][keep], detection["scores"][keep], detection["boxes"][keep])
+                {"label": id2label[int(label)], "score": round(float(score), 4),
+                 "box_xyxy": [round(float(v), 1) for v in box]}
+                for label, score, box in zip(detection["labels"][keep], detection["scores"][keep],
+                                             detection["boxes"][keep])
             ],
         })
     if not records:

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     reports = {}
     for split in config["SPLITS"]:
         report = make_rainy_split(
-            config["COCO_DIR"], config["COCO_RAIN_DIR"], SPLIT_FOLDERS[split], annotation_path(config["COCO_DIR"], split),
+            config["COCO_DIR"], config["COCO_RAIN_DIR"], SPLIT_FOLDERS[split],
+            annotation_path(config["COCO_DIR"], split),
             config["PRESETS"], config["VARIANTS_PER_PRESET"], seed=config["RAIN_SEED"], workers=config["WORKERS"],
             quality=config["JPEG_QUALITY"], limit=config["LIMIT"],
         )

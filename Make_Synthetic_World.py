@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     start = time.perf_counter()
     paths = build_synthetic_world(
-        config["WORLD_DIR"], num_train=config["NUM_TRAIN"], num_val=config["NUM_VAL"], image_size=config["WORLD_IMAGE_SIZE"],
-        seed=config["WORLD_SEED"], rain_presets=tuple(config["PRESETS"]), variants_per_preset=config["VARIANTS_PER_PRESET"],
-        max_objects=config["MAX_OBJECTS"], workers=config["WORKERS"],
+        config["WORLD_DIR"], num_train=config["NUM_TRAIN"], num_val=config["NUM_VAL"],
+        image_size=config["WORLD_IMAGE_SIZE"], seed=config["WORLD_SEED"], rain_presets=tuple(config["PRESETS"]),
+        variants_per_preset=config["VARIANTS_PER_PRESET"], max_objects=config["MAX_OBJECTS"], workers=config["WORKERS"],
     )
     seconds = time.perf_counter() - start
     print(f"synthetic world of {config['NUM_TRAIN'] + config['NUM_VAL']} scenes ready in {seconds:.1f} s")

@@ -1,7 +1,8 @@
 """Train the rain gate: a small classifier telling rainy images from clean ones.
 
     python Training_Rain_Detector.py                   # COCO vs COCO_rain
-    python Training_Rain_Detector.py configs/demo.py --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate   # the CPU demo world
+    python Training_Rain_Detector.py configs/demo.py \
+        --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate   # the CPU demo world
 
 Chooses its decision threshold on the validation split (best accuracy), fits a calibration
 temperature there (soft routing's P(rain); no decision changes), reports accuracy, precision and
@@ -36,9 +37,12 @@ GATE_PERCENT_DATASET = 5.0  # percent of the training images used (half shown cl
 GATE_VAL_PERCENT = 20.0  # percent of the validation images used (half clean, half rainy; fractions allowed)
 GATE_IMAGE_SIZE = 320  # images are loaded at this square size, then the gate downscales to INPUT_SIZE
 # ---- rain families and diversity (the defaults train the gate exactly as before they existed)
-HOLDOUT_FAMILY = None  # rain family kept out of training and threshold choice ("streaks" or "drops"); its variants in COCO_RAIN_DIR are scored apart
-EPOCH_VARIANTS = False  # each epoch draws anew for every image: rain variant, flip, RANDOM_RAIN and AUGMENT_*; False: epoch 1's throughout
-RANDOM_RAIN = 0.0  # fraction of rainy training images re-rendered from their clean copy with a randomised preset of every family but HOLDOUT_FAMILY
+HOLDOUT_FAMILY = None  # rain family kept out of training and threshold choice ("streaks" or "drops");
+#   its variants in COCO_RAIN_DIR are scored apart
+EPOCH_VARIANTS = False  # each epoch draws anew for every image: rain variant, flip, RANDOM_RAIN and AUGMENT_*;
+#   False: epoch 1's throughout
+RANDOM_RAIN = 0.0  # fraction of rainy training images re-rendered from their clean copy with a randomised preset
+#   of every family but HOLDOUT_FAMILY
 AUGMENT_BLUR = 0.0  # probability of a Gaussian blur (sigma 0.3-1.5 px) on a training image, clean or rainy
 AUGMENT_JPEG = 0.0  # probability of re-encoding a training image as JPEG at quality 30-90
 AUGMENT_JITTER = 0.0  # largest relative change of brightness, contrast and saturation (0.2: factors 0.8-1.2)
@@ -53,7 +57,8 @@ GATE_BATCH_SIZE = 32  # images per step
 GATE_LEARNING_RATE = 1e-3  # AdamW learning rate (cosine decay to 0)
 # ---- system
 DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...
-CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
+CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core);
+#   the same count repeats a CPU run bit for bit
 DATALOADER_WORKERS = settings.DATALOADER_WORKERS  # data loading processes
 SEED = settings.SEED  # subsets, order and initialisation
 # ---- output
@@ -75,7 +80,8 @@ def refuse_the_demos_gate(config: dict) -> None:
     from utils.apps.pipelines import GATE_FILE
 
     target = os.path.join(config["OUTPUT_DIR"], GATE_FILE)
-    demos = config["PREPARE_DEMO"] and os.path.abspath(target) == os.path.abspath(world_paths(config["DEMO_DIR"])["gate"])
+    demos = (config["PREPARE_DEMO"]
+             and os.path.abspath(target) == os.path.abspath(world_paths(config["DEMO_DIR"])["gate"]))
     if demos or os.path.exists(target + ".json"):
         raise UserError(
             f"OUTPUT_DIR: {target} is the demo's own gate, which Make_Demo.py makes, records and reuses; "

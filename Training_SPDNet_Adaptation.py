@@ -31,7 +31,8 @@ SPDNET_N_FEATS = 32  # SPDNet width (32 for the official weights)
 SPDNET_N_RESBLOCKS = 3  # SPDNet residual blocks per group (3 for the official weights)
 # ---- objective (docs/objectives.md): the weights of the loss terms, 0 switches one off
 DETECTION_LOSS_WEIGHT = 1.0  # RT-DETR's own detection loss of SPDNet's output
-FEATURE_LOSS_WEIGHT = 10.0  # frozen detector's encoder features of SPDNet's output vs of the clean original (COCO_DIR); default from docs/objectives.md
+FEATURE_LOSS_WEIGHT = 10.0  # frozen detector's encoder features of SPDNet's output vs of the clean original (COCO_DIR);
+#   default from docs/objectives.md
 PIXEL_LOSS_WEIGHT = 0.0  # L1 between SPDNet's output and the clean original (COCO_DIR, same file name)
 # ---- optimisation
 NUM_EPOCHS = 10  # passes over the training subset
@@ -47,13 +48,18 @@ MAX_NONFINITE_IN_A_ROW = 20  # stop when this many micro-batches in a row give a
 MAX_STEPS = None  # stop (resumably) after this many optimizer steps in all (None: run every epoch)
 # ---- precision and speed
 FP16 = False  # refused: SPDNet overflows fp16 (use PRECISION = "bf16")
-PRECISION = "auto"  # "auto" (bf16 where native: CUDA compute capability >= 8.0, CPUs with AVX512-BF16/AMX; else fp32), "fp32" or "bf16" (autocast for SPDNet; the detector, its loss and all weights stay fp32)
-GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.8 -> 2.1 GB per 640² image at 0.63x speed (benchmarks/bench.py, CPU)
+PRECISION = "auto"  # "auto" (bf16 where native: CUDA compute capability >= 8.0, CPUs with AVX512-BF16/AMX; else fp32),
+#   "fp32" or "bf16" (autocast for SPDNet; the detector, its loss and all weights stay fp32)
+GRADIENT_CHECKPOINTING = True  # recompute SPDNet's activations in backward: 14.8 -> 2.1 GB per 640² image
+#   at 0.63x speed (benchmarks/bench.py, CPU)
 CHANNELS_LAST = False  # SPDNet in NHWC memory layout (faster convolutions, bf16 above all)
-COMPILE = "off"  # torch.compile SPDNet: "off", "default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead" (minutes to compile; CPU: 1.15-1.25x per step, 1.7-2.7x the peak memory; GPU not measured: docs/performance.md)
+COMPILE = "off"  # torch.compile SPDNet: "off", "default", "max-autotune-no-cudagraphs", "max-autotune",
+#   "reduce-overhead" (minutes to compile; CPU: 1.15-1.25x per step, 1.7-2.7x the peak memory; GPU not measured:
+#   docs/performance.md)
 # ---- system
 DEVICE = settings.DEVICE  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
-CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
+CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, one per core);
+#   the same count repeats a CPU run bit for bit
 DATALOADER_WORKERS = settings.DATALOADER_WORKERS  # data loading processes per GPU
 SEED = settings.SEED  # seeds the subset, the data order, the rain variants and the initialisation
 # ---- output

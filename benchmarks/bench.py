@@ -1,12 +1,14 @@
 """Measure the adaptation training step: speed, memory and FLOP/s per configuration (nanoGPT-style bench).
 
-    python -m benchmarks.bench                                   # CPU defaults: timing at 192x192, memory at 320x320 (tens of minutes: compiling)
+    python -m benchmarks.bench                                   # CPU defaults: timing at 192x192, memory at 320x320
+                                                                 # (tens of minutes: compiling)
     python -m benchmarks.bench --MEMORY_IMAGE_SIZE=640           # memory measured at 640x640 itself (minutes more)
     python -m benchmarks.bench --IMAGE_SIZE=640 --BATCH_SIZE=2   # on a GPU
 
 For each configuration (fp32, fp32 + activation checkpointing, bf16 + channels_last, bf16 +
 checkpointing + channels_last, the same compiled by torch.compile) it times the full training step
-as training runs it (utils/training/engine.train_one_epoch: forward, backward, guard, clipping, optimizer) after warm-up, median of RUNS, all configurations round-robin in one run; the
+as training runs it (utils/training/engine.train_one_epoch: forward, backward, guard, clipping,
+optimizer) after warm-up, median of RUNS, all configurations round-robin in one run; the
 first step's time is reported apart as warm-up (compilation, for compiled ones); measures memory at
 MEMORY_IMAGE_SIZE and reports it per 640x640 image (scaled by the pixel count: activations grow with
 it) — on CUDA during a timed step when MEMORY_IMAGE_SIZE is IMAGE_SIZE, otherwise in a fresh process
@@ -31,7 +33,8 @@ RUNS = 5  # timed steps per configuration, taken round-robin (median reported)
 WARMUP = 1  # steps before timing (at least one: the first, reported as warm-up, compiles a compiled configuration)
 MEMORY_IMAGE_SIZE = 320  # memory is measured at this size, one step in a fresh process (0: skip)
 MEMORY_REPORT_SIZE = 640  # ... and reported per image of this size, scaled by the pixel count
-CONFIGURATIONS = ["fp32", "fp32+ckpt", "bf16+cl", "bf16+ckpt+cl", "bf16+ckpt+cl+compile"]  # precision [+ckpt] [+cl = channels_last] [+compile or +compile:MODE]
+CONFIGURATIONS = ["fp32", "fp32+ckpt", "bf16+cl", "bf16+ckpt+cl", "bf16+ckpt+cl+compile"]  # precision [+ckpt]
+# [+cl = channels_last] [+compile or +compile:MODE]
 SPDNET_N_FEATS = 32  # SPDNet width
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks
 DETECTOR = None  # None: the r18vd architecture at random init (offline); or a hub id / local directory
@@ -79,7 +82,8 @@ def build(config: dict, configuration: str, device):
     settings = parse_configuration(configuration)
     torch.manual_seed(0)
     model = build_training_model({
-        "SPDNET_WEIGHTS": None, "SPDNET_N_FEATS": config["SPDNET_N_FEATS"], "SPDNET_N_RESBLOCKS": config["SPDNET_N_RESBLOCKS"],
+        "SPDNET_WEIGHTS": None, "SPDNET_N_FEATS": config["SPDNET_N_FEATS"],
+        "SPDNET_N_RESBLOCKS": config["SPDNET_N_RESBLOCKS"],
         "GRADIENT_CHECKPOINTING": settings["checkpointing"], "CHANNELS_LAST": settings["channels_last"],
         "DETECTOR": config["DETECTOR"] or rtdetr_r18vd_config(),
     }, device).train()
@@ -246,7 +250,7 @@ def measure_memory(config: dict, configuration: str) -> dict:
     environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
     result = subprocess.run([sys.executable, "-c", code, json.dumps(config)], capture_output=True, text=True,
                             env=environment, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    line = next((l for l in result.stdout.splitlines() if l.startswith("RESULT")), None)
+    line = next((output for output in result.stdout.splitlines() if output.startswith("RESULT")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"memory probe for {configuration} failed:\n{result.stderr[-2000:]}")
     return json.loads(line[len("RESULT"):])
@@ -314,7 +318,8 @@ def time_round_robin(config: dict, batch, device) -> tuple[dict, dict, dict]:
             before = torch.cuda.memory_allocated(device)
             step()
             synchronise(device)
-            memory[configuration] = {"peak_gb_per_image": (torch.cuda.max_memory_allocated(device) - before) / per_image}
+            memory[configuration] = {
+                "peak_gb_per_image": (torch.cuda.max_memory_allocated(device) - before) / per_image}
     return warmups, times, memory
 
 
@@ -332,7 +337,8 @@ def configuration_entries(config: dict, warmups: dict, times: dict, memory: dict
         if configuration in memory:
             entry.update(memory[configuration])
         elif config["MEMORY_IMAGE_SIZE"]:
-            print(f"memory {configuration} at {config['MEMORY_IMAGE_SIZE']}x{config['MEMORY_IMAGE_SIZE']} ...", flush=True)
+            print(f"memory {configuration} at {config['MEMORY_IMAGE_SIZE']}x{config['MEMORY_IMAGE_SIZE']} ...",
+                  flush=True)
             entry.update(measure_memory(config, configuration))
         entries[configuration] = entry
     baseline = entries.get("fp32")
@@ -371,7 +377,8 @@ def main(argv: list[str] | None = None) -> dict:
     enable_fast_cuda_math(device)
     for configuration in config["CONFIGURATIONS"]:
         parse_configuration(configuration)
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+    report = {"device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                         else f"cpu ({os.cpu_count()} cores)"),
               "image_size": config["IMAGE_SIZE"], "batch_size": config["BATCH_SIZE"], "configurations": {}}
     peaks = {"fp32": matmul_peak_flops(torch.float32, device), "bf16": matmul_peak_flops(torch.bfloat16, device)}
     report["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}

@@ -1,6 +1,7 @@
 """What each adaptation objective costs per training step, side by side in one run.
 
-    python -m benchmarks.bench_objectives                                  # the demo's models and sizes (~1 min on a CPU)
+    python -m benchmarks.bench_objectives                                  # the demo's models and sizes
+                                                                           # (~1 min on a CPU)
     python -m benchmarks.bench_objectives --IMAGE_SIZE=640 --BATCH_SIZE=2  # a real run's size
 
 Times forward + backward + AdamW step of the training model for each objective of the ablation
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, weights in OBJECTIVES.items():
         objective = Objective(*weights)
         torch.manual_seed(0)
-        model = build_training_model({**config, "GRADIENT_CHECKPOINTING": False, "CHANNELS_LAST": False}, device).train()
+        model = build_training_model({**config, "GRADIENT_CHECKPOINTING": False, "CHANNELS_LAST": False},
+                                     device).train()
         optimizer = torch.optim.AdamW(list(model.trainable_parameters()), lr=1e-5)
         seconds = []
         for step in range(config["WARMUP"] + config["STEPS"]):

@@ -63,7 +63,8 @@ def measure_batch(config: dict, detector_dir: str, spdnet_path: str, images, lab
     # The upstream gradient dLoss/dImage at fp32's derained image, fed back through SPDNet in both precisions.
     image = fp32.derained.clone().requires_grad_(True)
     model.detect(image, labels).loss.backward()
-    same_upstream = [spdnet_gradient_for_upstream(model, precision, images, image.grad) for precision in ("fp32", "bf16")]
+    same_upstream = [spdnet_gradient_for_upstream(model, precision, images, image.grad)
+                     for precision in ("fp32", "bf16")]
     row["bf16_spdnet_same_upstream"] = {"cosine": cosine(same_upstream[1], same_upstream[0])}
     # fp32 SPDNet, same upstream gradient, its rainy input moved by 0.1 grey level: SPDNet's own sensitivity.
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(config["SEED"]))
@@ -90,8 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
         world = build_synthetic_world(os.path.join(root, "world"), num_train=num_train,
                                       num_val=2, image_size=config["IMAGE_SIZE"], seed=config["SEED"],
                                       rain_presets=("medium", "heavy"), show_progress=False)
-        detector_dir, spdnet_path = train_tiny_pair(world["coco_dir"], world["coco_rain_dir"], root, config["IMAGE_SIZE"],
-                                                    num_classes=6, detector_steps=config["DETECTOR_STEPS"],
+        detector_dir, spdnet_path = train_tiny_pair(world["coco_dir"], world["coco_rain_dir"], root,
+                                                    config["IMAGE_SIZE"], num_classes=6,
+                                                    detector_steps=config["DETECTOR_STEPS"],
                                                     spdnet_steps=config["SPDNET_STEPS"])
         batches = rainy_batches(world["coco_dir"], world["coco_rain_dir"], detector_dir, config["IMAGE_SIZE"],
                                 config["BATCH_SIZE"], config["BATCHES"])

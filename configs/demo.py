@@ -3,7 +3,8 @@
 #   python Eval_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_conditional.py configs/demo.py
 #   python Training_Rain_Detector.py configs/demo.py --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate
-#     (a gate with the demo gate's recipe; OUTPUT_DIR below holds the demo's own, which that script refuses to overwrite)
+#     (a gate with the demo gate's recipe; OUTPUT_DIR below holds the demo's own,
+#     which that script refuses to overwrite)
 PREPARE_DEMO = True  # build or reuse the world and rain gate, measure the kept stand-ins on it (Make_Demo.py)
 DEMO_DIR = "./outputs_spdnet_adaptation/demo"
 DEMO_WEIGHTS_DIR = "./demo_weights"  # kept in the repository, made by `python Make_Demo.py --DEMO_PRETRAIN=True`
@@ -24,7 +25,8 @@ GRADIENT_ACCUMULATION_STEPS = 1
 WARMUP_STEPS = 5
 CHECKPOINT_EVERY_STEPS = 25
 LOG_EVERY_STEPS = 5
-CPU_THREADS = 1  # every demo run on one thread: the README's table repeats bit for bit on any core count (same CPU kernels)
+CPU_THREADS = 1  # every demo run on one thread: the README's table repeats bit for bit on any core count
+#   (same CPU kernels)
 DETECTION_LOSS_WEIGHT = 1.0  # the method's own objective, which the README's demo table measures
 FEATURE_LOSS_WEIGHT = 0.0  # (the script's default adds the feature loss and clean images: docs/objectives.md
 PIXEL_LOSS_WEIGHT = 0.0  #  compares both on this world)

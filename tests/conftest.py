@@ -25,5 +25,5 @@ def tiny_world(tmp_path_factory):
         "--SPDNET_N_FEATS=8", "--SPDNET_N_RESBLOCKS=1",
         "--PRECISION=fp32",  # the same arithmetic on every CI CPU ("auto" picks bf16 on CPUs with AVX512-BF16)
     ]
-    return {"root": root, **paths, "detector_dir": str(root / "detector"), "spdnet_weights": str(root / "spdnet_start.pt"),
-            "overrides": overrides}
+    return {"root": root, **paths, "detector_dir": str(root / "detector"),
+            "spdnet_weights": str(root / "spdnet_start.pt"), "overrides": overrides}

@@ -11,7 +11,8 @@ from benchmarks import bench, bench_objectives, bench_precision
 def test_configuration_names():
     assert bench.parse_configuration("bf16+ckpt+cl") == {
         "precision": "bf16", "checkpointing": True, "channels_last": True, "compile": "off"}
-    assert bench.parse_configuration("fp32") == {"precision": "fp32", "checkpointing": False, "channels_last": False, "compile": "off"}
+    assert bench.parse_configuration("fp32") == {
+        "precision": "fp32", "checkpointing": False, "channels_last": False, "compile": "off"}
     assert bench.parse_configuration("bf16+ckpt+cl+compile")["compile"] == "default"
     assert bench.parse_configuration("fp32+compile:reduce-overhead")["compile"] == "reduce-overhead"
     assert bench.eager_counterpart("bf16+ckpt+cl+compile:max-autotune") == "bf16+ckpt+cl"

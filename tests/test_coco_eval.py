@@ -53,7 +53,9 @@ def test_shifted_box_scores_its_iou_thresholds(annotation_file):
     x, y, w, h = ANNOTATIONS[0]["bbox"]
     metrics = coco_metrics(annotation_file, [result(11, 1, (x + 23, y, w, h))], image_ids=[11], per_class=True)
     assert metrics["per_class_AP"]["person"] == pytest.approx(0.3)
-    only_person = coco_metrics(annotation_file, [result(11, 1, (x + 23, y, w, h)), result(11, 90, ANNOTATIONS[1]["bbox"])], image_ids=[11])
+    only_person = coco_metrics(annotation_file,
+                               [result(11, 1, (x + 23, y, w, h)), result(11, 90, ANNOTATIONS[1]["bbox"])],
+                               image_ids=[11])
     assert only_person["AP50"] == pytest.approx(1.0)
     assert only_person["AP75"] == pytest.approx(0.5)  # person misses at 0.75, toothbrush is perfect
     assert only_person["AP"] == pytest.approx((0.3 + 1.0) / 2)
@@ -98,7 +100,9 @@ def test_round_trip_through_resize_keeps_boxes_and_category_ids(annotation_file)
 
 
 def test_to_coco_results_converts_xyxy_to_xywh():
-    detections = [{"scores": torch.tensor([0.8]), "labels": torch.tensor([79]), "boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0]])}]
+    detections = [{"scores": torch.tensor([0.8]), "labels": torch.tensor([79]),
+                   "boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0]])}]
     (entry,) = to_coco_results(detections, [5], {79: 90})
-    assert entry == {"image_id": 5, "category_id": 90, "bbox": pytest.approx([10.0, 20.0, 20.0, 40.0]), "score": pytest.approx(0.8)}
+    assert entry == {"image_id": 5, "category_id": 90, "bbox": pytest.approx([10.0, 20.0, 20.0, 40.0]),
+                     "score": pytest.approx(0.8)}
     assert torch.equal(cxcywh_to_xyxy(torch.tensor([2.0, 3.0, 4.0, 2.0])), torch.tensor([0.0, 2.0, 4.0, 4.0]))

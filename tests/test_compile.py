@@ -23,7 +23,8 @@ def outputs_and_gradients(spdnet: SPDNet, images: torch.Tensor, target: torch.Te
     spdnet.zero_grad(set_to_none=True)
     outputs = spdnet(images)
     sum(((output / 255.0 - target) ** 2).mean() for output in outputs).backward()
-    gradients = {name: parameter.grad.clone() for name, parameter in spdnet.named_parameters() if parameter.grad is not None}
+    gradients = {name: parameter.grad.clone() for name, parameter in spdnet.named_parameters()
+                 if parameter.grad is not None}
     return [output.detach() for output in outputs], gradients
 
 
@@ -54,7 +55,8 @@ def test_compile_falls_back_to_eager_in_one_line_without_a_compiler(monkeypatch,
     monkeypatch.setattr(runtime, "compiler_problem", lambda device: "no C++ compiler (g++, clang++ or $CXX) found")
     spdnet = SPDNet(n_feats=4, n_resblocks=1)
     assert compile_spdnet(spdnet, "default", CPU) == "off"
-    assert capsys.readouterr().out == "COMPILE='default': no C++ compiler (g++, clang++ or $CXX) found; SPDNet runs eager\n"
+    assert capsys.readouterr().out == (
+        "COMPILE='default': no C++ compiler (g++, clang++ or $CXX) found; SPDNet runs eager\n")
     assert spdnet._compiled_call_impl is None
 
 

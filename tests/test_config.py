@@ -155,7 +155,8 @@ def _bindings(path: str) -> dict[str, str]:
         tree = ast.parse(file.read())
     return {
         node.targets[0].id: node.value.attr for node in tree.body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Attribute)
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Attribute)
         and isinstance(node.value.value, ast.Name) and node.value.value.id == "settings"
     }
 
@@ -177,7 +178,8 @@ def test_a_shared_setting_has_one_default_taken_from_utils_runtime_settings():
         defaults, bindings = script_defaults(vars(importlib.import_module(script))), _bindings(path)
         assert "settings" not in defaults
         for key in shared & set(defaults):
-            assert bindings.get(key) in {key} | OTHER_DEFAULTS.get(key, set()), f"{script}.py: {key} is not settings.{key}"
+            assert bindings.get(key) in {key} | OTHER_DEFAULTS.get(key, set()), (
+                f"{script}.py: {key} is not settings.{key}")
             assert defaults[key] == getattr(settings, bindings[key]), f"{script}.py: {key}"
             declared_by.setdefault(key, []).append(script)
     assert set(declared_by) == shared - {"EVAL_DATALOADER_WORKERS"}  # each is someone's

@@ -134,7 +134,8 @@ def test_subsets_follow_percent_and_ratios_deterministically(coco_world):
     clean = dataset(coco_world, coco_ratio=1.0, rain_ratio=0.0)
     assert not any(rainy for _, rainy in clean.samples) and clean.rain_dirs == []
     # The clean and the rainy validation splits hold the same images, whatever the percent.
-    clean_half, rainy_half = dataset(coco_world, percent=50, coco_ratio=1.0, rain_ratio=0.0), dataset(coco_world, percent=50)
+    clean_half, rainy_half = (dataset(coco_world, percent=50, coco_ratio=1.0, rain_ratio=0.0),
+                              dataset(coco_world, percent=50))
     assert [i for i, _ in clean_half.samples] == [i for i, _ in rainy_half.samples]
 
 
@@ -183,8 +184,12 @@ def test_rain_variant_changes_with_epoch_deterministically(coco_world):
     assert target["variant"] == variant
     expected_dir = ["heavy_v0", "light_v0"][variant]  # variant folders in sorted order
     reference = load_rgb(os.path.join(coco_world[1], expected_dir, "val2017", "rgb.jpg")).resize((64, 64))
-    other = load_rgb(os.path.join(coco_world[1], ["light_v0", "heavy_v0"][variant], "val2017", "rgb.jpg")).resize((64, 64))
-    distance = lambda picture: (image * 255 - torch.from_numpy(np.array(picture)).permute(2, 0, 1).float()).abs().mean()
+    other = load_rgb(os.path.join(coco_world[1], ["light_v0", "heavy_v0"][variant], "val2017",
+                                  "rgb.jpg")).resize((64, 64))
+
+    def distance(picture):
+        return (image * 255 - torch.from_numpy(np.array(picture)).permute(2, 0, 1).float()).abs().mean()
+
     assert distance(reference) < 12 < distance(other)
 
 
@@ -250,7 +255,8 @@ def test_missing_paths_are_named(coco_world, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"image .*coco/val2017/gray.jpg' is listed in .* but missing"):
         build_dataset(coco, None, "val", ID2LABEL, coco_ratio=1.0, rain_ratio=0.0)
     os.remove(os.path.join(rain, "heavy_v0", "val2017", "cmyk.jpg"))
-    with pytest.raises(FileNotFoundError, match=r"rainy image .*heavy_v0/val2017/cmyk.jpg' is listed in .* but missing"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"rainy image .*heavy_v0/val2017/cmyk.jpg' is listed in .* but missing"):
         build_dataset(coco, rain, "val", ID2LABEL)
     os.remove(os.path.join(coco, "annotations", "instances_val2017.json"))
     with pytest.raises(FileNotFoundError, match=r"annotation file .*instances_val2017.json' does not exist"):

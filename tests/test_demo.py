@@ -31,7 +31,8 @@ def smoke_config(tmp_path, **changes) -> str:
         "OUTPUT_DIR": root, "COCO_DIR": root + "/data/coco", "COCO_RAIN_DIR": root + "/data/coco_rain",
         "DETECTOR": weights + "/detector", "SPDNET_WEIGHTS": weights + "/spdnet_original.pt",
         "RAIN_DETECTOR_WEIGHTS": root + "/rain_detector.pt", "IMAGE_SIZE": 64, "PERCENT_DATASET": 50,
-        "NUM_EPOCHS": 1, "DATALOADER_WORKERS": 0, "DEVICE": "cpu", "GATE_IMAGE_SIZE": 64, "INPUT_SIZE": 64, "GATE_NUM_EPOCHS": 1,
+        "NUM_EPOCHS": 1, "DATALOADER_WORKERS": 0, "DEVICE": "cpu", "GATE_IMAGE_SIZE": 64, "INPUT_SIZE": 64,
+        "GATE_NUM_EPOCHS": 1,
     }
     settings.update(changes)
     path = tmp_path / "smoke.py"
@@ -77,7 +78,8 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
     stamp = os.stat(demo_gate).st_mtime_ns
     Training_Rain_Detector.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1", "--SEED=1", f"--OUTPUT_DIR={root}/gate"])
     assert os.stat(demo_gate).st_mtime_ns == stamp
-    ours, demos = (torch.load(path, weights_only=True) for path in (os.path.join(root, "gate", "rain_detector.pt"), demo_gate))
+    ours, demos = (torch.load(path, weights_only=True)
+                   for path in (os.path.join(root, "gate", "rain_detector.pt"), demo_gate))
     assert ours["state_dict"].keys() == demos["state_dict"].keys()
     assert all(torch.equal(ours["state_dict"][key], demos["state_dict"][key]) for key in demos["state_dict"])
     assert (ours["threshold"], ours["temperature"]) == (demos["threshold"], demos["temperature"])
@@ -155,7 +157,8 @@ def test_the_kept_stand_ins_reproduce_their_recorded_quality_on_the_world_they_n
     assert detector_record["settings"]["world"] == {k: v for k, v in world.items() if k != "rain_presets"}
     data = build_synthetic_world(str(tmp_path / "world"), 1, world["num_val"], image_size=world["image_size"],
                                  seed=world["seed"], rain_presets=tuple(world["rain_presets"]),
-                                 max_objects=world["max_objects"], num_classes=world["num_classes"], show_progress=False)
+                                 max_objects=world["max_objects"], num_classes=world["num_classes"],
+                                 show_progress=False)
     cpu = torch.device("cpu")
     quality = deraining_quality(build_spdnet(paths["spdnet"], 32, 3), data["coco_dir"], data["coco_rain_dir"],
                                 world["image_size"], cpu)

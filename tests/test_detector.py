@@ -51,7 +51,8 @@ def test_coco_label_maps_accepts_string_keys_and_custom_categories():
 
 def test_detector_label_without_category_is_an_error():
     with pytest.raises(ValueError, match=r"2: 'hexagon'"):
-        coco_label_maps({0: "circle", 1: "square", 2: "hexagon"}, [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}])
+        coco_label_maps({0: "circle", 1: "square", 2: "hexagon"},
+                        [{"id": 1, "name": "circle"}, {"id": 2, "name": "square"}])
     with pytest.raises(ValueError, match="appears twice"):
         coco_label_maps(SHAPES, [{"id": 1, "name": "circle"}, {"id": 2, "name": "circle"}])
 

@@ -32,7 +32,8 @@ PROBE = (
 
 
 def run_script(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", PROBE, *arguments], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run([sys.executable, "-c", PROBE, *arguments], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
 
 
 def one_line_error(main, argv) -> str:
@@ -53,7 +54,8 @@ def one_line_error(main, argv) -> str:
         (["Eval_conditional.py", "configs/nothere.py"], "config file 'configs/nothere.py' does not exist"),
         (["Infer.py", "--ROUTING"], "'--ROUTING' must be --KEY=value"),
         (["Check_Data.py", "--DEMO_SEED=1"], "unknown config key 'DEMO_SEED'"),
-        (["Training_Rain_Detector.py", "--NUM_EPOCHS=3"], "unknown config key 'NUM_EPOCHS'. Did you mean GATE_NUM_EPOCHS"),
+        (["Training_Rain_Detector.py", "--NUM_EPOCHS=3"],
+         "unknown config key 'NUM_EPOCHS'. Did you mean GATE_NUM_EPOCHS"),
         (["Make_Demo.py", "--DEMO_SEED=one"], "DEMO_SEED must be int"),
     ],
 )
@@ -82,7 +84,8 @@ def bad_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     (root / "random.pt").write_bytes(b"not weights, plain text\n" * 200)  # fixed: random bytes may start like a pickle
     torch.save({"spdnet": {}, "options": __import__("argparse").Namespace(x=1)}, root / "pickle.pt")
-    torch.save({"spdnet": SPDNet(n_feats=8, n_resblocks=1).state_dict(), "n_feats": 8, "n_resblocks": 1}, root / "adapted.pt")
+    torch.save({"spdnet": SPDNet(n_feats=8, n_resblocks=1).state_dict(), "n_feats": 8, "n_resblocks": 1},
+               root / "adapted.pt")
     return root
 
 
@@ -102,14 +105,16 @@ def test_bad_spdnet_weights(tiny_world, bad_files, tmp_path, name, problem):
 @pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
 def test_bad_adapted_weights(tiny_world, bad_files, tmp_path, name, problem):
     message = one_line_error(Eval_SPDNet_Adaptation.main, tiny_world["overrides"] + [
-        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--ADAPTED_WEIGHTS={bad_files / name}", f"--OUTPUT_DIR={tmp_path}"])
+        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--ADAPTED_WEIGHTS={bad_files / name}",
+        f"--OUTPUT_DIR={tmp_path}"])
     assert f"ADAPTED_WEIGHTS: '{bad_files / name}' {problem}" in message
 
 
 @pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
 def test_bad_rain_detector_weights(tiny_world, bad_files, tmp_path, name, problem):
     message = one_line_error(Eval_conditional.main, tiny_world["overrides"] + [
-        f"--ADAPTED_WEIGHTS={bad_files / 'adapted.pt'}", f"--RAIN_DETECTOR_WEIGHTS={bad_files / name}", f"--OUTPUT_DIR={tmp_path}"])
+        f"--ADAPTED_WEIGHTS={bad_files / 'adapted.pt'}", f"--RAIN_DETECTOR_WEIGHTS={bad_files / name}",
+        f"--OUTPUT_DIR={tmp_path}"])
     assert f"RAIN_DETECTOR_WEIGHTS: '{bad_files / name}' {problem}" in message
 
 
@@ -133,8 +138,8 @@ def test_missing_weights_files_name_their_setting(tiny_world, tmp_path):
 
 def test_missing_data_is_named_before_any_model_is_loaded(tiny_world, tmp_path):
     """COCO_DIR is checked first: the missing detector further down is never reached."""
-    arguments = tiny_world["overrides"] + [f"--COCO_DIR={tmp_path / 'no_coco'}", f"--DETECTOR={tmp_path / 'no_detector'}",
-                                           f"--OUTPUT_DIR={tmp_path}"]
+    arguments = tiny_world["overrides"] + [f"--COCO_DIR={tmp_path / 'no_coco'}",
+                                           f"--DETECTOR={tmp_path / 'no_detector'}", f"--OUTPUT_DIR={tmp_path}"]
     for main in (Training_SPDNet_Adaptation.main, Eval_SPDNet_Adaptation.main, Eval_conditional.main):
         message = one_line_error(main, arguments)
         assert f"COCO_DIR: '{tmp_path / 'no_coco'}' has no annotations/instances_" in message
@@ -146,7 +151,8 @@ def test_missing_data_is_named_before_any_model_is_loaded(tiny_world, tmp_path):
 
 def test_missing_detector_is_named(tiny_world, tmp_path):
     message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + [
-        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--DETECTOR={tmp_path / 'no_detector'}", f"--OUTPUT_DIR={tmp_path}"])
+        f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--DETECTOR={tmp_path / 'no_detector'}",
+        f"--OUTPUT_DIR={tmp_path}"])
     assert f"DETECTOR: directory '{tmp_path / 'no_detector'}' does not exist" in message
 
 
@@ -174,11 +180,14 @@ def test_infer_refuses_an_input_that_is_not_an_image(tmp_path):
 
 
 def test_bad_values_are_one_line(tiny_world, tmp_path):
-    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + ["--PRECISION=fp16", f"--OUTPUT_DIR={tmp_path}"])
+    message = one_line_error(Training_SPDNet_Adaptation.main,
+                             tiny_world["overrides"] + ["--PRECISION=fp16", f"--OUTPUT_DIR={tmp_path}"])
     assert "FP16 is refused" in message
-    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + ["--IMAGE_SIZE=100", f"--OUTPUT_DIR={tmp_path}"])
+    message = one_line_error(Training_SPDNet_Adaptation.main,
+                             tiny_world["overrides"] + ["--IMAGE_SIZE=100", f"--OUTPUT_DIR={tmp_path}"])
     assert "IMAGE_SIZE must be a multiple of 32" in message
-    message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + ["--COMPILE=fastest", f"--OUTPUT_DIR={tmp_path}"])
+    message = one_line_error(Training_SPDNet_Adaptation.main,
+                             tiny_world["overrides"] + ["--COMPILE=fastest", f"--OUTPUT_DIR={tmp_path}"])
     assert "COMPILE must be one of ('off', 'default'," in message
     for main in (Training_SPDNet_Adaptation.main, Eval_SPDNet_Adaptation.main, Eval_conditional.main):
         message = one_line_error(main, tiny_world["overrides"] + ["--CPU_THREADS=0", f"--OUTPUT_DIR={tmp_path}"])
@@ -191,8 +200,8 @@ def test_bad_values_are_one_line(tiny_world, tmp_path):
 def test_bad_imagenet_weights(tiny_world, bad_files, tmp_path, name, problem):
     message = one_line_error(Training_Rain_Detector.main, [
         f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", "--DEVICE=cpu",
-        "--DATALOADER_WORKERS=0", "--GATE_IMAGE_SIZE=64", "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100", "--ARCHITECTURE=resnet18",
-        f"--IMAGENET_WEIGHTS={bad_files / name}", f"--OUTPUT_DIR={tmp_path}"])
+        "--DATALOADER_WORKERS=0", "--GATE_IMAGE_SIZE=64", "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100",
+        "--ARCHITECTURE=resnet18", f"--IMAGENET_WEIGHTS={bad_files / name}", f"--OUTPUT_DIR={tmp_path}"])
     assert f"IMAGENET_WEIGHTS: '{bad_files / name}' {problem}" in message
 
 
@@ -200,4 +209,5 @@ def test_a_gate_subset_without_images_is_named(tiny_world, tmp_path):
     message = one_line_error(Training_Rain_Detector.main, [
         f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", "--DEVICE=cpu",
         "--DATALOADER_WORKERS=0", "--GATE_IMAGE_SIZE=64", "--GATE_PERCENT_DATASET=5", f"--OUTPUT_DIR={tmp_path}"])
-    assert "PERCENT_DATASET=5.0 leaves no train image of COCO_DIR=" in message and message.endswith("raise PERCENT_DATASET")
+    assert ("PERCENT_DATASET=5.0 leaves no train image of COCO_DIR=" in message
+            and message.endswith("raise PERCENT_DATASET"))

@@ -26,8 +26,9 @@ def trained(tiny_world, tmp_path_factory):
         "--EVAL_BEFORE_TRAINING=False", "--GRADIENT_ACCUMULATION_STEPS=2",
     ])
     gate = Training_Rain_Detector.main([
-        f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", f"--OUTPUT_DIR={output}",
-        "--GATE_IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0", "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100",
+        f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}",
+        f"--OUTPUT_DIR={output}", "--GATE_IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0",
+        "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100",
         "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64", "--GATE_NUM_EPOCHS=2", "--GATE_BATCH_SIZE=8",
     ])
     return {"output": output, "common": common, "gate": gate}
@@ -38,7 +39,8 @@ def test_three_pipeline_comparison_writes_results_and_pictures(tiny_world, train
         f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", "--EVAL_CLEAN=True", "--BATCH_SIZE=4", "--NUM_EXAMPLES=2",
     ])
     printed = capsys.readouterr().out
-    assert "Vanilla RT-DETR mAP:" in printed and "Original SPDNet + RT-DETR:" in printed and "Adapted SPDNet + RT-DETR:" in printed
+    assert ("Vanilla RT-DETR mAP:" in printed and "Original SPDNet + RT-DETR:" in printed
+            and "Adapted SPDNet + RT-DETR:" in printed)
     saved = json.loads(open(trained["output"] / "eval_results.json").read())
     assert saved == json.loads(json.dumps(results))
     assert set(saved) == {"rainy", "clean", "rainy_image_quality"}
@@ -55,7 +57,8 @@ def test_three_pipeline_comparison_writes_results_and_pictures(tiny_world, train
 
 
 def test_missing_adapted_weights_are_named(tiny_world, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"spdnet_adapted.pt' does not exist: run Training_SPDNet_Adaptation.py"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"spdnet_adapted.pt' does not exist: run Training_SPDNet_Adaptation.py"):
         Eval_SPDNet_Adaptation.main(tiny_world["overrides"] + [f"--OUTPUT_DIR={tmp_path}"])
 
 
@@ -126,8 +129,8 @@ def test_batch_is_split_by_the_gate_and_merged_in_order(tiny_world):
 
 def test_infer_writes_annotated_images_and_detections(tiny_world, trained, tmp_path):
     records = Infer.main([
-        f"--OUTPUT_DIR={trained['output']}", f"--DETECTOR={tiny_world['detector_dir']}", "--IMAGE_SIZE=64", "--DEVICE=cpu",
-        f"--INPUT={tiny_world['coco_dir']}/val2017", f"--OUTPUT={tmp_path}", "--SCORE_THRESHOLD=0.0",
+        f"--OUTPUT_DIR={trained['output']}", f"--DETECTOR={tiny_world['detector_dir']}", "--IMAGE_SIZE=64",
+        "--DEVICE=cpu", f"--INPUT={tiny_world['coco_dir']}/val2017", f"--OUTPUT={tmp_path}", "--SCORE_THRESHOLD=0.0",
     ])
     assert len(records) == 6
     written = json.loads(open(tmp_path / "detections.json").read())
@@ -168,7 +171,8 @@ def test_conditional_evaluation_scores_held_out_rain_and_soft_routing(tiny_world
     gate = results["heldout"]["rain_detector"]["confusion"]
     assert gate["rainy_as_rainy"] + gate["rainy_as_clean"] == 6 and gate["clean_as_rainy"] + gate["clean_as_clean"] == 0
     mixed = results["heldout_mixed"]["rain_detector"]["confusion"]
-    assert mixed["rainy_as_rainy"] + mixed["rainy_as_clean"] == 3 and mixed["clean_as_rainy"] + mixed["clean_as_clean"] == 3
+    assert (mixed["rainy_as_rainy"] + mixed["rainy_as_clean"] == 3
+            and mixed["clean_as_rainy"] + mixed["clean_as_clean"] == 3)
 
 
 def test_held_out_settings_are_checked_before_any_work(tiny_world, trained, tmp_path):
@@ -190,7 +194,8 @@ def test_held_out_family_inside_coco_rain_dir_makes_the_held_out_splits(trained,
     world = build_synthetic_world(str(tmp_path / "world"), num_train=2, num_val=6, image_size=64, seed=5,
                                   rain_presets=("medium", "drops_light"), show_progress=False)
     splits = validation_splits({
-        "HOLDOUT_FAMILY": "drops", "HOLDOUT_RAIN_DIR": None, "COCO_RAIN_DIR": world["coco_rain_dir"], "MIXED_RAIN_FRACTION": 0.5,
+        "HOLDOUT_FAMILY": "drops", "HOLDOUT_RAIN_DIR": None, "COCO_RAIN_DIR": world["coco_rain_dir"],
+        "MIXED_RAIN_FRACTION": 0.5,
     })
     rain = world["coco_rain_dir"]
     assert splits["rainy"] == (1.0, [f"{rain}/medium_v0"]) and splits["heldout"] == (1.0, [f"{rain}/drops_light_v0"])

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from utils.models.detector import detector_fingerprint, load_detector, model_state_lines, rtdetr_r18vd_config, small_rtdetr_config
+from utils.models.detector import (
+    detector_fingerprint, load_detector, model_state_lines, rtdetr_r18vd_config, small_rtdetr_config,
+)
 from utils.models.integrated_model import IntegratedModel
 from utils.models.spdnet import SPDNet
 

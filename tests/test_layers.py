@@ -77,7 +77,8 @@ def imported_modules(node: ast.AST, importer: str, importer_path: Path, modules:
             if parts:
                 found.append(".".join(parts))
                 break
-    # "from utils.apps import evaluation" names utils.apps.evaluation; the package utils.apps it passes through adds nothing
+    # "from utils.apps import evaluation" names utils.apps.evaluation; the package utils.apps it passes
+    # through adds nothing
     return [module for module in dict.fromkeys(found) if not any(other.startswith(module + ".") for other in found)]
 
 
@@ -132,7 +133,8 @@ def layer_problems(root: Path) -> list[str]:
 
 
 def import_circles(root: Path) -> list[str]:
-    """Every circle of imports (one per strongly connected group of modules), as ``a -> b -> a`` with each step's import."""
+    """Every circle of imports (one per strongly connected group of modules), as ``a -> b -> a`` with
+    each step's import."""
     files, graph = import_graph(root)
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -193,7 +195,8 @@ def test_each_layer_imports_only_layers_below():
 
 def test_the_checked_files_are_the_project():
     files, graph = import_graph(ROOT)
-    assert {"utils.runtime.config", "utils.apps.pipelines", "Infer", "benchmarks.bench", "tools.demo_table"} <= set(files)
+    assert {"utils.runtime.config", "utils.apps.pipelines", "Infer", "benchmarks.bench",
+            "tools.demo_table"} <= set(files)
     assert not any(module.startswith("tests") for module in files)
     assert "utils.runtime.config" in graph["Infer"]  # a top-level import is seen
     assert "utils.apps.pipelines" in graph["Infer"]  # and one inside main()
@@ -213,7 +216,8 @@ def make_project(root: Path, sources: dict[str, str]) -> Path:
 
 @pytest.mark.parametrize("sources, expected", [
     ({"utils/models/a.py": "def f():\n    from utils.apps import b\n", "utils/apps/b.py": ""},
-     "utils/models/a.py:2 `from utils.apps import b`: models (rank 1) imports utils.apps.b from the layer above, apps (rank 3)"),
+     "utils/models/a.py:2 `from utils.apps import b`: models (rank 1) imports utils.apps.b from the layer above, "
+     "apps (rank 3)"),
     ({"utils/runtime/a.py": "import utils.training.b\n", "utils/training/b.py": ""},
      "utils/runtime/a.py:1 `import utils.training.b`: runtime (rank 0) imports utils.training.b from the layer above"),
     ({"utils/data/a.py": "from utils.models.b import thing\n", "utils/models/b.py": ""},

@@ -57,7 +57,8 @@ def test_each_objective_is_finite_trains_spdnet_only_and_leaves_the_detector_bit
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-3)
     before = {k: v.clone() for k, v in model.spdnet.state_dict().items()}
     loss, terms = adaptation_loss(model, images, labels, clean, objective)
-    expected_terms = {t for t, w in zip(("detection", "feature", "pixel"), (objective.detection, objective.feature, objective.pixel)) if w}
+    expected_terms = {t for t, w in zip(("detection", "feature", "pixel"),
+                                        (objective.detection, objective.feature, objective.pixel)) if w}
     assert set(terms) == expected_terms
     assert torch.isfinite(loss) and all(torch.isfinite(v) and v > 0 for v in terms.values())
     weighted = sum(getattr(objective, term) * value for term, value in terms.items())
@@ -118,7 +119,8 @@ def test_the_default_objective_is_detection_and_feature_with_clean_images(tiny_w
     result = training_script.main(script_arguments(tiny_world, tmp_path, objective=[]) + ["--NUM_EPOCHS=1"])
     assert not result["stopped"] and result["state"]["step"] == 6  # 16 rainy + 8 clean images, 2 x 2 per step
     config = torch.load(tmp_path / "spdnet_adapted.pt", weights_only=True)["config"]
-    assert (config["DETECTION_LOSS_WEIGHT"], config["FEATURE_LOSS_WEIGHT"], config["PIXEL_LOSS_WEIGHT"], config["COCO_RATIO"]) == (1.0, 10.0, 0.0, 0.5)
+    assert (config["DETECTION_LOSS_WEIGHT"], config["FEATURE_LOSS_WEIGHT"], config["PIXEL_LOSS_WEIGHT"],
+            config["COCO_RATIO"]) == (1.0, 10.0, 0.0, 0.5)
     train_records = [r for r in log_records(tmp_path / "training_log.jsonl") if r["type"] == "train"]
     assert all({"loss_detection", "loss_feature"} <= set(r) and "loss_pixel" not in r for r in train_records)
 

@@ -20,7 +20,9 @@ import pytest
 import torch
 
 from utils.runtime.device import autocast
-from utils.apps.precision_study import CPU, batch_spread, build_model, cosine, loss_and_gradient, rainy_batches, train_tiny_pair
+from utils.apps.precision_study import (
+    CPU, batch_spread, build_model, cosine, loss_and_gradient, rainy_batches, train_tiny_pair,
+)
 
 SIZE = 64
 
@@ -41,20 +43,22 @@ def one_thread():
 @pytest.fixture(scope="module")
 def trained_pair(tiny_world, tmp_path_factory):
     # The tiny world draws all six shapes.
-    return train_tiny_pair(tiny_world["coco_dir"], tiny_world["coco_rain_dir"], str(tmp_path_factory.mktemp("precision")),
-                           SIZE, num_classes=6)
+    return train_tiny_pair(tiny_world["coco_dir"], tiny_world["coco_rain_dir"],
+                           str(tmp_path_factory.mktemp("precision")), SIZE, num_classes=6)
 
 
 @pytest.fixture(scope="module")
 def batches(tiny_world, trained_pair):
     """The 16 rainy training images as four batches of four."""
-    return rainy_batches(tiny_world["coco_dir"], tiny_world["coco_rain_dir"], trained_pair[0], SIZE, batch_size=4, count=4)
+    return rainy_batches(tiny_world["coco_dir"], tiny_world["coco_rain_dir"], trained_pair[0], SIZE, batch_size=4,
+                         count=4)
 
 
 @pytest.fixture(scope="module")
 def steps(trained_pair, batches):
     model = build_model(*trained_pair)
-    return [{precision: loss_and_gradient(model, precision, *batch) for precision in ("fp32", "bf16")} for batch in batches]
+    return [{precision: loss_and_gradient(model, precision, *batch) for precision in ("fp32", "bf16")}
+            for batch in batches]
 
 
 def test_bf16_loss_and_image_match_fp32_and_stay_finite(steps):
@@ -71,7 +75,8 @@ def test_bf16_loss_and_image_match_fp32_and_stay_finite(steps):
 
 def test_bf16_gradient_error_is_small_next_to_batch_to_batch_spread(steps):
     gradients32 = [step["fp32"].gradient for step in steps]
-    assert all(gradient.norm() > 1e-4 for gradient in gradients32)  # a real signal reaches SPDNet through the frozen detector
+    # A real signal reaches SPDNet through the frozen detector.
+    assert all(gradient.norm() > 1e-4 for gradient in gradients32)
     spread = batch_spread(gradients32)
     for step in steps:
         fp32, bf16 = step["fp32"].gradient, step["bf16"].gradient

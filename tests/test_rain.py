@@ -98,12 +98,14 @@ def _coco_folder(root, count=4):
 def test_make_rainy_split_writes_variants_copies_annotations_and_resumes(tmp_path):
     coco, rain = str(tmp_path / "coco"), str(tmp_path / "rain")
     annotation_file = _coco_folder(coco)
-    report = make_rainy_split(coco, rain, "val2017", annotation_file, ["light", "heavy"], 2, seed=3, show_progress=False)
+    report = make_rainy_split(coco, rain, "val2017", annotation_file, ["light", "heavy"], 2, seed=3,
+                              show_progress=False)
     assert report["written"] == 16 and report["skipped"] == 0 and report["failed"] == []
     assert sorted(os.listdir(rain)) == ["heavy_v0", "heavy_v1", "light_v0", "light_v1"]
     for name in variant_names(["light", "heavy"], 2):
         assert sorted(os.listdir(os.path.join(rain, name, "val2017"))) == ["000.jpg", "001.jpg", "002.jpg", "003.jpg"]
-        with open(os.path.join(rain, name, "annotations", "instances_val2017.json")) as copy, open(annotation_file) as original:
+        with (open(os.path.join(rain, name, "annotations", "instances_val2017.json")) as copy,
+              open(annotation_file) as original):
             assert copy.read() == original.read()
     os.remove(os.path.join(rain, "light_v1", "val2017", "002.jpg"))
     again = make_rainy_split(coco, rain, "val2017", annotation_file, ["light", "heavy"], 2, seed=3, show_progress=False)
@@ -220,7 +222,8 @@ def test_presets_are_randomised_within_their_family():
         assert all(type(n) is type(preset) and n != preset for n in neighbours)
         image = render_rain(np.full((48, 64, 3), 90, np.uint8), neighbours[0], rain_rng(0, 0, name))
         assert image.shape == (48, 64, 3)
-    assert all(0 < n.transmission <= 1 and n.brightness <= 1 for n in (PRESETS["heavy"].randomised(rng) for _ in range(50)))
+    assert all(0 < n.transmission <= 1 and n.brightness <= 1
+               for n in (PRESETS["heavy"].randomised(rng) for _ in range(50)))
 
 
 def test_variant_folders_know_their_family(tmp_path):
@@ -228,7 +231,8 @@ def test_variant_folders_know_their_family(tmp_path):
     annotation_file = _coco_folder(coco, count=2)
     make_rainy_split(coco, rain, "val2017", annotation_file, ["medium", "drops_light"], 1, seed=0, show_progress=False)
     with open(os.path.join(rain, "drops_light_v0", "rain_settings.json")) as file:
-        assert json.load(file) == {"variant": "drops_light_v0", "seed": 0, "renderer_version": 2, "drops_renderer_version": 1}
+        assert json.load(file) == {"variant": "drops_light_v0", "seed": 0, "renderer_version": 2,
+                                   "drops_renderer_version": 1}
     with open(os.path.join(rain, "medium_v0", "rain_settings.json")) as file:
         assert json.load(file) == {"variant": "medium_v0", "seed": 0, "renderer_version": 2}  # as before drops existed
     others, held_out = split_by_family(rain_variant_dirs(rain, "val"), "drops")

@@ -24,10 +24,10 @@ def two_family_world(tmp_path_factory):
 def test_gate_trains_without_the_held_out_family_and_scores_it_apart(two_family_world, tmp_path, capsys):
     result = Training_Rain_Detector.main([
         f"--COCO_DIR={two_family_world['coco_dir']}", f"--COCO_RAIN_DIR={two_family_world['coco_rain_dir']}",
-        f"--OUTPUT_DIR={tmp_path}", "--GATE_IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0", "--GATE_PERCENT_DATASET=100",
-        "--GATE_VAL_PERCENT=100", "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64", "--GATE_NUM_EPOCHS=2", "--GATE_BATCH_SIZE=8",
-        "--HOLDOUT_FAMILY=drops", "--EPOCH_VARIANTS=True", "--RANDOM_RAIN=0.5", "--AUGMENT_BLUR=0.5", "--AUGMENT_JPEG=0.5",
-        "--AUGMENT_JITTER=0.2", "--AUGMENT_NOISE=0.03",
+        f"--OUTPUT_DIR={tmp_path}", "--GATE_IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0",
+        "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100", "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64",
+        "--GATE_NUM_EPOCHS=2", "--GATE_BATCH_SIZE=8", "--HOLDOUT_FAMILY=drops", "--EPOCH_VARIANTS=True",
+        "--RANDOM_RAIN=0.5", "--AUGMENT_BLUR=0.5", "--AUGMENT_JPEG=0.5", "--AUGMENT_JITTER=0.2", "--AUGMENT_NOISE=0.03",
     ])
     printed = capsys.readouterr().out
     assert "held-out drops rain (with the clean val images)" in printed
@@ -95,7 +95,8 @@ def test_checkpoints_keep_their_temperature_and_old_ones_load_uncalibrated(tmp_p
     torch.save(old, tmp_path / "old.pt")
     loaded = load_rain_detector(str(tmp_path / "old.pt"))
     images = torch.rand(2, 3, 32, 32)
-    assert loaded.temperature == 1.0 and torch.equal(loaded.probability(images, calibrated=True), loaded.probability(images))
+    assert loaded.temperature == 1.0 and torch.equal(loaded.probability(images, calibrated=True),
+                                                     loaded.probability(images))
 
 
 class BrightnessGate(RainDetector):
@@ -124,7 +125,8 @@ def test_soft_routing_blends_gated_rainy_images_and_leaves_clean_ones_bitwise(ti
         derained = integrated.derain(images[[1, 3]])
     seen = []  # what the detector is shown, call by call
     detect = integrated.detect
-    monkeypatch.setattr(integrated, "detect", lambda pixel_values, labels=None: seen.append(pixel_values) or detect(pixel_values, labels))
+    monkeypatch.setattr(integrated, "detect",
+                        lambda pixel_values, labels=None: seen.append(pixel_values) or detect(pixel_values, labels))
     output = model(images)
     assert output.derained.tolist() == [False, True, False, True, False]
     assert torch.equal(output.logits[[0, 2, 4]], direct.logits)  # the clean path, bit for bit

@@ -56,7 +56,8 @@ def test_world_goes_through_the_coco_loader(tmp_path):
     assert sorted(os.listdir(paths["coco_rain_dir"])) == ["heavy_v0", "medium_v0"]
     train = build_dataset(paths["coco_dir"], paths["coco_rain_dir"], "train", ID2LABEL, image_size=64, train=True,
                           return_clean_pair=True)
-    val = build_dataset(paths["coco_dir"], paths["coco_rain_dir"], "val", ID2LABEL, image_size=64, coco_ratio=1.0, rain_ratio=0.0)
+    val = build_dataset(paths["coco_dir"], paths["coco_rain_dir"], "val", ID2LABEL, image_size=64, coco_ratio=1.0,
+                        rain_ratio=0.0)
     assert len(train) == 12 and len(val) == 6 and len(train.rain_dirs) == 2
     with open(val.annotation_file) as file:
         assert [c["name"] for c in json.load(file)["categories"]] == list(SHAPES)

@@ -20,12 +20,14 @@ FAST = ["--PERCENT_DATASET=100", "--BATCH_SIZE=2", "--GRADIENT_ACCUMULATION_STEP
         "--LOG_EVERY_STEPS=1", "--LEARNING_RATE=1e-3", "--EVAL_BEFORE_TRAINING=False"]
 # The method's objective on rainy images only, so the step counts below are 16 images' worth; the
 # script's default objective (feature loss, clean images too) trains in tests/test_objectives.py.
-DETECTION_ONLY = ["--DETECTION_LOSS_WEIGHT=1.0", "--FEATURE_LOSS_WEIGHT=0.0", "--PIXEL_LOSS_WEIGHT=0.0", "--COCO_RATIO=0.0"]
+DETECTION_ONLY = ["--DETECTION_LOSS_WEIGHT=1.0", "--FEATURE_LOSS_WEIGHT=0.0", "--PIXEL_LOSS_WEIGHT=0.0",
+                  "--COCO_RATIO=0.0"]
 
 
 def script_arguments(tiny_world, output_dir, objective=DETECTION_ONLY) -> list[str]:
     """The training script's command line on the tiny world, fast, with ``objective`` (empty: the default's)."""
-    return tiny_world["overrides"] + FAST + objective + [f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={output_dir}"]
+    return tiny_world["overrides"] + FAST + objective + [f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}",
+                                                         f"--OUTPUT_DIR={output_dir}"]
 
 
 def run(tiny_world, output_dir, *extra):
@@ -134,7 +136,8 @@ def test_two_process_ddp_run_agrees_and_saves_once(tiny_world, tmp_path):
     assert output.count("config:\n") == 1 and output.count("  LEARNING_RATE ") == 1  # and prints the config
     records = log_records(tmp_path / "training_log.jsonl")
     assert len([r for r in records if r["type"] == "epoch"]) == 1
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "spdnet_adapted.pt", "training_curves.png", "training_log.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "spdnet_adapted.pt", "training_curves.png",
+                                            "training_log.jsonl"]
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tiny_world, tmp_path):
@@ -192,7 +195,8 @@ def test_spdnet_diverging_under_a_huge_learning_rate_stops_with_the_last_good_ch
 
 def test_weights_that_overflow_spdnet_stop_the_run_before_any_step(tiny_world, tmp_path):
     start = torch.load(tiny_world["spdnet_weights"], weights_only=True)
-    huge = {name: tensor if "DWT" in name else tensor * 1e30 for name, tensor in start.items()}  # finite, but overflowing
+    huge = {name: tensor if "DWT" in name else tensor * 1e30
+            for name, tensor in start.items()}  # finite, but overflowing
     torch.save(huge, tmp_path / "huge.pt")
     message = run_failing(tiny_world, tmp_path / "out", f"--SPDNET_WEIGHTS={tmp_path / 'huge.pt'}",
                           "--MAX_NONFINITE_IN_A_ROW=3", "--CHECKPOINT_EVERY_STEPS=1")
@@ -217,7 +221,8 @@ def test_non_finite_weights_are_refused_on_load_naming_the_file_and_the_tensor(t
     checkpoint["optimizer"]["state"][0]["exp_avg_sq"].view(-1)[0] = float("inf")
     torch.save(checkpoint, tmp_path / "b" / "checkpoint.pt")
     message = run_failing(tiny_world, tmp_path / "b", "--NUM_EPOCHS=1", "--RESUME=True")
-    assert f"error: checkpoint {tmp_path / 'b' / 'checkpoint.pt'}: tensor optimizer.state.0.exp_avg_sq holds NaN" in message
+    assert (f"error: checkpoint {tmp_path / 'b' / 'checkpoint.pt'}: tensor optimizer.state.0.exp_avg_sq holds NaN"
+            in message)
 
     run(tiny_world, tmp_path / "c", "--NUM_EPOCHS=1")
     adapted = torch.load(tmp_path / "c" / "spdnet_adapted.pt", weights_only=True)
@@ -246,7 +251,8 @@ def test_bad_boxes_in_the_annotation_file_are_reported_and_left_out(tiny_world, 
     warnings = [line for line in capfd.readouterr().err.splitlines() if "left out of training" in line]
     assert len(warnings) == 1 and f"warning: {path}: 2 box(es) left out of training" in warnings[0]
     assert f"annotation {first['id']} of image {first['image_id']} bbox {first['bbox']} (not finite)" in warnings[0]
-    assert f"annotation {second['id']} of image {second['image_id']} bbox {second['bbox']} (width or height <= 0)" in warnings[0]
+    assert (f"annotation {second['id']} of image {second['image_id']} bbox {second['bbox']} (width or height <= 0)"
+            in warnings[0])
     dataset = build_dataset(str(coco_dir), str(rain_dir), "train", None, image_size=64, percent=100)
     kept = {image_id: len(boxes) for image_id, (boxes, _) in dataset.targets.items()}
     original = {image_id: len(boxes) for image_id, (boxes, _) in build_dataset(
@@ -283,7 +289,9 @@ def test_max_steps_at_an_epochs_last_step_scores_saves_and_resumes_into_the_next
         assert torch.equal(tensor, resumed_weights[name]), name
 
 
-def test_resume_honours_a_changed_learning_rate_and_refuses_a_changed_batch_size_mid_epoch(tiny_world, tmp_path, capsys):
+def test_resume_honours_a_changed_learning_rate_and_refuses_a_changed_batch_size_mid_epoch(
+    tiny_world, tmp_path, capsys
+):
     run(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--MAX_STEPS=2")
     message = run_failing(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--RESUME=True", "--BATCH_SIZE=4")
     assert message == (f"error: {tmp_path / 'checkpoint.pt'} stopped in the middle of epoch 1 with BATCH_SIZE=2; "
@@ -294,7 +302,8 @@ def test_resume_honours_a_changed_learning_rate_and_refuses_a_changed_batch_size
     records = [r for r in log_records(tmp_path / "training_log.jsonl") if r["type"] == "train"]
     # 4 steps in all, warm-up min(WARMUP_STEPS=2, 4 // 5 or 1) = 1: steps 3 and 4 at the new rate.
     factors = [training.lr_factor(step, 1, 4, 0.1) for step in range(4)]
-    assert [r["lr"] for r in records] == pytest.approx([1e-3 * factors[0], 1e-3 * factors[1], 1e-4 * factors[2], 1e-4 * factors[3]])
+    assert [r["lr"] for r in records] == pytest.approx([1e-3 * factors[0], 1e-3 * factors[1], 1e-4 * factors[2],
+                                                        1e-4 * factors[3]])
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert checkpoint["optimizer"]["param_groups"][0]["weight_decay"] == 0.01
     assert checkpoint["config"]["LEARNING_RATE"] == 1e-4
@@ -303,6 +312,7 @@ def test_resume_honours_a_changed_learning_rate_and_refuses_a_changed_batch_size
 def test_fractional_percentages_choose_smaller_subsets(tiny_world, tmp_path, capsys):
     result = run(tiny_world, tmp_path, "--NUM_EPOCHS=1", "--PERCENT_DATASET=12.5", "--VAL_PERCENT=0.5")
     assert result["state"]["step"] == 1  # 2 of 16 images: one micro-batch
-    assert "data: 2 training images (2 rainy + 0 clean, 2 rain variants), 1 rainy validation images" in capsys.readouterr().out
+    assert ("data: 2 training images (2 rainy + 0 clean, 2 rain variants), 1 rainy validation images"
+            in capsys.readouterr().out)
     message = run_failing(tiny_world, tmp_path, "--PERCENT_DATASET=0")
     assert message == "error: PERCENT_DATASET must be in (0, 100] (fractions such as 0.5 are fine), got 0.0"

@@ -1,6 +1,7 @@
 """The README's demo table: adaptation seeds x demo worlds, mean and spread, and which orderings hold.
 
-    python tools/demo_table.py                                   # worlds 0 and 1, seeds 42 7 123 (~50 min on 2 cores)
+    python tools/demo_table.py                                   # worlds 0 and 1, seeds 42 7 123
+                                                                 # (~50 min on 2 cores)
     python tools/demo_table.py --worlds 0 --seeds 42 --jobs 1    # one run
     python tools/demo_table.py --collect-only                    # tabulate the runs already on disk
 
@@ -77,9 +78,11 @@ def table(runs: list[dict], worlds: list[int]) -> str:
         cells = [spread([r["results"][split][pipeline]["AP"] for r in runs if r["world"] == w]) for w in worlds]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| detector clean val AP / AP50 (no SPDNet) | " + " | ".join(
-        f"{quality[w]['detector_clean_val']['AP']:.3f} / {quality[w]['detector_clean_val']['AP50']:.3f}" for w in worlds) + " |")
+        f"{quality[w]['detector_clean_val']['AP']:.3f} / {quality[w]['detector_clean_val']['AP50']:.3f}"
+        for w in worlds) + " |")
     lines.append("| original SPDNet, rainy val PSNR dB: input -> output | " + " | ".join(
-        f"{quality[w]['spdnet_rainy_val']['rainy_psnr_db']:.2f} -> {quality[w]['spdnet_rainy_val']['derained_psnr_db']:.2f}"
+        f"{quality[w]['spdnet_rainy_val']['rainy_psnr_db']:.2f} -> "
+        f"{quality[w]['spdnet_rainy_val']['derained_psnr_db']:.2f}"
         for w in worlds) + " |")
     lines.append("| original SPDNet, rainy val SSIM: input -> output | " + " | ".join(
         f"{quality[w]['spdnet_rainy_val']['rainy_ssim']:.3f} -> {quality[w]['spdnet_rainy_val']['derained_ssim']:.3f}"
@@ -88,7 +91,8 @@ def table(runs: list[dict], worlds: list[int]) -> str:
     for better, worse in (("adapted", "original"), ("original", "vanilla"), ("adapted", "vanilla")):
         margins = [r["results"]["rainy"][better]["AP"] - r["results"]["rainy"][worse]["AP"] for r in runs]
         held = sum(margin > 0 for margin in margins)
-        lines.append(f"- {better} > {worse} in {held} of {len(runs)} runs (margin {min(margins):+.3f} to {max(margins):+.3f})")
+        lines.append(f"- {better} > {worse} in {held} of {len(runs)} runs "
+                     f"(margin {min(margins):+.3f} to {max(margins):+.3f})")
     margins = [r["results"]["clean"]["adapted"]["AP"] / r["results"]["clean"]["vanilla"]["AP"] for r in runs]
     lines.append(f"- always-derain keeps {min(margins):.2f}–{max(margins):.2f} of vanilla's clean-val AP")
     return "\n".join(lines)
@@ -105,10 +109,12 @@ def main() -> None:
         runs = [{"world": w, "seed": s, **read_run(w, s)} for w in args.worlds for s in args.seeds]
     else:
         for world in args.worlds:  # the world, its quality record and its gate, once, before the seeds
-            run_script(["Make_Demo.py", *WORLD_CONFIGS[world]], os.path.join(ROOT, WORLD_DIRS[world] + "_make.log"), None)
+            run_script(["Make_Demo.py", *WORLD_CONFIGS[world]], os.path.join(ROOT, WORLD_DIRS[world] + "_make.log"),
+                       None)
         threads = 1 if args.jobs > 1 else None
         with ThreadPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(lambda job: run_seed(*job, threads), [(w, s) for w in args.worlds for s in args.seeds]))
+            runs = list(pool.map(lambda job: run_seed(*job, threads),
+                                 [(w, s) for w in args.worlds for s in args.seeds]))
     text = table(runs, args.worlds)
     print(text)
     for suffix, content in (("md", text + "\n"), ("json", json.dumps(runs, indent=2))):

@@ -1,6 +1,7 @@
 """The objectives ablation on the demo world: which loss terms and how many clean images serve users best.
 
-    python tools/objective_ablation.py                      # 5 objectives x COCO_RATIO {0, 0.5} x seeds 42 7: 20 runs, ~3 min each alone
+    python tools/objective_ablation.py                      # 5 objectives x COCO_RATIO {0, 0.5} x seeds 42 7: 20 runs,
+                                                            # ~3 min each alone
     python tools/objective_ablation.py --seeds 42 --jobs 1  # one seed
     python tools/objective_ablation.py --collect-only       # tabulate the runs already on disk
 
@@ -16,7 +17,8 @@ then the adapted SPDNet is scored in a process of its own (``--score DIR``): rai
 with SPDNet always on (what a gate that errs sends through it), and the rainy-val PSNR / SSIM of its
 output. The frozen detector alone and the original SPDNet come from one Eval_SPDNet_Adaptation.py run
 on the same world. Every run uses the demo's one thread (CPU_THREADS in configs/demo.py); ``--jobs 2``
-runs two at once (figures unchanged, wall time and training seconds not comparable with --jobs 1). Writes <ablation>/ablation.md and .json.
+runs two at once (figures unchanged, wall time and training seconds not comparable with --jobs 1). Writes
+<ablation>/ablation.md and .json.
 """
 
 from __future__ import annotations
@@ -56,11 +58,14 @@ def train_and_score(objective: str, coco_ratio: float, seed: int, threads: int |
     if os.path.isfile(os.path.join(ROOT, output_dir, "ablation_results.json")):
         return read_run(objective, coco_ratio, seed)
     os.makedirs(os.path.join(ROOT, output_dir), exist_ok=True)
-    weights = [f"--{term.upper()}_LOSS_WEIGHT={WEIGHTS[term] if term in OBJECTIVES[objective] else 0.0}" for term in WEIGHTS]
-    arguments = ["configs/demo.py", *weights, f"--COCO_RATIO={coco_ratio}", f"--SEED={seed}", f"--OUTPUT_DIR={output_dir}"]
+    weights = [f"--{term.upper()}_LOSS_WEIGHT={WEIGHTS[term] if term in OBJECTIVES[objective] else 0.0}"
+               for term in WEIGHTS]
+    arguments = ["configs/demo.py", *weights, f"--COCO_RATIO={coco_ratio}", f"--SEED={seed}",
+                 f"--OUTPUT_DIR={output_dir}"]
     log = os.path.join(ROOT, output_dir, "run.log")
     seconds = run_script(["Training_SPDNet_Adaptation.py", *arguments], log, threads)
-    run_script([os.path.join("tools", "objective_ablation.py"), "--score", output_dir, "--training-seconds", f"{seconds:.1f}"],
+    run_script([os.path.join("tools", "objective_ablation.py"), "--score", output_dir,
+                "--training-seconds", f"{seconds:.1f}"],
         log + ".score", threads)
     print(f"{run_name(objective, coco_ratio, seed)}: done ({seconds:.0f} s training script)", flush=True)
     return read_run(objective, coco_ratio, seed)
@@ -86,12 +91,13 @@ def score(output_dir: str, training_seconds: float) -> None:
     model = load_adapted_spdnet(config, detector).to(device).eval()
     results = {}
     for split, rain_fraction in (("rainy", 1.0), ("clean", 0.0)):
-        loader, annotation_file, label_to_category_id = build_val_loader(config, detector.config.id2label, rain_fraction)
+        loader, annotation_file, label_to_category_id = build_val_loader(config, detector.config.id2label,
+                                                                         rain_fraction)
         with torch.no_grad():
             results[split] = evaluate(model, loader, annotation_file, label_to_category_id, device=device,
                                       precision=config["PRECISION"], derain=True, description=f"{split}: adapted")
-    results["rainy_image_quality"] = image_quality({"adapted": model.spdnet}, config["COCO_DIR"], config["COCO_RAIN_DIR"],
-                                                   config["IMAGE_SIZE"], device)["adapted"]
+    results["rainy_image_quality"] = image_quality({"adapted": model.spdnet}, config["COCO_DIR"],
+                                                   config["COCO_RAIN_DIR"], config["IMAGE_SIZE"], device)["adapted"]
     with open(os.path.join(output_dir, "training_log.jsonl")) as file:
         steps = [json.loads(line) for line in file if '"type": "train"' in line]
     results["training_images_per_s"] = statistics.median(r["images_per_s"] for r in steps)
@@ -116,11 +122,11 @@ def table(runs: list[dict], reference: dict) -> str:
     detection_gain = {ratio: statistics.mean(r["rainy"]["AP"] for r in runs if r["objective"] == "detection"
                                              and r["coco_ratio"] == ratio) - original_rainy for ratio in COCO_RATIOS}
     lines = [
-        "| objective | COCO_RATIO | seeds | rainy-val AP | clean-val AP, always derain | clean kept | rainy gain kept | "
-        "rainy-val PSNR dB | training s |",
+        "| objective | COCO_RATIO | seeds | rainy-val AP | clean-val AP, always derain | clean kept | "
+        "rainy gain kept | rainy-val PSNR dB | training s |",
         "|---|---|---|---|---|---|---|---|---|",
-        f"| frozen detector alone | – | – | {reference['rainy']['vanilla']['AP']:.3f} | {vanilla_clean:.3f} | 1.00 | – | "
-        f"{reference['rainy_image_quality']['rainy']['psnr_db']:.2f} | – |",
+        f"| frozen detector alone | – | – | {reference['rainy']['vanilla']['AP']:.3f} | {vanilla_clean:.3f} | 1.00 | "
+        f"– | {reference['rainy_image_quality']['rainy']['psnr_db']:.2f} | – |",
         f"| original SPDNet | – | – | {original_rainy:.3f} | {reference['clean']['original']['AP']:.3f} | "
         f"{reference['clean']['original']['AP'] / vanilla_clean:.2f} | 0.00 | "
         f"{reference['rainy_image_quality']['original']['psnr_db']:.2f} | – |",
@@ -133,9 +139,11 @@ def table(runs: list[dict], reference: dict) -> str:
             rainy = [r["rainy"]["AP"] for r in chosen]
             clean = [r["clean"]["AP"] for r in chosen]
             seconds = ", ".join(f"{r['training_seconds']:.0f}" for r in chosen)  # one per seed: machines' loads differ
-            gain_kept = (statistics.mean(rainy) - original_rainy) / detection_gain[0.0] if detection_gain[0.0] > 0 else float("nan")
+            gain_kept = ((statistics.mean(rainy) - original_rainy) / detection_gain[0.0] if detection_gain[0.0] > 0
+                         else float("nan"))
             lines.append(
-                f"| {objective} | {ratio:g} | {', '.join(str(r['seed']) for r in chosen)} | {spread(rainy)} | {spread(clean)} | {statistics.mean(clean) / vanilla_clean:.2f} | "
+                f"| {objective} | {ratio:g} | {', '.join(str(r['seed']) for r in chosen)} | {spread(rainy)} | "
+                f"{spread(clean)} | {statistics.mean(clean) / vanilla_clean:.2f} | "
                 f"{gain_kept:.2f} | {spread([r['rainy_image_quality']['psnr_db'] for r in chosen], 2)} | "
                 f"{seconds} |"
             )
@@ -164,7 +172,8 @@ def main() -> None:
     os.makedirs(os.path.join(ROOT, ABLATION_DIR), exist_ok=True)
     reference_dir = os.path.join(ABLATION_DIR, "reference")
     if args.collect_only:
-        done = [job for job in jobs if os.path.isfile(os.path.join(ROOT, ABLATION_DIR, run_name(*job), "ablation_results.json"))]
+        done = [job for job in jobs
+                if os.path.isfile(os.path.join(ROOT, ABLATION_DIR, run_name(*job), "ablation_results.json"))]
         for job in jobs:
             if job not in done:
                 print(f"not run yet: {run_name(*job)}")
@@ -174,7 +183,8 @@ def main() -> None:
         run_script(["Make_Demo.py", "configs/demo.py"], os.path.join(ROOT, ABLATION_DIR, "make_demo.log"), None)
         os.makedirs(os.path.join(ROOT, reference_dir), exist_ok=True)
         if not os.path.isfile(os.path.join(ROOT, reference_dir, "eval_results.json")):
-            run_script(["Eval_SPDNet_Adaptation.py", "configs/demo.py", "--EVAL_CLEAN=True", f"--OUTPUT_DIR={reference_dir}",
+            run_script(["Eval_SPDNet_Adaptation.py", "configs/demo.py", "--EVAL_CLEAN=True",
+                 f"--OUTPUT_DIR={reference_dir}",
                  "--ADAPTED_WEIGHTS=demo_weights/spdnet_original.pt"],  # only its vanilla and original columns are read
                 os.path.join(ROOT, reference_dir, "eval.log"), None)
         threads = 1 if args.jobs > 1 else None
@@ -184,7 +194,8 @@ def main() -> None:
         reference = json.load(file)
     text = table(runs, reference)
     print(text)
-    for suffix, content in (("md", text + "\n"), ("json", json.dumps({"reference": reference, "runs": runs}, indent=2))):
+    for suffix, content in (("md", text + "\n"),
+                            ("json", json.dumps({"reference": reference, "runs": runs}, indent=2))):
         with open(os.path.join(ROOT, ABLATION_DIR, f"ablation.{suffix}"), "w") as file:
             file.write(content)
 

@@ -18,12 +18,14 @@ from utils.apps.plots import plot_training_curves
 from utils.data.coco import build_dataset, collate_fn, loader_settings
 from utils.models.detector import state_dict_sha256
 from utils.models.integrated_model import SIZE_MULTIPLE, IntegratedModel
-from utils.runtime.checkpoint import atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states, seed_everything
+from utils.runtime.checkpoint import (atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states,
+                                      seed_everything)
 from utils.runtime.config import ConfigError, UserError
 from utils.runtime.device import (check_compile, check_precision, choose_device, compile_spdnet, enable_fast_cuda_math,
                                   resolve_precision, warm_up_compiled)
 from utils.runtime.signals import StopRequested  # noqa: F401  (the script installs it)
-from utils.runtime.distributed import ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed, init_distributed
+from utils.runtime.distributed import (ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed,
+                                       init_distributed)
 from utils.training.engine import LoopSettings, Trainer, TrainState, clean_pairs, detector_targets, evaluate
 from utils.training.objectives import LOSS_TERMS, Objective, adaptation_loss
 
@@ -61,7 +63,8 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"{key} must be in (0, 100] (fractions such as 0.5 are fine), got {config[key]}")
     if config["COCO_RATIO"] < 0 or config["RAIN_RATIO"] < 0 or config["COCO_RATIO"] + config["RAIN_RATIO"] <= 0:
         raise ValueError(
-            f"COCO_RATIO and RAIN_RATIO must be >= 0 with a positive sum, got {config['COCO_RATIO']} and {config['RAIN_RATIO']}"
+            f"COCO_RATIO and RAIN_RATIO must be >= 0 with a positive sum, got {config['COCO_RATIO']} and "
+            f"{config['RAIN_RATIO']}"
         )
 
 
@@ -87,7 +90,8 @@ def compile_for_training(config: dict, model: IntegratedModel, run: Run) -> None
     seconds = warm_up_compiled(model, mode, shape, config["PRECISION"], run.device)
     config["COMPILE"] = mode if seconds is not None else "off"
     if seconds is not None and run.is_main:
-        print(f"COMPILE={mode!r}: SPDNet compiled for {shape} in {seconds:.1f} s (first forward and backward)", flush=True)
+        print(f"COMPILE={mode!r}: SPDNet compiled for {shape} in {seconds:.1f} s (first forward and backward)",
+              flush=True)
 
 
 def teardown(run: Run) -> None:
@@ -112,7 +116,7 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "train", id2label, image_size=config["IMAGE_SIZE"],
         train=True, percent=config["PERCENT_DATASET"], coco_ratio=config["COCO_RATIO"],
         rain_ratio=config["RAIN_RATIO"], seed=config["SEED"],
-        return_clean_pair=Objective.from_config(config).needs_clean_pair,  # their clean originals must exist (checked here)
+        return_clean_pair=Objective.from_config(config).needs_clean_pair,  # clean originals must exist (checked here)
     )
     val_dataset = build_dataset(
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", id2label, image_size=config["IMAGE_SIZE"],
@@ -182,7 +186,8 @@ def training_checkpoint(config, model, optimizer, scheduler, state: TrainState, 
 
 # Settings that fix which images an epoch shows and in what order: micro_batches_done counts
 # micro-batches of that order, so they cannot change in the middle of an epoch.
-EPOCH_ORDER_SETTINGS = ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "PERCENT_DATASET", "COCO_RATIO", "RAIN_RATIO", "SEED")
+EPOCH_ORDER_SETTINGS = ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "PERCENT_DATASET", "COCO_RATIO", "RAIN_RATIO",
+                        "SEED")
 
 
 def continue_schedule(config: dict, optimizer, scheduler) -> None:
@@ -217,7 +222,8 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
         for key in EPOCH_ORDER_SETTINGS:
             if checkpoint["config"][key] != config[key]:
                 raise ConfigError(
-                    f"{path} stopped in the middle of epoch {state.epoch + 1} with {key}={checkpoint['config'][key]!r}; "
+                    f"{path} stopped in the middle of epoch {state.epoch + 1} with "
+                    f"{key}={checkpoint['config'][key]!r}; "
                     f"resume with that value (it fixes the epoch's image order), not {config[key]!r}"
                 )
     model.spdnet.load_state_dict(checkpoint["spdnet"])
@@ -233,7 +239,8 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
     if run.is_main:
         print(
             f"resumed from {path} (SPDNet's weights come from it, not from SPDNET_WEIGHTS): epoch {state.epoch + 1}, "
-            f"step {state.step}, best mAP {state.best_map:.4f}; learning rate now {optimizer.param_groups[0]['lr']:.3g} "
+            f"step {state.step}, best mAP {state.best_map:.4f}; "
+            f"learning rate now {optimizer.param_groups[0]['lr']:.3g} "
             f"(LEARNING_RATE={config['LEARNING_RATE']:g})",
             flush=True,
         )
@@ -331,7 +338,8 @@ def end_epoch(config, model, data: TrainingData, state: TrainState, trainer: Tra
     if run.is_main:
         loss = "none (no step)" if result["loss"] is None else f"{result['loss']:.4f}"
         print(f"epoch {epoch_number}: train loss {loss}, rainy-val AP {metrics['AP']:.4f} "
-              f"(best {state.best_map:.4f} at epoch {state.best_epoch})" + (" -> saved" if improved else ""), flush=True)
+              f"(best {state.best_map:.4f} at epoch {state.best_epoch})" + (" -> saved" if improved else ""),
+              flush=True)
     state.epoch += 1
     state.micro_batches_done = 0
     trainer.save(state)

@@ -20,7 +20,8 @@ from tqdm import tqdm
 # Result rows: name -> (route, routing). "gate" is the hard-routed conditional model, "soft" the soft one.
 ROWS = {"gate": ("gate", "hard"), "soft": ("gate", "soft"), "always": ("always", "hard"), "never": ("never", "hard")}
 ROUTE_TITLES = {
-    "gate": "conditional (gated)", "soft": "conditional (soft)", "always": "always derain", "never": "never derain (vanilla)",
+    "gate": "conditional (gated)", "soft": "conditional (soft)", "always": "always derain",
+    "never": "never derain (vanilla)",
 }
 
 
@@ -41,9 +42,11 @@ def validation_splits(config: dict) -> dict[str, tuple[float, object]]:
     if family is not None:
         seen, of_family = split_by_family(rain_variant_dirs(config["COCO_RAIN_DIR"], "val"), family)
         if not seen:
-            raise ValueError(f"HOLDOUT_FAMILY={family!r} leaves no rain variant of COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} for the rainy split")
+            raise ValueError(f"HOLDOUT_FAMILY={family!r} leaves no rain variant of "
+                             f"COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} for the rainy split")
         if held_out is None and not of_family:
-            raise ValueError(f"HOLDOUT_FAMILY={family!r}: COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} has no variant of it; set HOLDOUT_RAIN_DIR")
+            raise ValueError(f"HOLDOUT_FAMILY={family!r}: COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} has no variant "
+                             "of it; set HOLDOUT_RAIN_DIR")
         held_out = held_out or of_family
     mixed = config["MIXED_RAIN_FRACTION"]
     splits = {"clean": (0.0, seen), "rainy": (1.0, seen), "mixed": (mixed, seen)}
@@ -55,7 +58,8 @@ def validation_splits(config: dict) -> dict[str, tuple[float, object]]:
 def build_split_loader(config: dict, model: ConditionalModel, rain_fraction: float, coco_rain_dir):
     """(loader, annotation file, label -> category id) for validation with ``rain_fraction`` of the
     images rainy, from ``coco_rain_dir``."""
-    return build_val_loader(dict(config, COCO_RAIN_DIR=coco_rain_dir), model.integrated.detector.config.id2label, rain_fraction)
+    return build_val_loader(dict(config, COCO_RAIN_DIR=coco_rain_dir), model.integrated.detector.config.id2label,
+                            rain_fraction)
 
 
 @dataclass
@@ -122,7 +126,8 @@ def check_clean_guarantee(model: ConditionalModel, images: torch.Tensor, outputs
     if len(clean):
         direct = model.integrated.detect(images[clean])
         same = all(
-            torch.equal(direct.logits, outputs[row].logits[clean]) and torch.equal(direct.pred_boxes, outputs[row].pred_boxes[clean])
+            torch.equal(direct.logits, outputs[row].logits[clean])
+            and torch.equal(direct.pred_boxes, outputs[row].pred_boxes[clean])
             for row in gated
         )
         tally.clean_checked += len(clean)
@@ -134,7 +139,8 @@ def check_clean_guarantee(model: ConditionalModel, images: torch.Tensor, outputs
 def route_results(model: ConditionalModel, rows: list[str], tally: RouteTally) -> dict:
     """``score_routes``' result from a split's ``tally``: each row's COCO metrics and ms per image, the
     gate's routing counts, the rain detector's classification metrics, speed and the clean guarantee."""
-    probability, is_rainy, routed = torch.cat(tally.probabilities), torch.cat(tally.actual), torch.cat(tally.gated_rainy)
+    probability, is_rainy, routed = (torch.cat(tally.probabilities), torch.cat(tally.actual),
+                                     torch.cat(tally.gated_rainy))
     seconds, images_total = tally.seconds, len(probability)
     n_rainy_path, n_clean_path = int(routed.sum()), int((~routed).sum())
     result = {row: tally.evaluators[row].summarize() for row in rows}
@@ -160,7 +166,8 @@ def route_results(model: ConditionalModel, rows: list[str], tally: RouteTally) -
         "clean_path_speedup": rainy_path_ms / clean_path_ms if clean_path_ms else None,
     }
     result["clean_guarantee"] = {
-        "images_gated_clean": tally.clean_checked, "identical_to_detector": tally.clean_checked - tally.clean_mismatches,
+        "images_gated_clean": tally.clean_checked,
+        "identical_to_detector": tally.clean_checked - tally.clean_mismatches,
         "max_logit_difference_vs_full_batch_vanilla": tally.max_deviation_from_full_batch,
     }
     return result
@@ -173,17 +180,20 @@ def conditional_table(results: dict) -> str:
     for split, result in results.items():
         for name in (row for row in ROWS if row in result):
             row = result[name]
-            lines.append(f"{split:<{width}}{ROUTE_TITLES[name]:<26}" + "".join(f"{row[m]:>8.4f}" for m in METRIC_NAMES) + f"{row['ms_per_image']:>9.1f}")
+            lines.append(f"{split:<{width}}{ROUTE_TITLES[name]:<26}" + "".join(f"{row[m]:>8.4f}" for m in METRIC_NAMES)
+                         + f"{row['ms_per_image']:>9.1f}")
         gate, speed, guarantee = result["rain_detector"], result["speed"], result["clean_guarantee"]
         confusion = gate["confusion"]
         lines.append(
-            f"{'':<{width}}gate: accuracy {gate['accuracy']:.3f}, precision(rainy) {gate['precision']:.3f}, recall(rainy) "
-            f"{gate['recall']:.3f}; rainy->rainy {confusion['rainy_as_rainy']}, clean->rainy {confusion['clean_as_rainy']}, "
+            f"{'':<{width}}gate: accuracy {gate['accuracy']:.3f}, precision(rainy) {gate['precision']:.3f}, "
+            f"recall(rainy) {gate['recall']:.3f}; rainy->rainy {confusion['rainy_as_rainy']}, "
+            f"clean->rainy {confusion['clean_as_rainy']}, "
             f"rainy->clean {confusion['rainy_as_clean']}, clean->clean {confusion['clean_as_clean']}"
         )
         speedup = speed["clean_path_speedup"]
         lines.append(
-            f"{'':<{width}}paths: rainy {speed['rainy_path_ms_per_image']:.1f} ms/img, clean {speed['clean_path_ms_per_image']:.1f} ms/img"
+            f"{'':<{width}}paths: rainy {speed['rainy_path_ms_per_image']:.1f} ms/img, "
+            f"clean {speed['clean_path_ms_per_image']:.1f} ms/img"
             + (f" ({speedup:.1f}x faster)" if speedup else "")
             + f", gate {speed['gate_ms_per_image']:.1f} ms/img; {guarantee['identical_to_detector']}/"
             f"{guarantee['images_gated_clean']} clean-gated images identical to the frozen detector"
@@ -195,14 +205,17 @@ def conditional_table(results: dict) -> str:
 def routing_table(results: dict) -> str:
     """Hard against soft routing of the conditional model, split by split (SOFT_ROUTING)."""
     width = max(7, *(len(split) + 1 for split in results))
-    header = (f"{'split':<{width}}" + "".join(f"{title:>10}" for title in ("hard AP", "soft AP", "soft-hard", "hard AP50", "soft AP50"))
+    header = (f"{'split':<{width}}"
+              + "".join(f"{title:>10}" for title in ("hard AP", "soft AP", "soft-hard", "hard AP50", "soft AP50"))
               + f"{'gated rainy':>13}{'mean g':>8}")
-    lines = ["", "hard vs soft routing (same gate decisions; soft blends g * SPDNet(x) + (1 - g) * x)", header, "-" * len(header)]
+    lines = ["", "hard vs soft routing (same gate decisions; soft blends g * SPDNet(x) + (1 - g) * x)", header,
+             "-" * len(header)]
     for split, result in results.items():
         hard, soft = result["gate"], result["soft"]
         blend = soft["mean_blend_of_gated_rainy"]
         lines.append(
-            f"{split:<{width}}{hard['AP']:>10.4f}{soft['AP']:>10.4f}{soft['AP'] - hard['AP']:>+10.4f}{hard['AP50']:>10.4f}{soft['AP50']:>10.4f}"
+            f"{split:<{width}}{hard['AP']:>10.4f}{soft['AP']:>10.4f}{soft['AP'] - hard['AP']:>+10.4f}"
+            f"{hard['AP50']:>10.4f}{soft['AP50']:>10.4f}"
             f"{result['gate']['routed_rainy']:>13}" + (f"{blend:>8.3f}" if blend is not None else f"{'-':>8}")
         )
     return "\n".join(lines)

@@ -76,8 +76,8 @@ def world_paths(demo_dir: str) -> dict[str, str]:
     """A demo world's data, gate and quality record."""
     return {
         "world": os.path.join(demo_dir, "data"), "coco_dir": os.path.join(demo_dir, "data", "coco"),
-        "coco_rain_dir": os.path.join(demo_dir, "data", "coco_rain"), "gate": os.path.join(demo_dir, "rain_detector.pt"),
-        "quality": os.path.join(demo_dir, QUALITY_FILE),
+        "coco_rain_dir": os.path.join(demo_dir, "data", "coco_rain"),
+        "gate": os.path.join(demo_dir, "rain_detector.pt"), "quality": os.path.join(demo_dir, QUALITY_FILE),
     }
 
 
@@ -90,9 +90,9 @@ def world_settings(config: dict, seed: int, num_train: int) -> dict:
 
 
 def build_world(world: dict, root: str) -> None:
-    build_synthetic_world(root, world["num_train"], world["num_val"], image_size=world["image_size"], seed=world["seed"],
-                          rain_presets=tuple(world["rain_presets"]), max_objects=world["max_objects"],
-                          num_classes=world["num_classes"])
+    build_synthetic_world(root, world["num_train"], world["num_val"], image_size=world["image_size"],
+                          seed=world["seed"], rain_presets=tuple(world["rain_presets"]),
+                          max_objects=world["max_objects"], num_classes=world["num_classes"])
 
 
 def pretrain_stand_ins(config: dict) -> dict[str, str]:
@@ -144,11 +144,13 @@ def pretrain_spdnet(config: dict, world: dict) -> None:
     if is_built(paths["spdnet_manifest"], settings, [paths["spdnet"]]):
         print(f"demo original SPDNet: {paths['spdnet']} already made with these settings", flush=True)
         return
-    train_original_spdnet(settings, data["coco_dir"], data["coco_rain_dir"], paths["spdnet"], device, config["DEMO_WORKERS"])
+    train_original_spdnet(settings, data["coco_dir"], data["coco_rain_dir"], paths["spdnet"], device,
+                          config["DEMO_WORKERS"])
     quality = deraining_quality(build_spdnet(paths["spdnet"], 32, 3), data["coco_dir"], data["coco_rain_dir"],
                                 world["image_size"], device)
     atomic_write_json(paths["spdnet_manifest"], {
-        "command": "python Make_Demo.py --DEMO_PRETRAIN=True", "settings": settings, "pretraining_world_rainy_val": quality,
+        "command": "python Make_Demo.py --DEMO_PRETRAIN=True", "settings": settings,
+        "pretraining_world_rainy_val": quality,
     })
     print(f"demo original SPDNet: {describe_quality(quality)}", flush=True)
 
@@ -182,8 +184,8 @@ def gate_settings(config: dict, paths: dict[str, str]) -> dict:
         "RANDOM_RAIN": 0.0, "AUGMENT_BLUR": 0.0, "AUGMENT_JPEG": 0.0, "AUGMENT_JITTER": 0.0, "AUGMENT_NOISE": 0.0,
         "ARCHITECTURE": "small_cnn", "IMAGENET_WEIGHTS": None, "INPUT_SIZE": size,
         "GATE_NUM_EPOCHS": config["DEMO_GATE_EPOCHS"], "GATE_BATCH_SIZE": 32, "GATE_LEARNING_RATE": 1e-3,
-        "DEVICE": config["DEMO_DEVICE"], "CPU_THREADS": None, "DATALOADER_WORKERS": workers, "SEED": config["DEMO_SEED"],
-        "OUTPUT_DIR": config["DEMO_DIR"], "RESUME": False, "LOG_EVERY_STEPS": 10,
+        "DEVICE": config["DEMO_DEVICE"], "CPU_THREADS": None, "DATALOADER_WORKERS": workers,
+        "SEED": config["DEMO_SEED"], "OUTPUT_DIR": config["DEMO_DIR"], "RESUME": False, "LOG_EVERY_STEPS": 10,
     }
 
 
@@ -196,7 +198,9 @@ def train_demo_gate(config: dict, paths: dict[str, str]) -> None:
         print(f"demo rain gate: reused {paths['gate']}", flush=True)
         return
     result = train_rain_detector(gate_settings(config, paths))
-    atomic_write_json(paths["gate"] + ".json", {"settings": gate, "result": {k: v for k, v in result.items() if isinstance(v, (int, float, str))}})
+    atomic_write_json(paths["gate"] + ".json", {
+        "settings": gate, "result": {k: v for k, v in result.items() if isinstance(v, (int, float, str))},
+    })
 
 
 def build_demo(config: dict) -> dict[str, str]:
@@ -223,12 +227,14 @@ def build_demo(config: dict) -> dict[str, str]:
     if is_built(paths["quality"], settings, []):
         quality = read_manifest(paths["quality"])
     else:
-        detector = score_detector(paths["detector"], paths["coco_dir"], world["image_size"], device, config["DEMO_WORKERS"])
+        detector = score_detector(paths["detector"], paths["coco_dir"], world["image_size"], device,
+                                  config["DEMO_WORKERS"])
         spdnet = build_spdnet(paths["spdnet"], 32, 3)
         quality = {
             "settings": settings,
             "detector_clean_val": {k: round(detector[k], 4) for k in ("AP", "AP50", "AP75")},
-            "spdnet_rainy_val": deraining_quality(spdnet, paths["coco_dir"], paths["coco_rain_dir"], world["image_size"], device),
+            "spdnet_rainy_val": deraining_quality(spdnet, paths["coco_dir"], paths["coco_rain_dir"],
+                                                  world["image_size"], device),
         }
         atomic_write_json(paths["quality"], quality)
     detector = quality["detector_clean_val"]
@@ -324,7 +330,10 @@ def random_crops(images: torch.Tensor, clean: torch.Tensor, size: int, generator
     batch, _, height, width = images.shape
     tops = torch.randint(0, height - size + 1, (batch,), generator=generator).tolist()
     lefts = torch.randint(0, width - size + 1, (batch,), generator=generator).tolist()
-    pick = lambda tensor: torch.stack([t[:, y : y + size, x : x + size] for t, y, x in zip(tensor, tops, lefts)])
+
+    def pick(tensor):
+        return torch.stack([t[:, y : y + size, x : x + size] for t, y, x in zip(tensor, tops, lefts)])
+
     return pick(images), pick(clean)
 
 

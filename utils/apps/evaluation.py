@@ -43,7 +43,8 @@ def build_val_loader(config: dict, id2label: dict, rain_fraction: float):
     return loader, dataset.annotation_file, dataset.label_to_category_id
 
 
-def score_pipelines(pipelines: Pipelines, loader, annotation_file, label_to_category_id, config, device, split: str) -> dict:
+def score_pipelines(pipelines: Pipelines, loader, annotation_file, label_to_category_id, config, device,
+                    split: str) -> dict:
     """{pipeline: {AP, AP50, AP75, APs, APm, APl, ms_per_image, images}} on one split."""
     return {
         name: evaluate(
@@ -82,7 +83,8 @@ def quality_line(quality: dict) -> str:
     """One line: PSNR / SSIM of the rainy input and of each SPDNet's output."""
     titles = {"rainy": "rainy input", "original": "original SPDNet", "adapted": "adapted SPDNet"}
     return "image quality against the clean originals: " + "; ".join(
-        f"{titles.get(name, name)} {value['psnr_db']:.2f} dB, SSIM {value['ssim']:.3f}" for name, value in quality.items()
+        f"{titles.get(name, name)} {value['psnr_db']:.2f} dB, SSIM {value['ssim']:.3f}"
+        for name, value in quality.items()
     )
 
 
@@ -95,14 +97,17 @@ def comparison_table(results: dict, split: str) -> str:
     for name in ("vanilla", "original", "adapted"):
         ap = results[name]["AP"]
         label = PIPELINE_TITLES[name] + (" mAP:" if name == "vanilla" else ":")
-        change = "" if name == "vanilla" else f"  ({100 * (ap - vanilla) / vanilla:+.1f}%)" if vanilla > 0 else "  (n/a)"
+        change = (
+            "" if name == "vanilla" else f"  ({100 * (ap - vanilla) / vanilla:+.1f}%)" if vanilla > 0 else "  (n/a)"
+        )
         lines.append(f"{label:<28}{ap:.4f}{change}")
     header = f"{'pipeline':<28}" + "".join(f"{m:>8}" for m in METRIC_NAMES) + f"{'ms/img':>9}"
     lines += ["", header, "-" * len(header)]
     for name in ("vanilla", "original", "adapted"):
         row = results[name]
         lines.append(
-            f"{PIPELINE_TITLES[name]:<28}" + "".join(f"{row[m]:>8.4f}" for m in METRIC_NAMES) + f"{row['ms_per_image']:>9.1f}"
+            f"{PIPELINE_TITLES[name]:<28}" + "".join(f"{row[m]:>8.4f}" for m in METRIC_NAMES)
+            + f"{row['ms_per_image']:>9.1f}"
         )
     return "\n".join(lines)
 
@@ -113,7 +118,8 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
     ground-truth boxes in green, each pipeline's best detections in yellow with their scores."""
     output_dir = config["OUTPUT_DIR"]
     bars = save_metric_bars(
-        {split: {PIPELINE_TITLES[n]: v for n, v in results[split].items()} for split in ("rainy", "clean") if split in results},
+        {split: {PIPELINE_TITLES[n]: v for n, v in results[split].items()}
+         for split in ("rainy", "clean") if split in results},
         ["AP", "AP50", "AP75"], os.path.join(output_dir, "eval_bars.png"),
     )
     loader, _, _ = build_val_loader(dict(config, DATALOADER_WORKERS=0), pipelines.detector.config.id2label, 1.0)
@@ -145,7 +151,8 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
     grid = save_grid(
         rows, ["rainy input -> RT-DETR", "original SPDNet -> RT-DETR", "adapted SPDNet -> RT-DETR"],
         os.path.join(output_dir, "eval_examples.png"),
-        caption="green: ground truth; yellow: each pipeline's best detections (as many as there are objects) and scores",
+        caption="green: ground truth; yellow: each pipeline's best detections (as many as there are objects) "
+                "and scores",
     )
     print(f"wrote {bars} and {grid}")
     return [bars, grid]

@@ -67,7 +67,8 @@ def gate_loader(config: dict, split: str, train: bool, coco_rain_dir, device: to
         dataset = GateTrainingSet(dataset, families, config["RANDOM_RAIN"], **diversity)
     return DataLoader(
         dataset, batch_size=config["GATE_BATCH_SIZE"], shuffle=train, drop_last=train, collate_fn=collate_fn,
-        generator=torch.Generator().manual_seed(config["SEED"]), **loader_settings(config["DATALOADER_WORKERS"], device),
+        generator=torch.Generator().manual_seed(config["SEED"]),
+        **loader_settings(config["DATALOADER_WORKERS"], device),
     )
 
 
@@ -172,7 +173,8 @@ class GateRun:
         if self.best is None or metrics["accuracy"] > self.best["accuracy"]:
             self.best = metrics
             self.model.threshold, self.model.temperature = metrics["threshold"], metrics["temperature"]
-            val_metrics = {k: v for k, v in metrics.items() if k not in ("threshold", "temperature", "epoch", "held_out")}
+            val_metrics = {k: v for k, v in metrics.items()
+                           if k not in ("threshold", "temperature", "epoch", "held_out")}
             atomic_save(self.model.checkpoint(val_metrics=val_metrics, held_out_metrics=metrics.get("held_out", {}),
                                               holdout_family=self.config["HOLDOUT_FAMILY"], config=dict(self.config),
                                               epoch=epoch), self.gate_path)
@@ -210,10 +212,12 @@ def train_rain_detector(config: dict) -> dict:
                                    should_stop=stop, description=f"rain detector epoch {run.state.epoch + 1}")
             if result["stopped"]:
                 trainer.save(run.state)
-                print(f"stopped at step {run.state.step}; continue with --RESUME=True ({run.checkpoint_path})", flush=True)
+                print(f"stopped at step {run.state.step}; continue with --RESUME=True ({run.checkpoint_path})",
+                      flush=True)
                 return dict(run.best or {}, stopped=True)
             metrics = run.end_epoch()
-            trainer.log({"type": "epoch", "epoch": run.state.epoch, "step": run.state.step, "train_loss": result["loss"],
+            trainer.log({"type": "epoch", "epoch": run.state.epoch, "step": run.state.step,
+                         "train_loss": result["loss"],
                          **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}})
             trainer.save(run.state)
     finally:

@@ -99,7 +99,8 @@ def load_adapted_spdnet(config: dict, detector: torch.nn.Module) -> IntegratedMo
     """The adapted SPDNet (ADAPTED_WEIGHTS) in front of ``detector``, refused when the file records
     that it was adapted to another detector (SHA-256 fingerprints differ)."""
     path = adapted_weights_path(config)
-    model = IntegratedModel(build_spdnet(path, config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"], "ADAPTED_WEIGHTS"), detector)
+    model = IntegratedModel(
+        build_spdnet(path, config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"], "ADAPTED_WEIGHTS"), detector)
     recorded = load_weights_file(path, "ADAPTED_WEIGHTS").get("detector_fingerprint")
     if recorded is not None and recorded != model.detector_fingerprint():
         raise DetectorMismatchError(

@@ -35,7 +35,8 @@ def train_tiny_pair(coco_dir: str, coco_rain_dir: str, root: str, image_size: in
     detector_dir, spdnet_path = os.path.join(root, "detector"), os.path.join(root, "spdnet.pt")
     train_detector({
         "world": world, "seed": 0, "steps": detector_steps, "batch_size": 8,
-        "learning_rate": 2e-3, "base_width": 8, "d_model": 32, "decoder_layers": 1, "num_queries": 10, "num_denoising": 5,
+        "learning_rate": 2e-3, "base_width": 8, "d_model": 32, "decoder_layers": 1, "num_queries": 10,
+        "num_denoising": 5,
     }, coco_dir, detector_dir, CPU, workers=0)
     train_original_spdnet({
         "world": world, "seed": 0, "n_feats": SPDNET_SIZE[0], "n_resblocks": SPDNET_SIZE[1],
@@ -48,7 +49,8 @@ def rainy_batches(coco_dir: str, coco_rain_dir: str, detector_dir: str, image_si
                   count: int) -> list[tuple[torch.Tensor, list[dict]]]:
     """The first ``count`` full batches of rainy training images, with HF labels, in file order."""
     id2label = load_detector(detector_dir).config.id2label
-    dataset = build_dataset(coco_dir, coco_rain_dir, "train", id2label, image_size=image_size, coco_ratio=0.0, rain_ratio=1.0)
+    dataset = build_dataset(coco_dir, coco_rain_dir, "train", id2label, image_size=image_size, coco_ratio=0.0,
+                            rain_ratio=1.0)
     batches = [(images, detector_targets(targets, CPU))
                for images, targets in non_empty(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
                if len(images) == batch_size]

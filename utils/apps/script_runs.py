@@ -18,7 +18,8 @@ def run_script(command: list[str], log_path: str, threads: int | None) -> float:
     environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        code = subprocess.call([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        code = subprocess.call([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               env=environment)
     if code:
         raise SystemExit(f"{' '.join(command)} failed (exit {code}); see {log_path}")
     return time.perf_counter() - start

@@ -41,10 +41,12 @@ def draw_detections(
     ]
     if not labels:
         return canvas
-    return draw_bounding_boxes(canvas, clamped(detection["boxes"][keep]), labels=labels, colors=DETECTION_COLOUR, width=1)
+    return draw_bounding_boxes(canvas, clamped(detection["boxes"][keep]), labels=labels, colors=DETECTION_COLOUR,
+                               width=1)
 
 
-def save_grid(rows: Sequence[Sequence[torch.Tensor]], column_titles: Sequence[str], path: str, caption: str | None = None) -> str:
+def save_grid(rows: Sequence[Sequence[torch.Tensor]], column_titles: Sequence[str], path: str,
+              caption: str | None = None) -> str:
     """A PNG of uint8 (3, H, W) images, one row per example, one titled column per pipeline, with an
     optional caption underneath."""
     import matplotlib  # here, not at the top: Agg is chosen before pyplot is imported, and only when a picture is drawn
@@ -68,7 +70,8 @@ def save_grid(rows: Sequence[Sequence[torch.Tensor]], column_titles: Sequence[st
     return path
 
 
-def save_metric_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str], path: str) -> str:
+def save_metric_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], metrics: Sequence[str],
+                     path: str) -> str:
     """Grouped bars: for each split (e.g. 'rainy', 'clean') and metric, one bar per pipeline."""
     import matplotlib  # here, not at the top: Agg is chosen before pyplot is imported, and only when a picture is drawn
 

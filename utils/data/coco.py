@@ -75,7 +75,8 @@ def check_data_dirs(coco_dir: str, coco_rain_dir, splits: Sequence[str]) -> None
     for split in splits:
         if not os.path.isfile(annotation_path(coco_dir, split)):
             raise FileNotFoundError(
-                f"COCO_DIR: {coco_dir!r} has no annotations/instances_{SPLIT_FOLDERS[split]}.json (COCO's layout: docs/data.md)"
+                f"COCO_DIR: {coco_dir!r} has no annotations/instances_{SPLIT_FOLDERS[split]}.json "
+                "(COCO's layout: docs/data.md)"
             )
         if coco_rain_dir is not None:
             rain_variant_dirs(coco_rain_dir, split)
@@ -213,7 +214,8 @@ class CocoRainDataset(torch.utils.data.Dataset):
         if not 0 < percent <= 100:
             raise ValueError(f"percent must be in (0, 100], got {percent}")
         if coco_ratio < 0 or rain_ratio < 0 or coco_ratio + rain_ratio <= 0:
-            raise ValueError(f"coco_ratio and rain_ratio must be >= 0 with a positive sum, got {coco_ratio}, {rain_ratio}")
+            raise ValueError(f"coco_ratio and rain_ratio must be >= 0 with a positive sum, got {coco_ratio}, "
+                             f"{rain_ratio}")
         if rain_ratio > 0 and coco_rain_dir is None:
             raise ValueError("rain_ratio > 0 needs COCO_RAIN_DIR")
         self.split, self.image_size, self.train, self.seed = split, image_size, train, seed
@@ -281,7 +283,8 @@ class CocoRainDataset(torch.utils.data.Dataset):
             _, height, width = self.images[image_id]
             problem = box_problem(annotation["bbox"], width, height)
             if problem is not None:
-                left_out.append(f"annotation {annotation.get('id')} of image {image_id} bbox {annotation['bbox']} ({problem})")
+                left_out.append(f"annotation {annotation.get('id')} of image {image_id} bbox {annotation['bbox']} "
+                                f"({problem})")
                 continue
             x, y, w, h = annotation["bbox"]
             x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)

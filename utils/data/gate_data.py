@@ -66,7 +66,8 @@ class GateTrainingSet(torch.utils.data.Dataset):
             return None
         image, target = sample
         clean = target.pop("clean_image", None)
-        rng = np.random.default_rng([self.dataset.seed, self.dataset.epoch, target["image_id"], int(target["is_rainy"])])
+        rng = np.random.default_rng([self.dataset.seed, self.dataset.epoch, target["image_id"],
+                                     int(target["is_rainy"])])
         if target["is_rainy"] and rng.random() < self.random_rain:
             preset = PRESETS[self.presets[rng.integers(len(self.presets))]].randomised(rng)
             image = torch.from_numpy(render_rain(to_uint8(clean), preset, rng)).permute(2, 0, 1).float() / 255.0

@@ -1,9 +1,9 @@
 """Synthetic rain in two families, vectorised: streaks plus haze, and raindrops on the lens.
 
-Family "streaks" (presets light, medium, heavy). Streaks: sparse random drops (thresholded uniform noise) -> motion blur along the wind direction with
-a tapered profile -> threshold (crisp ends) -> a 3x3 soften (anti-aliased, ~1.5 px wide), in two
-layers: near (long, bright, dense) and far (short, faint, at almost the same angle). Accumulation
-follows the heavy-rain model
+Family "streaks" (presets light, medium, heavy). Streaks: sparse random drops (thresholded uniform
+noise) -> motion blur along the wind direction with a tapered profile -> threshold (crisp ends) ->
+a 3x3 soften (anti-aliased, ~1.5 px wide), in two layers: near (long, bright, dense) and far
+(short, faint, at almost the same angle). Accumulation follows the heavy-rain model
 
     O = t * (B + S) + (1 - t) * A
 

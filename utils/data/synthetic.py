@@ -78,7 +78,8 @@ def _iou(a, b) -> float:
 
 
 def render_scene(rng: np.random.Generator, size: int, max_objects: int = 6, min_fraction: float = 0.12,
-                 max_fraction: float = 0.35, num_classes: int = len(SHAPES)) -> tuple[np.ndarray, list[tuple[int, list[float]]]]:
+                 max_fraction: float = 0.35,
+                 num_classes: int = len(SHAPES)) -> tuple[np.ndarray, list[tuple[int, list[float]]]]:
     """One scene: (size, size, 3) uint8 and [(category_id, [x, y, w, h]), ...] with exact boxes."""
     image = Image.fromarray(_background(rng, size))
     draw = ImageDraw.Draw(image)
@@ -114,7 +115,8 @@ def write_coco_split(coco_dir: str, split_folder: str, num_images: int, size: in
     images, annotations = [], []
     for image_id in tqdm(range(first_id, first_id + num_images), desc=f"scenes {split_folder}", unit="img",
                          disable=not show_progress, dynamic_ncols=True):
-        pixels, objects = render_scene(np.random.default_rng([seed, image_id]), size, max_objects, num_classes=num_classes)
+        pixels, objects = render_scene(np.random.default_rng([seed, image_id]), size, max_objects,
+                                       num_classes=num_classes)
         file_name = f"{image_id:012d}.jpg"
         Image.fromarray(pixels).save(os.path.join(image_dir, file_name), quality=95)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
@@ -164,7 +166,8 @@ def build_synthetic_world(
                     print(f"synthetic world in {root} already built with these settings: reused", flush=True)
                 return paths
     elif any(os.path.exists(path) for path in paths.values()):
-        raise FileExistsError(f"{root!r} holds coco/ or coco_rain/ but no {WORLD_FILE}: not a synthetic world, left alone")
+        raise FileExistsError(f"{root!r} holds coco/ or coco_rain/ but no {WORLD_FILE}: "
+                              "not a synthetic world, left alone")
     for path in paths.values():
         shutil.rmtree(path, ignore_errors=True)
     os.makedirs(root, exist_ok=True)

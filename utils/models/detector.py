@@ -150,7 +150,8 @@ def model_state_lines(spdnet: nn.Module, detector: nn.Module) -> list[str]:
     detector_note = " - FROZEN" if detector_trainable == 0 else ""
     return [
         f"SPDNet: {spdnet_trainable:,} trainable parameters ({percent(spdnet_trainable, spdnet_total)})",
-        f"RT-DETR: {detector_trainable:,} trainable parameters ({percent(detector_trainable, detector_total)}{detector_note})",
+        f"RT-DETR: {detector_trainable:,} trainable parameters "
+        f"({percent(detector_trainable, detector_total)}{detector_note})",
         f"Total parameters: {total:,}",
         f"Trainable parameters: {trainable:,} ({percent(trainable, total)})",
     ]

@@ -39,7 +39,8 @@ class IntegratedModel(nn.Module):
     from the model's class name.
     """
 
-    def __init__(self, spdnet: nn.Module, detector: nn.Module, freeze_detection: bool = True, channels_last: bool = False):
+    def __init__(self, spdnet: nn.Module, detector: nn.Module, freeze_detection: bool = True,
+                 channels_last: bool = False):
         super().__init__()
         self.spdnet = spdnet
         self.detector = detector

@@ -29,7 +29,8 @@ def small_cnn() -> nn.Module:
     """Five stride-2 conv blocks and a global pool: ~100k parameters, enough to see streaks and haze."""
     layers, channels = [], 3
     for width in (16, 32, 64, 96, 128):
-        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+                   nn.ReLU(inplace=True)]
         channels = width
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 1))
 
@@ -49,7 +50,8 @@ def build_backbone(architecture: str, imagenet_weights: str | None = None) -> nn
             model.load_state_dict(state_dict)
         except (RuntimeError, TypeError) as error:
             detail = str(error).strip().splitlines()[0]
-            raise ValueError(f"IMAGENET_WEIGHTS: {imagenet_weights!r} is not a torchvision {architecture} state dict ({detail})") from None
+            raise ValueError(f"IMAGENET_WEIGHTS: {imagenet_weights!r} is not a torchvision {architecture} state dict "
+                             f"({detail})") from None
     if architecture == "resnet18":
         model.fc = nn.Linear(model.fc.in_features, 1)
     else:
@@ -72,7 +74,8 @@ class RainDetector(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        small = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
+        small = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
+                              align_corners=False)
         return self.backbone((small - self.mean) / self.std).squeeze(1)
 
     @torch.no_grad()
@@ -99,7 +102,8 @@ def load_rain_detector(path: str) -> RainDetector:
     checkpoint = load_weights_file(path, "RAIN_DETECTOR_WEIGHTS")
     missing = [key for key in ("state_dict", "architecture", "input_size", "threshold") if key not in checkpoint]
     if missing:
-        raise ValueError(f"RAIN_DETECTOR_WEIGHTS: {path} is not a rain detector checkpoint: missing {', '.join(missing)}")
+        raise ValueError(f"RAIN_DETECTOR_WEIGHTS: {path} is not a rain detector checkpoint: "
+                         f"missing {', '.join(missing)}")
     model = RainDetector(checkpoint["architecture"], checkpoint["input_size"], checkpoint["threshold"],
                          temperature=checkpoint.get("temperature", 1.0))
     model.load_state_dict(checkpoint["state_dict"])

@@ -301,7 +301,8 @@ class WaveletStage(nn.Module):
         grouped = x.reshape(batch, channels // 4, 4, height, width)
         return self.IDWT(grouped[:, :, 0], grouped[:, :, 1:])
 
-    def _encode(self, x: torch.Tensor, residue_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _encode(self, x: torch.Tensor,
+                residue_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prior guidance, then the three scales: (B, n, H, W), (B, n, H/2, W/2), (B, n, H/4, W/4)."""
         x, residue_features = self.prior(x, residue_features)
         scale1 = self.fuse_res(torch.cat((x, residue_features), dim=1))

@@ -57,7 +57,8 @@ def compiler_problem(device: torch.device) -> str | None:
     for CPU kernels, Triton and a card of compute capability 7.0 or newer for CUDA kernels."""
     if device.type == "cpu":
         compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
-        return None if any(name and shutil.which(name) for name in compilers) else "no C++ compiler (g++, clang++ or $CXX) found"
+        return (None if any(name and shutil.which(name) for name in compilers)
+                else "no C++ compiler (g++, clang++ or $CXX) found")
     if device.type == "cuda":
         try:
             import triton  # noqa: F401  (here, not at the top: importing it is the test whether it is installed; CPU runs go without it)
@@ -99,10 +100,11 @@ def warm_up_compiled(model: torch.nn.Module, mode: str, shape: tuple[int, ...], 
     except Exception as error:  # the compiler's failures have many types; eager still works
         model.spdnet._compiled_call_impl = None  # undo nn.Module.compile
         cause = error
-        while getattr(cause, "inner_exception", None) or cause.__cause__:  # the compiler's own error, not dynamo's wrapper
+        while getattr(cause, "inner_exception", None) or cause.__cause__:  # the compiler's error, not dynamo's wrapper
             cause = getattr(cause, "inner_exception", None) or cause.__cause__
         reason = (str(cause).strip().splitlines() or [""])[0][:200]
-        print(f"COMPILE={mode!r}: torch.compile failed ({type(cause).__name__}: {reason}); SPDNet runs eager", flush=True)
+        print(f"COMPILE={mode!r}: torch.compile failed ({type(cause).__name__}: {reason}); SPDNet runs eager",
+              flush=True)
         return None
     finally:
         model.spdnet.zero_grad(set_to_none=True)

@@ -10,12 +10,13 @@ data's RAIN_SEED and WORLD_SEED, ...).
 
 # ---- data
 COCO_DIR = "./data/coco"  # clean COCO: {train,val}2017/ and annotations/instances_{train,val}2017.json
-COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout and file names (a folder of rain variants, or a list)
+COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout and file names (a folder of rain variants or a list)
 # ---- the detector's input
 IMAGE_SIZE = 640  # square size (multiple of 32) the SPDNet / detector scripts resize every image to
 # ---- device and threads
 DEVICE = "auto"  # "auto" (cuda if available), "cuda", "cuda:1" or "cpu"
-CPU_THREADS = None  # PyTorch's CPU threads (None: its default, one per core); the same count repeats a CPU run bit for bit
+CPU_THREADS = None  # PyTorch's CPU threads (None: its default, one per core);
+#   the same count repeats a CPU run bit for bit
 DATALOADER_WORKERS = 8  # data loading processes (per GPU) of the training scripts
 EVAL_DATALOADER_WORKERS = 4  # data loading processes of the evaluation scripts (their DATALOADER_WORKERS)
 # ---- seed

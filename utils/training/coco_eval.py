@@ -62,7 +62,7 @@ def post_process(
     labels = flat_index % num_classes
     query_index = flat_index // num_classes
     boxes = boxes.gather(1, query_index.unsqueeze(-1).expand(-1, -1, 4))
-    return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, labels, boxes)]
+    return [{"scores": s, "labels": label, "boxes": b} for s, label, b in zip(scores, labels, boxes)]
 
 
 def to_coco_results(
@@ -77,7 +77,8 @@ def to_coco_results(
         xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1).tolist()
         for score, label, box in zip(detection["scores"].tolist(), detection["labels"].tolist(), xywh):
             results.append(
-                {"image_id": int(image_id), "category_id": label_to_category_id[int(label)], "bbox": box, "score": score}
+                {"image_id": int(image_id), "category_id": label_to_category_id[int(label)], "bbox": box,
+                 "score": score}
             )
     return results
 
@@ -118,7 +119,9 @@ def coco_metrics(coco_gt, results: list[dict], image_ids: Sequence[int] | None =
         for index, category_id in enumerate(evaluator.params.catIds):
             values = precision[:, :, index]
             values = values[values > -1]
-            metrics["per_class_AP"][coco_gt.cats[int(category_id)]["name"]] = float(np.mean(values)) if values.size else -1.0
+            metrics["per_class_AP"][coco_gt.cats[int(category_id)]["name"]] = (
+                float(np.mean(values)) if values.size else -1.0
+            )
     return metrics
 
 

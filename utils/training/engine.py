@@ -39,7 +39,8 @@ def clean_pairs(targets: Sequence[Mapping], device: torch.device) -> torch.Tenso
 def detector_targets(targets: Sequence[Mapping], device: torch.device) -> list[dict[str, torch.Tensor]]:
     """The HF label dicts (``class_labels`` (N,), ``boxes`` (N, 4) normalised cx,cy,w,h) on ``device``."""
     return [
-        {"class_labels": t["class_labels"].to(device, non_blocking=True), "boxes": t["boxes"].to(device, non_blocking=True)}
+        {"class_labels": t["class_labels"].to(device, non_blocking=True),
+         "boxes": t["boxes"].to(device, non_blocking=True)}
         for t in targets
     ]
 
@@ -292,7 +293,8 @@ def optimizer_step(model, parameters, optimizer, scheduler, window: WindowStats,
     step_lr = optimizer.param_groups[0]["lr"]
     scheduler.step()
     state.step += 1
-    metrics.update(loss=loss_sum / finite_count, **{f"loss_{t}": total / finite_count for t, total in term_sums.items()})
+    metrics.update(loss=loss_sum / finite_count,
+                   **{f"loss_{t}": total / finite_count for t, total in term_sums.items()})
     if state.step % settings.log_every_steps == 0:
         record = {
             "type": "train", "epoch": state.epoch + 1, "step": state.step, "loss": metrics.mean("loss"),
@@ -404,7 +406,8 @@ def evaluate(
     model.eval()
     evaluator = CocoEvaluator(coco_gt, label_to_category_id)
     model_seconds, images_seen = 0.0, 0
-    for images, targets in non_empty(tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True, leave=False)):
+    for images, targets in non_empty(tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True,
+                                          leave=False)):
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -52,7 +52,8 @@ class Objective:
                 raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
             weights[term] = float(value)
         if not any(weights.values()):
-            raise ValueError("DETECTION_LOSS_WEIGHT, FEATURE_LOSS_WEIGHT and PIXEL_LOSS_WEIGHT are all 0: nothing to train")
+            raise ValueError("DETECTION_LOSS_WEIGHT, FEATURE_LOSS_WEIGHT and PIXEL_LOSS_WEIGHT are all 0: "
+                             "nothing to train")
         return cls(**weights)
 
     @property
@@ -70,7 +71,8 @@ def encoder_features(detector: nn.Module, pixel_values: torch.Tensor) -> list[to
     holds, without running the decoder (a test checks they agree)."""
     model = detector.model
     mask = torch.ones(pixel_values.shape[:1] + pixel_values.shape[2:], device=pixel_values.device)
-    projected = [model.encoder_input_proj[level](source) for level, (source, _) in enumerate(model.backbone(pixel_values, mask))]
+    projected = [model.encoder_input_proj[level](source)
+                 for level, (source, _) in enumerate(model.backbone(pixel_values, mask))]
     return list(model.encoder(projected).last_hidden_state)
 
 
@@ -124,6 +126,7 @@ def adaptation_loss(
         terms["feature"] = feature_loss(features, clean_features)
     if objective.pixel:
         terms["pixel"] = F.l1_loss(derained.float(), clean.float())
-    loss = sum(getattr(objective, term) * value for term, value in terms.items())  # 1.0 * x == x: detection alone is unchanged
+    # 1.0 * x == x: detection alone is unchanged
+    loss = sum(getattr(objective, term) * value for term, value in terms.items())
     loss = torch.where(finite, loss, torch.full_like(loss, math.nan))
     return loss, {term: value.detach() for term, value in terms.items()}
