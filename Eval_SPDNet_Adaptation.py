@@ -42,6 +42,7 @@ from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     import os
 
     from utils.apps import evaluation

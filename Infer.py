@@ -59,6 +59,7 @@ def list_images(path: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     import os
 
     import torch
@@ -70,9 +71,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from utils.runtime.checkpoint import atomic_write_json
     from utils.training.coco_eval import post_process
     from utils.apps.demo import prepare_demo_if_asked
-    from utils.runtime.device import autocast
     from utils.apps.pipelines import build_conditional_model
-    from utils.runtime.device import choose_device
+    from utils.runtime.device import autocast, choose_device
     from utils.apps.visualize import draw_detections
 
     prepare_demo_if_asked(config)

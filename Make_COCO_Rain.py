@@ -34,6 +34,7 @@ from utils.runtime.config import command_line, load_config  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv)
+    # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     from utils.data.coco import SPLIT_FOLDERS, annotation_path
     from utils.data.rain import make_rainy_split
 

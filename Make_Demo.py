@@ -25,6 +25,7 @@ from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv, quiet=True, extra_defaults=demo_defaults())
+    # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     from utils.apps.demo import prepare_demo
 
     return prepare_demo(config)

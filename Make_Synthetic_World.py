@@ -26,6 +26,7 @@ from utils.runtime.config import command_line, load_config  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv)
+    # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     import time
 
     from utils.data.synthetic import build_synthetic_world

@@ -74,6 +74,7 @@ from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 def refuse_the_demos_gate(config: dict) -> None:
     """Stop in one line rather than overwrite the demo's gate, which Make_Demo.py makes, records
     (rain_detector.pt.json beside it) and reuses: DEMO_DIR's when PREPARE_DEMO, or any recorded one."""
+    # Imported here, after the settings are checked (see main).
     import os
 
     from utils.apps.demo import world_paths
@@ -91,6 +92,7 @@ def refuse_the_demos_gate(config: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     from utils.apps.demo import prepare_demo_if_asked
     from utils.apps.gate_training import train_rain_detector
     from utils.runtime.device import set_cpu_threads

@@ -77,6 +77,7 @@ from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     quiet = int(os.environ.get("RANK", "0")) != 0  # rank 0 alone prints the config
     config = load_config(globals(), argv, quiet=quiet, extra_defaults=demo_defaults())
+    # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     from utils.apps import adaptation as training
     from utils.data.coco import check_data_dirs
     from utils.apps.demo import prepare_demo_if_asked

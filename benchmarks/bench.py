@@ -49,6 +49,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+# torch and the rest of the library are imported inside the functions: the settings are checked first,
+# and a memory probe's fresh process imports only what it measures.
 from utils.runtime.checkpoint import atomic_write_json  # noqa: E402
 from utils.runtime.config import load_config  # noqa: E402
 
