@@ -209,5 +209,5 @@ def test_a_gate_subset_without_images_is_named(tiny_world, tmp_path):
     message = one_line_error(Training_Rain_Detector.main, [
         f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", "--DEVICE=cpu",
         "--DATALOADER_WORKERS=0", "--GATE_IMAGE_SIZE=64", "--GATE_PERCENT_DATASET=5", f"--OUTPUT_DIR={tmp_path}"])
-    assert ("PERCENT_DATASET=5.0 leaves no train image of COCO_DIR=" in message
-            and message.endswith("raise PERCENT_DATASET"))
+    assert ("GATE_PERCENT_DATASET=5.0 leaves no train image of COCO_DIR=" in message
+            and message.endswith("raise GATE_PERCENT_DATASET"))
