@@ -44,7 +44,7 @@ def main() -> None:
             x, y = c * (args.size + GAP), r * (args.size + LABEL + GAP)
             draw.text((x + 3, y + 3), name, fill="black")
             sheet.paste(Image.fromarray(pixels), (x, y + LABEL))
-    sheet.save(args.out, quality=85)
+    sheet.save(args.out, quality=80)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height})")
 
 
