@@ -20,8 +20,8 @@ COCO_DIR = settings.COCO_DIR  # clean COCO: val2017/ and annotations/instances_v
 COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout
 VAL_PERCENT = 100.0  # percent of the validation images used (fractions allowed)
 MIXED_RAIN_FRACTION = 0.5  # fraction of rainy images in the mixed splits
-HOLDOUT_FAMILY = None  # rain family the gate was trained without ("streaks", "drops"): its variants of COCO_RAIN_DIR
-#   leave rainy/mixed and make the held-out splits
+HOLDOUT_FAMILY = None  # rain family the gate was trained without ("streaks", "drops", "downpour"): its variants
+#   of COCO_RAIN_DIR leave rainy/mixed and make the held-out splits
 HOLDOUT_RAIN_DIR = None  # rainy val the gate never saw, in COCO_RAIN_DIR's layout: the held-out splits
 #   (None: HOLDOUT_FAMILY's variants of COCO_RAIN_DIR)
 IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32)

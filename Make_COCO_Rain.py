@@ -22,7 +22,8 @@ from utils.runtime import settings  # the shared defaults (utils/runtime/setting
 COCO_DIR = settings.COCO_DIR  # the clean images and their annotations
 COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # where the rainy copies go
 SPLITS = ["val", "train"]  # which splits to render ("train", "val")
-PRESETS = ["medium"]  # rain presets: streaks "light", "medium", "heavy"; drops on the lens "drops_light", "drops_heavy"
+PRESETS = ["medium"]  # rain presets: streaks "light", "medium", "heavy"; drops on the lens "drops_light",
+#   "drops_heavy"; downpour (veil, washed-out colour, splashes) "downpour_light", "downpour_medium", "downpour_heavy"
 VARIANTS_PER_PRESET = 1  # differently seeded renderings of each preset
 WORKERS = 2  # parallel processes (each renders on one core; 0: in this process)
 RAIN_SEED = 0  # the rain of an image depends only on (RAIN_SEED, image id, variant name)

@@ -17,6 +17,7 @@ NUM_VAL = 200  # validation scenes
 WORLD_IMAGE_SIZE = 160  # scenes are WORLD_IMAGE_SIZE x WORLD_IMAGE_SIZE pixels
 MAX_OBJECTS = 6  # each scene holds 1..MAX_OBJECTS shapes
 PRESETS = ["medium"]  # rain presets rendered: "light", "medium", "heavy" (streaks), "drops_light", "drops_heavy"
+#   (drops), "downpour_light", "downpour_medium", "downpour_heavy" (downpour)
 VARIANTS_PER_PRESET = 1  # differently seeded renderings of each preset
 WORLD_SEED = 0  # scenes and rain are a function of this seed
 WORKERS = 0  # processes for the rain (0: this process; small images render fastest without a pool)

@@ -37,7 +37,7 @@ GATE_PERCENT_DATASET = 5.0  # percent of the training images used (half shown cl
 GATE_VAL_PERCENT = 20.0  # percent of the validation images used (half clean, half rainy; fractions allowed)
 GATE_IMAGE_SIZE = 320  # images are loaded at this square size, then the gate downscales to INPUT_SIZE
 # ---- rain families and diversity (the defaults train the gate exactly as before they existed)
-HOLDOUT_FAMILY = None  # rain family kept out of training and threshold choice ("streaks" or "drops");
+HOLDOUT_FAMILY = None  # rain family kept out of training and threshold choice ("streaks", "drops" or "downpour");
 #   its variants in COCO_RAIN_DIR are scored apart
 EPOCH_VARIANTS = False  # each epoch draws anew for every image: rain variant, flip, RANDOM_RAIN and AUGMENT_*;
 #   False: epoch 1's throughout

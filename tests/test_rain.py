@@ -12,9 +12,11 @@ from PIL import Image
 import Make_COCO_Rain
 from utils.data.coco import build_dataset
 from utils.data.rain import (
-    PRESETS, family_presets, make_rainy_split, motion_blur, rain_rng, render_rain, split_by_family, variant_names,
+    PRESETS, family_presets, make_rainy_split, motion_blur, rain_rng, render_rain, renderer_versions, split_by_family,
+    variant_names,
 )
 from utils.data.coco import rain_variant_dirs
+from utils.data.synthetic import build_synthetic_world
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +66,21 @@ def test_heavier_rain_covers_more_and_hazes_more(photo):
 
 def test_rendering_a_coco_sized_image_is_vectorised():
     """A guard against per-pixel Python loops, which take seconds: 640x480 renders in milliseconds
-    on one core (about 15 ms; the bound leaves room for a busy CI machine)."""
+    on one core (streaks about 15 ms, a downpour about 50 ms; the bounds leave room for a busy CI machine)."""
     image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core, as each Make_COCO_Rain worker has
     try:
-        render_rain(image, "heavy", rain_rng(0, 0, "v"))
-        seconds = []
-        for image_id in range(3):
-            start = time.perf_counter()
-            render_rain(image, "heavy", rain_rng(0, image_id, "v"))
-            seconds.append(time.perf_counter() - start)
+        for preset, bound in (("heavy", 0.1), ("downpour_heavy", 0.3)):
+            render_rain(image, preset, rain_rng(0, 0, "v"))
+            seconds = []
+            for image_id in range(3):
+                start = time.perf_counter()
+                render_rain(image, preset, rain_rng(0, image_id, "v"))
+                seconds.append(time.perf_counter() - start)
+            assert sorted(seconds)[1] < bound, preset
     finally:
         torch.set_num_threads(threads)
-    assert sorted(seconds)[1] < 0.1
 
 
 def _coco_folder(root, count=4):
@@ -191,6 +194,74 @@ def test_streak_presets_render_exactly_as_before_the_drop_family(photo):
     for preset, digest in before.items():
         rainy = render_rain(photo, preset, rain_rng(7, 3, f"{preset}_v0"))
         assert hashlib.sha256(rainy.tobytes()).hexdigest() == digest
+
+
+def test_earlier_presets_render_exactly_as_before_the_downpour_family(photo):
+    """SHA-256 of renderings made before the downpour family existed, on the photo and on a noise image:
+    adding it changed no streak or drop pixel."""
+    import hashlib
+
+    noise = np.random.default_rng(11).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    before = {
+        ("photo", "light"): "f1e6f3d2f713d0bca6e35bfecf0faea7be8e5ae24cfcc951b07e375af47e3991",
+        ("photo", "medium"): "6c7d4e01a4175150337a0343fa973b1184392a31ed88f317d92ce91a190aa6c5",
+        ("photo", "heavy"): "2a07a7242a1e2bbc262040e41d5dc2d05950518bd8ccc3e6e3e64aaa95c08310",
+        ("photo", "drops_light"): "30b0097dd32228bbd02176edc9cb7bc09ddedb33ef890ec239aba821a1c6c602",
+        ("photo", "drops_heavy"): "fa9bbb388bfc0f285b5d0b8e1a24d6712ff53d30a9eb6cc7a8773af1438e482d",
+        ("noise", "light"): "fa37da56616a358ba0474ba7db46a490651ac701d9dcf902a7d10c6a9ee996c2",
+        ("noise", "medium"): "c7016efb791c7b8aae83b4f19aa0e7520c803ed6608bc8316071e26af23b3446",
+        ("noise", "heavy"): "6fd574fd26259ed35a1d39a7194691f94ebadad72a494965d6c156d5efa46382",
+        ("noise", "drops_light"): "00a9c27b590f55f2ecab9209f1630a47216b3a0da0fbf86255abcc146d050951",
+        ("noise", "drops_heavy"): "46526d5cadc8f2403d04b21c97461b277cb23ded4b4eb81dd3ddb65afc43a5b8",
+    }
+    for (image, preset), digest in before.items():
+        rainy = render_rain({"photo": photo, "noise": noise}[image], preset, rain_rng(7, 3, f"{preset}_v0"))
+        assert hashlib.sha256(rainy.tobytes()).hexdigest() == digest, (image, preset)
+
+
+def test_downpour_is_a_deterministic_washed_out_veil_unlike_streaks(photo):
+    names = ["downpour_light", "downpour_medium", "downpour_heavy"]
+    assert family_presets("downpour") == names
+    first = render_rain(photo, "downpour_medium", rain_rng(1, 42, "downpour_medium_v0"))
+    assert first.shape == photo.shape and first.dtype == np.uint8
+    assert np.array_equal(first, render_rain(photo, "downpour_medium", rain_rng(1, 42, "downpour_medium_v0")))
+    assert not np.array_equal(first, render_rain(photo, "downpour_medium", rain_rng(1, 43, "downpour_medium_v0")))
+    assert not np.array_equal(first, render_rain(photo, "downpour_medium", rain_rng(1, 42, "downpour_medium_v1")))
+
+    def colour(image):  # mean spread between an image's channels: 0 for grey
+        return np.ptp(image.astype(float), axis=-1).mean()
+
+    heavy_streaks = render_rain(photo, "heavy", rain_rng(0, 1, "v"))
+    downpours = [render_rain(photo, name, rain_rng(0, 1, "v")) for name in names]
+    spread = [image.astype(float).std() for image in [photo] + downpours]
+    # Contrast and colour drop, more with every preset, and further than under the heaviest streaks.
+    assert spread[0] > spread[1] > spread[2] > spread[3] and spread[1] < heavy_streaks.astype(float).std()
+    colours = [colour(image) for image in [photo] + downpours]
+    assert colours[0] > colours[1] > colours[2] > colours[3] and colours[1] < colour(heavy_streaks)
+    # No bright streaks: on a flat grey picture bright marks are splashes, in the lower 40 % only,
+    # where streaks light up the whole picture.
+    grey = np.full((120, 160, 3), 100, np.uint8)
+    for name, in_upper_part in (("heavy", True), ("downpour_heavy", False)):
+        rainy = render_rain(grey, name, rain_rng(0, 1, "v")).astype(float).mean(-1)
+        bright = rainy > np.median(rainy) + 50
+        assert bright[:72].any() == in_upper_part and bright[72:].mean() > 0.01, name
+    assert renderer_versions(["medium", "downpour_light"]) == {"renderer_version": 2, "downpour_renderer_version": 1}
+
+
+def test_downpour_renders_through_make_coco_rain_and_the_world_builder(tmp_path):
+    coco, rain = str(tmp_path / "coco"), str(tmp_path / "rain")
+    _coco_folder(coco, count=2)
+    reports = Make_COCO_Rain.main([f"--COCO_DIR={coco}", f"--COCO_RAIN_DIR={rain}", "--SPLITS=['val']",
+                                   "--PRESETS=['downpour_heavy']", "--WORKERS=0"])
+    assert reports["val"]["written"] == 2
+    assert sorted(os.listdir(os.path.join(rain, "val2017"))) == ["000.jpg", "001.jpg"]
+    with open(os.path.join(rain, "rain_settings.json")) as file:
+        assert json.load(file) == {"variant": "downpour_heavy_v0", "seed": 0, "renderer_version": 2,
+                                   "downpour_renderer_version": 1}
+    paths = build_synthetic_world(str(tmp_path / "world"), num_train=2, num_val=2, image_size=32,
+                                  rain_presets=("downpour_medium",), show_progress=False)
+    assert len(os.listdir(os.path.join(paths["coco_rain_dir"], "val2017"))) == 2
+    assert split_by_family(rain_variant_dirs(paths["coco_rain_dir"], "val"), "downpour")[1] == [paths["coco_rain_dir"]]
 
 
 def test_drops_are_deterministic_local_blurred_lenses(photo):

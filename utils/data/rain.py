@@ -1,4 +1,4 @@
-"""Synthetic rain in two families, vectorised: streaks plus haze, and raindrops on the lens.
+"""Synthetic rain in three families, vectorised: streaks plus haze, raindrops on the lens, and a downpour.
 
 Family "streaks" (presets light, medium, heavy). Streaks: sparse random drops (thresholded uniform
 noise) -> motion blur along the wind direction with a tapered profile -> threshold (crisp ends) ->
@@ -16,6 +16,14 @@ focuses on the scene, so each drop is an out-of-focus lens: elliptic, with a sof
 rim, it shows a blurred, inverted view of a region ``magnification`` times its size around it (a
 refraction map sampled with ``grid_sample``), plus a small specular highlight; between the drops the
 scene stays sharp and untouched.
+
+Family "downpour" (presets downpour_light, downpour_medium, downpour_heavy): rain too dense to resolve
+into streaks. The scene is smeared a little along the wind and washed out (colour pulled towards
+grey), a dense texture of short faint streaks lies over it, and a thick veil of spray
+(transmission far below the streak presets', uneven in drifting curtains of low-frequency noise)
+lifts every dark pixel; on the lower part of the picture, where rain hits the ground, small
+bright splash marks. Objects lose contrast, colour and edges everywhere at once, rather than
+being crossed by bright lines (streaks) or hidden locally (drops).
 
 Every random choice comes from
 ``rain_rng(seed, image_id, variant)``, so a rendered image depends on those three alone (the variant
@@ -50,6 +58,8 @@ from utils.data.coco import read_annotation_file
 RENDERER_VERSION = 2
 # The same for the drop renderer; recorded only for drop presets, so streak folders keep their settings.
 DROPS_RENDERER_VERSION = 1
+# The same for the downpour renderer; recorded only for downpour presets.
+DOWNPOUR_RENDERER_VERSION = 1
 SETTINGS_FILE = "rain_settings.json"
 
 
@@ -90,14 +100,44 @@ class DropPreset:
         )
 
 
+@dataclass(frozen=True)
+class DownpourPreset:
+    family: ClassVar[str] = "downpour"
+    density: float  # fraction of pixels seeding a short streak of the rain texture
+    length: float  # texture streak length, a fraction of the image's shorter side (at least 3 px)
+    brightness: float  # intensity of the rain texture, 0-1
+    transmission: float  # t of the veil at the top of the picture (mean over its curtains): 1 = no veil
+    saturation: float  # colour kept, 0-1 (0: grey)
+    smear: float  # length of the scene's motion blur along the wind, a fraction of the shorter side
+    splashes: float  # splash marks per square of the shorter side, in the lower 40 % of the picture
+    angle_range: float  # the wind leans the rain up to this many degrees from vertical
+
+    def randomised(self, rng: np.random.Generator) -> "DownpourPreset":
+        """A random neighbour of this preset (the gate's training draws rain settings it never saw)."""
+        return DownpourPreset(
+            density=self.density * rng.uniform(0.5, 1.5), length=self.length * rng.uniform(0.7, 1.4),
+            brightness=min(1.0, self.brightness * rng.uniform(0.7, 1.3)),
+            transmission=1.0 - (1.0 - self.transmission) * rng.uniform(0.7, 1.3),
+            saturation=min(1.0, self.saturation * rng.uniform(0.7, 1.3)), smear=self.smear * rng.uniform(0.5, 1.5),
+            splashes=self.splashes * rng.uniform(0.5, 1.5), angle_range=self.angle_range * rng.uniform(0.5, 1.5),
+        )
+
+
 PRESETS = {
     "light": RainPreset(density=0.0025, length=0.035, brightness=0.6, transmission=0.9, angle_range=15.0),
     "medium": RainPreset(density=0.005, length=0.05, brightness=0.8, transmission=0.78, angle_range=20.0),
     "heavy": RainPreset(density=0.009, length=0.07, brightness=0.95, transmission=0.62, angle_range=25.0),
     "drops_light": DropPreset(count=12.0, radius=0.06, blur=0.006, magnification=2.5, darkness=0.35),
     "drops_heavy": DropPreset(count=30.0, radius=0.09, blur=0.01, magnification=3.0, darkness=0.45),
+    "downpour_light": DownpourPreset(density=0.03, length=0.02, brightness=0.25, transmission=0.6, saturation=0.75,
+                                     smear=0.004, splashes=40.0, angle_range=10.0),
+    "downpour_medium": DownpourPreset(density=0.05, length=0.025, brightness=0.3, transmission=0.45, saturation=0.6,
+                                      smear=0.007, splashes=100.0, angle_range=15.0),
+    "downpour_heavy": DownpourPreset(density=0.08, length=0.03, brightness=0.35, transmission=0.3, saturation=0.45,
+                                     smear=0.01, splashes=200.0, angle_range=20.0),
 }
-FAMILIES = ("streaks", "drops")
+FAMILIES = ("streaks", "drops", "downpour")
+Preset = RainPreset | DropPreset | DownpourPreset
 
 
 def rain_rng(seed: int, image_id: int, variant: str) -> np.random.Generator:
@@ -152,8 +192,8 @@ def soften(layer: torch.Tensor) -> torch.Tensor:
     return F.conv2d(layer[None, None], _SOFTEN_KERNEL, padding=1)[0, 0] * 2.0
 
 
-def resolve_preset(preset: str | RainPreset | DropPreset) -> RainPreset | DropPreset:
-    if isinstance(preset, (RainPreset, DropPreset)):
+def resolve_preset(preset: str | Preset) -> Preset:
+    if isinstance(preset, (RainPreset, DropPreset, DownpourPreset)):
         return preset
     if preset not in PRESETS:
         raise ValueError(f"rain preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -161,17 +201,19 @@ def resolve_preset(preset: str | RainPreset | DropPreset) -> RainPreset | DropPr
 
 
 def family_presets(family: str) -> list[str]:
-    """The preset names of a rain family ("streaks" or "drops")."""
+    """The preset names of a rain family ("streaks", "drops" or "downpour")."""
     if family not in FAMILIES:
         raise ValueError(f"rain family must be one of {FAMILIES}, got {family!r}")
     return [name for name, preset in PRESETS.items() if preset.family == family]
 
 
-def render_rain(image: np.ndarray, preset: str | RainPreset | DropPreset, rng: np.random.Generator) -> np.ndarray:
+def render_rain(image: np.ndarray, preset: str | Preset, rng: np.random.Generator) -> np.ndarray:
     """Rainy copy of an (H, W, 3) uint8 RGB image, same shape and dtype, in the preset's family."""
     preset = resolve_preset(preset)
     if isinstance(preset, DropPreset):
         return render_drops(image, preset, rng)
+    if isinstance(preset, DownpourPreset):
+        return render_downpour(image, preset, rng)
     height, width = image.shape[:2]
     background = torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0)
     wind = rng.uniform(-preset.angle_range, preset.angle_range)  # one wind for the whole scene
@@ -247,6 +289,79 @@ def render_drops(image: np.ndarray, preset: DropPreset, rng: np.random.Generator
     return rainy.clamp_(0, 1).mul_(255.0).add_(0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
+def smear(image: torch.Tensor, length: int, angle_degrees: float) -> torch.Tensor:
+    """Mean of a (C, H, W) image over a ``length`` px line at ``angle`` from vertical: the scene's motion
+    blur in a downpour (edges repeated at the border, unlike ``motion_blur``'s wrap-around)."""
+    if length < 2:
+        return image
+    angle = math.radians(angle_degrees)
+    half = (length - 1) / 2
+    shifts = {(round(o * math.cos(angle)), round(o * math.sin(angle))) for o in np.linspace(-half, half, length)}
+    pad = math.ceil(half) + 1
+    height, width = image.shape[-2:]
+    padded = F.pad(image[None], (pad, pad, pad, pad), mode="replicate")[0]
+    total = torch.zeros_like(image)
+    for dy, dx in sorted(shifts):
+        total.add_(padded[:, pad + dy:pad + dy + height, pad + dx:pad + dx + width])
+    return total / len(shifts)
+
+
+def splash_marks(height: int, width: int, preset: DownpourPreset, rng: np.random.Generator) -> torch.Tensor:
+    """(H, W) splash marks >= 0: small flat bright crowns where rain hits the ground, in the lower 40 %
+    of the picture, densest at the bottom (scattered as points, then one convolution draws them)."""
+    short = min(height, width)
+    count = round(preset.splashes * height * width / short**2)
+    from_bottom = 0.4 * (1.0 - np.sqrt(rng.random(count)))  # density falls linearly to 0 at 40 % up
+    rows = np.clip((height * (1.0 - from_bottom)).astype(np.int64), 0, height - 1)
+    cols = rng.integers(0, width, size=count)
+    points = torch.zeros(height * width)
+    points.index_add_(0, torch.from_numpy(rows * width + cols),
+                      torch.from_numpy(rng.uniform(0.5, 1.0, size=count).astype(np.float32)))
+    rx = max(1.5, 0.006 * short)  # a splash is wide and flat: a crown seen from the side
+    ry = max(0.75, 0.4 * rx)
+    ky, kx = math.ceil(2 * ry), math.ceil(2 * rx)
+    v = torch.arange(-ky, ky + 1, dtype=torch.float32)[:, None] / ry
+    u = torch.arange(-kx, kx + 1, dtype=torch.float32)[None, :] / rx
+    distance = torch.sqrt(u**2 + v**2)
+    # A bright rim around a fainter centre, fading above: light caught by the rising crown of water.
+    kernel = torch.exp(-((distance - 0.8) ** 2) / 0.08) * torch.where(v > 0, 1.0, 0.6) + 0.4 * torch.exp(-distance**2)
+    return F.conv2d(points.view(1, 1, height, width), kernel[None, None], padding=(ky, kx))[0, 0]
+
+
+def render_downpour(image: np.ndarray, preset: DownpourPreset, rng: np.random.Generator) -> np.ndarray:
+    """A downpour over an (H, W, 3) uint8 RGB image (module docstring): same shape and dtype.
+
+        O = t * (smeared, washed-out B + R) + (1 - t) * A + splashes
+
+    with a dense fine rain texture R and a transmission t that is low (a thick veil), lower towards the
+    top, and uneven in curtains (low-frequency noise, stretched along the wind).
+    """
+    height, width = image.shape[:2]
+    short = min(height, width)
+    background = torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0).permute(2, 0, 1)
+    wind = rng.uniform(-preset.angle_range, preset.angle_range)
+    scene = smear(background, round(preset.smear * short), wind)
+    grey = (0.299 * scene[0] + 0.587 * scene[1] + 0.114 * scene[2])[None]
+    scene = grey + preset.saturation * (scene - grey)
+    # The rain itself: many short faint streaks, too dense to tell apart, not cut into crisp ones.
+    length = max(3, round(preset.length * short))
+    seeded = torch.from_numpy(rng.random((height, width), dtype=np.float32) < preset.density)
+    drops = torch.zeros(height, width)
+    drops[seeded] = torch.from_numpy(rng.uniform(0.3, 1.0, size=int(seeded.sum())).astype(np.float32))
+    texture = soften(motion_blur(drops, length, wind)).mul_(0.5 * preset.brightness).clamp_(0, 1)
+    # Curtains of rain: a coarse random grid, smoothly upsampled.
+    curtains = torch.from_numpy(rng.random((4, 6), dtype=np.float32))[None, None]
+    curtains = F.interpolate(curtains, size=(height, width), mode="bicubic", align_corners=False)[0, 0]
+    curtains = 0.7 + 0.6 * curtains.clamp_(0, 1)
+    depth = torch.linspace(1.0, 0.7, height)[:, None]
+    veil = ((1.0 - preset.transmission) * depth * curtains * rng.uniform(0.9, 1.1)).clamp_(0, 0.95)
+    transmission = 1.0 - veil
+    atmosphere = float(rng.uniform(0.7, 0.88)) * torch.tensor([0.97, 1.0, 1.03])[:, None, None]
+    rainy = transmission * (scene + texture * curtains) + (1.0 - transmission) * atmosphere
+    rainy = rainy + 0.8 * splash_marks(height, width, preset, rng)
+    return rainy.clamp_(0, 1).mul_(255.0).add_(0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
 # ----------------------------------------------------------------------------------------------
 # Rendering whole COCO splits (Make_COCO_Rain.py and the synthetic demo world)
 
@@ -270,6 +385,8 @@ def renderer_versions(presets: Sequence[str]) -> dict[str, int]:
     versions = {"renderer_version": RENDERER_VERSION}
     if any(resolve_preset(preset).family == "drops" for preset in presets):
         versions["drops_renderer_version"] = DROPS_RENDERER_VERSION
+    if any(resolve_preset(preset).family == "downpour" for preset in presets):
+        versions["downpour_renderer_version"] = DOWNPOUR_RENDERER_VERSION
     return versions
 
 
