@@ -167,6 +167,7 @@ def test_gate_training_set_gives_the_same_bytes_as_before(two_family_world, rand
     camera = {"blur": 0.5, "jpeg": 0.5, "jitter": 0.2, "noise": 0.03}
     families = ["streaks", "drops"]
     diverse = GateTrainingSet(base, families, random_rain, **camera)
+    fresh = set()
     for epoch in (0, 1):
         diverse.set_epoch(epoch)
         for index in range(len(base)):
@@ -177,3 +178,5 @@ def test_gate_training_set_gives_the_same_bytes_as_before(two_family_world, rand
             assert target["image_id"] == expected_target["image_id"] and target["is_rainy"] == expected_target[
                 "is_rainy"]
             assert torch.equal(target["boxes"], expected_target["boxes"])
+            fresh.add(target["rain_family"])
+    assert fresh == ({None, "streaks", "drops"} if random_rain else {None})  # both families drawn on the fly
