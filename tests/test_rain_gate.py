@@ -10,15 +10,6 @@ from utils.data.coco import build_dataset
 from utils.data.gate_data import GateTrainingSet, camera_augment
 from utils.models.rain_gate import RainDetector, load_rain_detector
 from utils.training.gate_metrics import fit_temperature
-from utils.data.synthetic import build_synthetic_world
-
-
-@pytest.fixture(scope="module")
-def two_family_world(tmp_path_factory):
-    """A tiny world rendered with one streak and one drop preset."""
-    root = tmp_path_factory.mktemp("two_families")
-    return build_synthetic_world(str(root / "data"), num_train=16, num_val=6, image_size=64, seed=2,
-                                 rain_presets=("medium", "drops_heavy"), show_progress=False)
 
 
 def test_gate_trains_without_the_held_out_family_and_scores_it_apart(two_family_world, tmp_path, capsys):
