@@ -22,6 +22,11 @@ COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout; a list 
 PERCENT_DATASET = 10.0  # percent of the training images used (10 -> ~11,800 on COCO train2017; 0.5 -> ~590)
 COCO_RATIO = 0.5  # fraction of the chosen training images also used clean (teaches SPDNet to leave clean images alone)
 RAIN_RATIO = 1.0  # fraction of the chosen training images used rainy
+HOLDOUT_FAMILY = None  # rain family kept out of every training image (one of utils/data/rain.FAMILIES, e.g. "drops"):
+#   its variants of COCO_RAIN_DIR are dropped from training (validation keeps them, as configured); RANDOM_RAIN never
+#   draws it
+RANDOM_RAIN = 0.0  # fraction of the rainy training images re-rendered on the fly (per image and epoch) from their clean
+#   original in COCO_DIR with a randomised preset of every family but HOLDOUT_FAMILY
 VAL_PERCENT = 100.0  # percent of the rainy validation images scored after every epoch (fractions allowed)
 IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32), a plain resize as RTDetrImageProcessor does
 # ---- models
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_cpu_threads(config["CPU_THREADS"])
     prepare_demo_if_asked(config)
     check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["train", "val"])
+    training.training_rain_dirs(config)  # HOLDOUT_FAMILY leaves something rainy to train on
     run = training.setup_run(config)
     model = build_training_model(config, run.device)
     training.compile_for_training(config, model, run)

@@ -27,3 +27,11 @@ def tiny_world(tmp_path_factory):
     ]
     return {"root": root, **paths, "detector_dir": str(root / "detector"),
             "spdnet_weights": str(root / "spdnet_start.pt"), "overrides": overrides}
+
+
+@pytest.fixture(scope="session")
+def two_family_world(tmp_path_factory):
+    """A tiny world rendered with one streak and one drop preset (variants medium_v0, drops_heavy_v0)."""
+    root = tmp_path_factory.mktemp("two_families")
+    return build_synthetic_world(str(root / "data"), num_train=16, num_val=6, image_size=64, seed=2,
+                                 rain_presets=("medium", "drops_heavy"), show_progress=False)

@@ -10,15 +10,6 @@ from utils.data.coco import build_dataset
 from utils.data.gate_data import GateTrainingSet, camera_augment
 from utils.models.rain_gate import RainDetector, load_rain_detector
 from utils.training.gate_metrics import fit_temperature
-from utils.data.synthetic import build_synthetic_world
-
-
-@pytest.fixture(scope="module")
-def two_family_world(tmp_path_factory):
-    """A tiny world rendered with one streak and one drop preset."""
-    root = tmp_path_factory.mktemp("two_families")
-    return build_synthetic_world(str(root / "data"), num_train=16, num_val=6, image_size=64, seed=2,
-                                 rain_presets=("medium", "drops_heavy"), show_progress=False)
 
 
 def test_gate_trains_without_the_held_out_family_and_scores_it_apart(two_family_world, tmp_path, capsys):
@@ -142,3 +133,41 @@ def test_soft_routing_blends_gated_rainy_images_and_leaves_clean_ones_bitwise(ti
     assert torch.equal(seen[0], derained) and (hard.blend == hard.derained.float()).all()
     with pytest.raises(ValueError, match="routing must be one of"):
         model(images, routing="fuzzy")
+
+
+def gate_sample_before_random_rain_was_shared(dataset, index, families, random_rain, camera):
+    """GateTrainingSet.__getitem__ as it was before on-the-fly rain moved to utils/data/random_rain.py:
+    the reference its outputs must still match byte for byte."""
+    from utils.data.gate_data import to_uint8
+    from utils.data.rain import PRESETS, family_presets, render_rain
+
+    presets = [name for family in families for name in family_presets(family)]
+    image, target = dataset[index]
+    clean = target.pop("clean_image", None)
+    rng = np.random.default_rng([dataset.seed, dataset.epoch, target["image_id"], int(target["is_rainy"])])
+    if target["is_rainy"] and rng.random() < random_rain:
+        preset = PRESETS[presets[rng.integers(len(presets))]].randomised(rng)
+        image = torch.from_numpy(render_rain(to_uint8(clean), preset, rng)).permute(2, 0, 1).float() / 255.0
+    return camera_augment(image, rng, **camera), target
+
+
+@pytest.mark.parametrize("random_rain", [0.0, 0.5])
+def test_gate_training_set_gives_the_same_bytes_as_before(two_family_world, random_rain):
+    base = build_dataset(two_family_world["coco_dir"], two_family_world["coco_rain_dir"], "train", None, image_size=64,
+                         train=True, coco_ratio=0.5, rain_ratio=0.5, seed=5, return_clean_pair=random_rain > 0)
+    camera = {"blur": 0.5, "jpeg": 0.5, "jitter": 0.2, "noise": 0.03}
+    families = ["streaks", "drops"]
+    diverse = GateTrainingSet(base, families, random_rain, **camera)
+    fresh = set()
+    for epoch in (0, 1):
+        diverse.set_epoch(epoch)
+        for index in range(len(base)):
+            image, target = diverse[index]
+            expected, expected_target = gate_sample_before_random_rain_was_shared(base, index, families, random_rain,
+                                                                                  camera)
+            assert torch.equal(image, expected), (epoch, index)
+            assert target["image_id"] == expected_target["image_id"] and target["is_rainy"] == expected_target[
+                "is_rainy"]
+            assert torch.equal(target["boxes"], expected_target["boxes"])
+            fresh.add(target["rain_family"])
+    assert fresh == ({None, "streaks", "drops"} if random_rain else {None})  # both families drawn on the fly

@@ -316,3 +316,109 @@ def test_fractional_percentages_choose_smaller_subsets(tiny_world, tmp_path, cap
             in capsys.readouterr().out)
     message = run_failing(tiny_world, tmp_path, "--PERCENT_DATASET=0")
     assert message == "error: PERCENT_DATASET must be in (0, 100] (fractions such as 0.5 are fine), got 0.0"
+
+
+# ---- diverse rain: several families, on-the-fly rain, a held-out family (docs/training.md)
+
+
+def two_family_arguments(two_family_world) -> list[str]:
+    return [f"--COCO_DIR={two_family_world['coco_dir']}", f"--COCO_RAIN_DIR={two_family_world['coco_rain_dir']}"]
+
+
+def training_data(tiny_world, output_dir, *extra):
+    """build_data of the script's settings (the tiny world's, then ``extra``), as main builds it."""
+    from utils.data.synthetic import SHAPES
+    from utils.runtime.config import load_config
+    from utils.runtime.demo_settings import demo_defaults
+
+    config = load_config(vars(training_script), script_arguments(tiny_world, output_dir) + list(extra), quiet=True,
+                         extra_defaults=demo_defaults())
+    training.check_config(config)
+    run_info = training.Run(device=torch.device("cpu"), rank=0, world_size=1, output_dir=str(output_dir))
+    return training.build_data(config, dict(enumerate(SHAPES)), run_info)
+
+
+def epoch_targets(data, epoch: int) -> list[dict]:
+    data.train_sampler.set_epoch(epoch)
+    data.train_dataset.set_epoch(epoch)
+    return [target for _, targets in data.train_loader for target in targets]
+
+
+def test_the_held_out_family_never_reaches_a_training_batch(tiny_world, two_family_world, tmp_path):
+    from utils.data.coco import build_dataset
+    from utils.data.rain import variant_family
+
+    data = training_data(tiny_world, tmp_path, *two_family_arguments(two_family_world), "--HOLDOUT_FAMILY=drops",
+                         "--RANDOM_RAIN=0.5", "--FEATURE_LOSS_WEIGHT=1.0")
+    files = data.train_dataset.dataset
+    assert [variant_family(os.path.dirname(d)) for d in files.rain_dirs] == ["streaks"]  # drops variants dropped
+    read = []  # every file a training batch is made from
+    original_read = files._read
+    files._read = lambda path, flip: read.append(path) or original_read(path, flip)
+    plain = build_dataset(two_family_world["coco_dir"], two_family_world["coco_rain_dir"], "train", None,
+                          image_size=64, seed=files.seed, rain_ratio=1.0, return_clean_pair=True, train=True)
+    shown = set()
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        clean = {plain.samples[i][0]: plain[i][1] for i in range(len(plain))}
+        for target in epoch_targets(data, epoch):
+            family = target["rain_family"]
+            if family is None:  # a rendered variant
+                assert variant_family(os.path.dirname(files.rain_dirs[target["variant"]])) == "streaks"
+            assert target["is_rainy"] and family != "drops"
+            expected = clean[target["image_id"]]  # rain moves no object; the pair is the clean original
+            assert torch.equal(target["boxes"], expected["boxes"])
+            assert torch.equal(target["clean_image"], expected["clean_image"])
+            shown.add(family)
+    assert shown == {None, "streaks"}  # rendered and on-the-fly rain both trained
+    assert read and not any("drops" in path for path in read)
+    assert all(path.startswith((files.clean_dir, *files.rain_dirs)) for path in read)
+
+
+def test_holding_out_every_rendered_family_trains_on_the_fly_rain_only(tiny_world, tmp_path):
+    # The tiny world's rain is all streaks: without them only RANDOM_RAIN=1.0 has rainy images to show.
+    data = training_data(tiny_world, tmp_path, "--HOLDOUT_FAMILY=streaks", "--RANDOM_RAIN=1.0")
+    assert data.train_dataset.dataset.rain_dirs == []
+    targets = epoch_targets(data, 0)
+    assert len(targets) == 16 and {t["rain_family"] for t in targets} == {"drops"}
+    assert all("clean_image" not in t for t in targets)  # the detection objective asks for no clean pair
+    message = run_failing(tiny_world, tmp_path, "--HOLDOUT_FAMILY=streaks")
+    assert "HOLDOUT_FAMILY='streaks' leaves no rain variant of COCO_RAIN_DIR=" in message
+    assert "nothing rainy to train on" in message
+    assert "have no rendered rain" in run_failing(tiny_world, tmp_path, "--HOLDOUT_FAMILY=streaks", "--RANDOM_RAIN=0.5")
+    assert run_failing(tiny_world, tmp_path, "--HOLDOUT_FAMILY=snow").startswith("error: HOLDOUT_FAMILY must be one of")
+    assert run_failing(tiny_world, tmp_path, "--RANDOM_RAIN=1.5") == "error: RANDOM_RAIN must be in [0, 1], got 1.5"
+
+
+def test_the_defaults_train_on_the_same_samples_as_before(tiny_world, two_family_world, tmp_path):
+    from utils.data.coco import CocoRainDataset, build_dataset
+
+    data = training_data(tiny_world, tmp_path, *two_family_arguments(two_family_world))
+    dataset = data.train_dataset
+    assert type(dataset) is CocoRainDataset  # no wrapper, every variant
+    plain = build_dataset(two_family_world["coco_dir"], two_family_world["coco_rain_dir"], "train", None,
+                          image_size=64, train=True, coco_ratio=0.0, rain_ratio=1.0, seed=dataset.seed)
+    assert dataset.samples == plain.samples and dataset.rain_dirs == plain.rain_dirs and len(plain.rain_dirs) == 2
+    for epoch in (0, 1):
+        plain.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        for index in range(len(plain)):
+            (image, target), (expected, expected_target) = dataset[index], plain[index]
+            assert torch.equal(image, expected) and target.keys() == expected_target.keys()
+            assert target["variant"] == expected_target["variant"]
+
+
+def test_diverse_rain_trains_through_the_script_and_resumes_bit_for_bit(tiny_world, two_family_world, tmp_path):
+    families = two_family_arguments(two_family_world)
+    both = run(tiny_world, tmp_path / "both", *families, "--RANDOM_RAIN=0.5", "--NUM_EPOCHS=1")
+    assert not both["stopped"] and os.path.isfile(tmp_path / "both" / "spdnet_adapted.pt")
+    settings = [*families, "--HOLDOUT_FAMILY=drops", "--RANDOM_RAIN=0.5", "--NUM_EPOCHS=1",
+                "--CHECKPOINT_EVERY_STEPS=1"]
+    straight = run(tiny_world, tmp_path / "straight", *settings)
+    assert straight["state"]["step"] == 4 and os.path.isfile(tmp_path / "straight" / "spdnet_adapted.pt")
+    assert run(tiny_world, tmp_path / "resumed", *settings, "--MAX_STEPS=2")["stopped"]
+    run(tiny_world, tmp_path / "resumed", *settings, "--RESUME=True")
+    straight_weights = spdnet_state(tmp_path / "straight" / "checkpoint.pt")
+    resumed_weights = spdnet_state(tmp_path / "resumed" / "checkpoint.pt")
+    for name, tensor in straight_weights.items():
+        assert torch.equal(tensor, resumed_weights[name]), name

@@ -15,7 +15,9 @@ from torch.utils.data import DataLoader
 
 from utils.apps.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights
 from utils.apps.plots import plot_training_curves
-from utils.data.coco import build_dataset, collate_fn, loader_settings
+from utils.data.coco import build_dataset, collate_fn, loader_settings, rain_variant_dirs
+from utils.data.rain import FAMILIES, split_by_family
+from utils.data.random_rain import RandomRainSet
 from utils.models.detector import state_dict_sha256
 from utils.models.integrated_model import SIZE_MULTIPLE, IntegratedModel
 from utils.runtime.checkpoint import (atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states,
@@ -66,6 +68,30 @@ def check_config(config: dict) -> None:
             f"COCO_RATIO and RAIN_RATIO must be >= 0 with a positive sum, got {config['COCO_RATIO']} and "
             f"{config['RAIN_RATIO']}"
         )
+    if config["HOLDOUT_FAMILY"] is not None and config["HOLDOUT_FAMILY"] not in FAMILIES:
+        raise ConfigError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {config['HOLDOUT_FAMILY']!r}")
+    if not 0 <= config["RANDOM_RAIN"] <= 1:
+        raise ConfigError(f"RANDOM_RAIN must be in [0, 1], got {config['RANDOM_RAIN']}")
+
+
+def training_rain_dirs(config: dict):
+    """COCO_RAIN_DIR for training: as configured, or without HOLDOUT_FAMILY's variants (a list of the
+    others; validation keeps every variant). Refused when no rainy image would be left to train on."""
+    holdout = config["HOLDOUT_FAMILY"]
+    if holdout is None or config["RAIN_RATIO"] == 0:
+        return config["COCO_RAIN_DIR"]
+    kept, _ = split_by_family(rain_variant_dirs(config["COCO_RAIN_DIR"], "train"), holdout)
+    if not kept and config["RANDOM_RAIN"] < 1:
+        fix = ("nothing rainy to train on" if config["RANDOM_RAIN"] == 0 else
+               f"the rainy images RANDOM_RAIN={config['RANDOM_RAIN']:g} leaves have no rendered rain to show")
+        raise ConfigError(f"HOLDOUT_FAMILY={holdout!r} leaves no rain variant of COCO_RAIN_DIR="
+                          f"{config['COCO_RAIN_DIR']!r}: {fix} (RANDOM_RAIN=1.0 renders every rainy image on the fly)")
+    return kept
+
+
+def random_rain_families(config: dict) -> list[str]:
+    """The families on-the-fly rain draws from: every one but HOLDOUT_FAMILY."""
+    return [family for family in FAMILIES if family != config["HOLDOUT_FAMILY"]]
 
 
 def setup_run(config: dict) -> Run:
@@ -111,13 +137,19 @@ class TrainingData:
 
 
 def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
-    """The training subset (rainy and/or clean) and the rainy validation split, with their loaders."""
+    """The training subset (rainy and/or clean; HOLDOUT_FAMILY's variants dropped, RANDOM_RAIN of the
+    rainy images rendered on the fly) and the rainy validation split, with their loaders."""
+    clean_pair = Objective.from_config(config).needs_clean_pair
     train_dataset = build_dataset(
-        config["COCO_DIR"], config["COCO_RAIN_DIR"], "train", id2label, image_size=config["IMAGE_SIZE"],
+        config["COCO_DIR"], training_rain_dirs(config), "train", id2label, image_size=config["IMAGE_SIZE"],
         train=True, percent=config["PERCENT_DATASET"], coco_ratio=config["COCO_RATIO"],
         rain_ratio=config["RAIN_RATIO"], seed=config["SEED"],
-        return_clean_pair=Objective.from_config(config).needs_clean_pair,  # clean originals must exist (checked here)
+        # clean originals must exist (checked here): the objective's pairs, on-the-fly rain's source
+        return_clean_pair=clean_pair or config["RANDOM_RAIN"] > 0,
     )
+    if config["RANDOM_RAIN"] > 0:
+        train_dataset = RandomRainSet(train_dataset, random_rain_families(config), config["RANDOM_RAIN"],
+                                      clean_pair=clean_pair)
     val_dataset = build_dataset(
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", id2label, image_size=config["IMAGE_SIZE"],
         train=False, percent=config["VAL_PERCENT"], coco_ratio=0.0, rain_ratio=1.0, seed=config["SEED"],

@@ -346,15 +346,22 @@ class CocoRainDataset(torch.utils.data.Dataset):
         return pixels.contiguous().to(torch.float32).div_(255.0)
 
     def __getitem__(self, index: int):
+        return self.load(index)
+
+    def load(self, index: int, fresh_rain: bool = False):
+        """Sample ``index``. ``fresh_rain``: a rainy sample's image is its clean original, for the caller
+        to rain on (``utils/data/random_rain.py``), instead of a rendered variant (no variant file is
+        read; ``variant`` -1, ``is_rainy`` stays True); a clean sample is unaffected."""
         image_id, is_rainy = self.samples[index]
         file_name, height, width = self.images[image_id]
         epoch = int(self._epoch)
-        variant = self.variant_of(image_id, epoch) if is_rainy else -1
+        from_variant = is_rainy and not fresh_rain
+        variant = self.variant_of(image_id, epoch) if from_variant else -1
         flip = self.flips(image_id, epoch)
-        path = os.path.join(self.rain_dirs[variant] if is_rainy else self.clean_dir, file_name)
+        path = os.path.join(self.rain_dirs[variant] if from_variant else self.clean_dir, file_name)
         try:
             image = clean = self._read(path, flip)
-            if self.return_clean_pair and is_rainy:
+            if self.return_clean_pair and from_variant:
                 path = os.path.join(self.clean_dir, file_name)
                 clean = self._read(path, flip)
         except UNREADABLE_ERRORS as error:
