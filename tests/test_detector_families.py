@@ -316,21 +316,23 @@ def test_an_unsupported_family_is_refused_at_start_up_in_one_line(tiny_world, tm
     assert message.startswith("error: DETECTOR: model_type 'grounding-dino' is not supported")
 
 
-FEATURE_AND_DETECTION = ["--FEATURE_LOSS_WEIGHT=1.0", "--NUM_EPOCHS=1", "--CHECKPOINT_EVERY_STEPS=1"]
+# Detection and feature losses, 4 of the 16 training images (2 steps), 2 of the 6 validation images.
+SHORT_RUN = ["--FEATURE_LOSS_WEIGHT=1.0", "--NUM_EPOCHS=1", "--CHECKPOINT_EVERY_STEPS=1", "--PERCENT_DATASET=25",
+             "--GRADIENT_ACCUMULATION_STEPS=1", "--VAL_PERCENT=34"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_saves_and_resumes_and_evaluation_writes_detections(tiny_world, checkpoints, tmp_path, family):
     detector = ["--DETECTOR=" + checkpoints[family]]
-    first = run(tiny_world, tmp_path, *detector, *FEATURE_AND_DETECTION, "--MAX_STEPS=2")
-    assert first["stopped"] and first["state"]["step"] == 2
-    resumed = run(tiny_world, tmp_path, *detector, *FEATURE_AND_DETECTION, "--RESUME=True")
-    assert not resumed["stopped"] and resumed["state"]["step"] == 4 and resumed["state"]["epoch"] == 1
+    first = run(tiny_world, tmp_path, *detector, *SHORT_RUN, "--MAX_STEPS=1")
+    assert first["stopped"] and first["state"]["step"] == 1
+    resumed = run(tiny_world, tmp_path, *detector, *SHORT_RUN, "--RESUME=True")
+    assert not resumed["stopped"] and resumed["state"]["step"] == 2 and resumed["state"]["epoch"] == 1
     saved = torch.load(tmp_path / "spdnet_adapted.pt", weights_only=True)
     assert saved["detector_fingerprint"] == detector_fingerprint(load_detector(checkpoints[family]))
     Eval_SPDNet_Adaptation.main(tiny_world["overrides"] + detector + [
         f"--OUTPUT_DIR={tmp_path}", f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", "--IMAGE_QUALITY=False",
-        "--NUM_EXAMPLES=1"])
+        "--NUM_EXAMPLES=1", "--VAL_PERCENT=34"])
     category_ids = {c["id"] for c in json.load(open(os.path.join(tiny_world["coco_dir"], "annotations",
                                                                  "instances_val2017.json")))["categories"]}
     for pipeline in ("vanilla", "original", "adapted"):
