@@ -4,7 +4,9 @@
     python Eval_SPDNet_Adaptation.py configs/demo.py    # the CPU demo world
     python Eval_SPDNet_Adaptation.py --EVAL_CLEAN=True  # the clean validation split as well
 
-Writes OUTPUT_DIR/eval_results.json, eval_bars.png and eval_examples.png.
+Writes OUTPUT_DIR/eval_results.json, eval_bars.png, eval_examples.png and each pipeline's detections
+on the rainy split in COCO results format: OUTPUT_DIR/detections/{vanilla,original,adapted}.json
+(with EVAL_CLEAN, the clean split's in OUTPUT_DIR/detections/clean/).
 """
 
 from __future__ import annotations
@@ -63,8 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
     for split in splits:
         loader, annotation_file, label_to_category_id = evaluation.build_val_loader(
             config, id2label, 1.0 if split == "rainy" else 0.0)
+        detections_dir = os.path.join(config["OUTPUT_DIR"], "detections", *([] if split == "rainy" else [split]))
         results[split] = evaluation.score_pipelines(
-            pipelines, loader, annotation_file, label_to_category_id, config, device, split)
+            pipelines, loader, annotation_file, label_to_category_id, config, device, split, detections_dir)
         print(evaluation.comparison_table(results[split], split))
     if config["IMAGE_QUALITY"]:
         spdnets = {"original": pipelines.original.spdnet, "adapted": pipelines.adapted.spdnet}

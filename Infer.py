@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from tqdm import tqdm
 
     from utils.runtime.checkpoint import atomic_write_json
-    from utils.training.coco_eval import post_process
     from utils.apps.demo import prepare_demo_if_asked
     from utils.apps.pipelines import build_conditional_model
     from utils.runtime.device import autocast, choose_device
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                 antialias=True)
         with torch.inference_mode(), autocast(device, config["PRECISION"]):
             outputs = model(resized.clamp(0, 1).to(device))
-        (detection,) = post_process(outputs.logits, outputs.pred_boxes, [(height, width)])
+        (detection,) = model.integrated.adapter.post_process(outputs.logits, outputs.pred_boxes, [(height, width)])
         keep = detection["scores"] >= config["SCORE_THRESHOLD"]
         name = os.path.splitext(os.path.basename(path))[0]
         drawn = draw_detections(original, detection, id2label, config["SCORE_THRESHOLD"])

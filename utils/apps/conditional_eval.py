@@ -83,7 +83,8 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
     path, and the clean-path guarantee of every gated routing."""
     rows = [row for row in ROWS if row != "soft" or config["SOFT_ROUTING"]]
     tally = RouteTally(
-        evaluators={row: CocoEvaluator(annotation_file, label_to_category_id) for row in rows},
+        evaluators={row: CocoEvaluator(annotation_file, label_to_category_id, model.integrated.adapter)
+                    for row in rows},
         seconds={row: {"gate": 0.0, "rainy_path": 0.0, "clean_path": 0.0} for row in rows},
     )
     for images, targets in non_empty(tqdm(loader, desc=f"{split} val", dynamic_ncols=True, leave=False)):

@@ -1,5 +1,6 @@
 """The three-pipeline comparison behind Eval_SPDNet_Adaptation.py: score, tabulate, picture
-(utils/apps/pipelines.py builds the pipelines, all sharing one frozen detector):
+(utils/apps/pipelines.py builds the pipelines, all sharing one frozen detector, RT-DETR or another
+family of utils/models/detector_adapters.py):
     vanilla   image -> RT-DETR
     original  image -> original SPDNet (official weights) -> RT-DETR
     adapted   image -> adapted SPDNet (spdnet_adapted.pt) -> RT-DETR
@@ -14,7 +15,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empty
-from utils.training.coco_eval import METRIC_NAMES, cxcywh_to_xyxy, post_process
+from utils.runtime.checkpoint import atomic_write_json
+from utils.training.coco_eval import METRIC_NAMES, cxcywh_to_xyxy
 from utils.training.engine import evaluate
 from utils.runtime.device import autocast
 from utils.training.image_quality import psnr, ssim
@@ -44,15 +46,20 @@ def build_val_loader(config: dict, id2label: dict, rain_fraction: float):
 
 
 def score_pipelines(pipelines: Pipelines, loader, annotation_file, label_to_category_id, config, device,
-                    split: str) -> dict:
-    """{pipeline: {AP, AP50, AP75, APs, APm, APl, ms_per_image, images}} on one split."""
-    return {
-        name: evaluate(
+                    split: str, detections_dir: str | None = None) -> dict:
+    """{pipeline: {AP, AP50, AP75, APs, APm, APl, ms_per_image, images}} on one split; with
+    ``detections_dir``, each pipeline's scored detections written there as ``<pipeline>.json``
+    (COCO results format: image_id, dataset category_id, bbox x,y,w,h in original pixels, score)."""
+    results = {}
+    for name, model, derain in pipelines.runs():
+        detections = []
+        results[name] = evaluate(
             model, loader, annotation_file, label_to_category_id, device=device, precision=config["PRECISION"],
-            derain=derain, description=f"{split}: {name}",
+            derain=derain, description=f"{split}: {name}", detections=detections,
         )
-        for name, model, derain in pipelines.runs()
-    }
+        if detections_dir is not None:
+            atomic_write_json(os.path.join(detections_dir, f"{name}.json"), detections, indent=None)
+    return results
 
 
 @torch.no_grad()
@@ -134,6 +141,7 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
                 pipelines.original(images, derain=True),
                 pipelines.adapted(images, derain=True),
             ]
+        post_process = pipelines.original.adapter.post_process
         detections = [post_process(out.logits, out.pred_boxes, size) for out in columns]
         for index, target in enumerate(targets):
             # The boxes are normalised (cx, cy, w, h) of the resized image the pipelines saw.

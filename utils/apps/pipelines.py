@@ -117,6 +117,8 @@ def build_training_model(config: dict, device: torch.device) -> IntegratedModel:
     spdnet = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
     spdnet.gradient_checkpointing = config["GRADIENT_CHECKPOINTING"]
     model = IntegratedModel(spdnet, load_detector(config["DETECTOR"]), channels_last=config["CHANNELS_LAST"])
+    if config.get("FEATURE_LOSS_WEIGHT"):
+        model.adapter.require_features()  # refused now, not at the first batch
     return model.to(device)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from utils.models.integrated_model import IntegratedModel, check_detector_input_size
+from utils.models.integrated_model import IntegratedModel
 from utils.models.rain_gate import RainDetector
 
 
@@ -93,7 +93,7 @@ class ConditionalModel(nn.Module):
 
     def soft_derain_and_detect(self, images: torch.Tensor, weight: torch.Tensor):
         """The detector's output for g * SPDNet(x) + (1 - g) * x, g = ``weight`` (B,)."""
-        check_detector_input_size(images)
+        self.integrated.check_input_size(images)
         g = weight.view(-1, 1, 1, 1).to(images.dtype)
         return self.integrated.detect(g * self.integrated.derain(images) + (1.0 - g) * images)
 

@@ -1,4 +1,5 @@
-"""The frozen detector: loading HF RT-DETR, its r18vd config, freezing and fingerprinting.
+"""The frozen detector: loading it (any family of utils/models/detector_adapters.py), RT-DETR's r18vd
+config, freezing and fingerprinting.
 
 RT-DETR checkpoints (PekingU/rtdetr_*) predict contiguous class indices 0..num_labels-1, while COCO
 annotations use category ids 1..90 with gaps: utils/runtime/coco_categories.coco_label_maps matches the two
@@ -13,8 +14,9 @@ from typing import Mapping
 
 import torch
 from torch import nn
-from transformers import AutoModelForObjectDetection, PretrainedConfig, RTDetrConfig, RTDetrResNetConfig
+from transformers import AutoConfig, AutoModelForObjectDetection, PretrainedConfig, RTDetrConfig, RTDetrResNetConfig
 
+from utils.models.detector_adapters import ADAPTER_ATTRIBUTE, adapter_class, adapter_of, read_processor_config
 from utils.runtime.coco_categories import COCO_ID2LABEL
 
 DEFAULT_DETECTOR = "PekingU/rtdetr_r18vd"
@@ -97,17 +99,20 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def load_detector(source) -> nn.Module:
-    """A frozen object detector (RTDetrForObjectDetection or any AutoModelForObjectDetection).
+    """A frozen object detector of a supported family (utils/models/detector_adapters.ADAPTERS).
 
     Args:
         source: a hub id (``"PekingU/rtdetr_r18vd"``), a local ``save_pretrained`` directory, or a
             transformers config object (random initialisation, for tests and the demo).
 
     Returns:
-        The model in eval mode with every parameter ``requires_grad=False``.
+        The model in eval mode with every parameter ``requires_grad=False``, its family's adapter
+        attached (``adapter_of``): built from the checkpoint's ``preprocessor_config.json``, or from
+        the family's defaults when there is none (and for a config object). An unsupported
+        ``model_type`` is refused before any weights are read.
     """
     if isinstance(source, PretrainedConfig):
-        return freeze(AutoModelForObjectDetection.from_config(source))
+        return attach_adapter(freeze(AutoModelForObjectDetection.from_config(source)), None)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"detector source must be a hub id, a directory or a config, got {type(source).__name__}")
     source = os.fspath(source)
@@ -120,6 +125,7 @@ def load_detector(source) -> nn.Module:
             "save_pretrained (config.json plus model.safetensors)"
         )
     try:
+        adapter_class(AutoConfig.from_pretrained(source))
         model = AutoModelForObjectDetection.from_pretrained(source)
     except OSError as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -129,7 +135,14 @@ def load_detector(source) -> nn.Module:
             f"(`hf download {source} --local-dir ./weights/{source.split('/')[-1]}`) and set DETECTOR to that "
             f"local directory ({detail})"
         ) from None
-    return freeze(model.float())  # weights kept in fp16 (the demo's) run in fp32 like any other
+    # weights kept in fp16 (the demo's) run in fp32 like any other
+    return attach_adapter(freeze(model.float()), read_processor_config(source))
+
+
+def attach_adapter(detector: nn.Module, processor: dict | None) -> nn.Module:
+    """Set the detector's family adapter (``processor``: its preprocessor_config.json, or None)."""
+    setattr(detector, ADAPTER_ATTRIBUTE, adapter_class(detector.config)(detector.config, processor))
+    return detector
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -150,7 +163,7 @@ def model_state_lines(spdnet: nn.Module, detector: nn.Module) -> list[str]:
     detector_note = " - FROZEN" if detector_trainable == 0 else ""
     return [
         f"SPDNet: {spdnet_trainable:,} trainable parameters ({percent(spdnet_trainable, spdnet_total)})",
-        f"RT-DETR: {detector_trainable:,} trainable parameters "
+        f"{adapter_of(detector).title}: {detector_trainable:,} trainable parameters "
         f"({percent(detector_trainable, detector_total)}{detector_note})",
         f"Total parameters: {total:,}",
         f"Trainable parameters: {trainable:,} ({percent(trainable, total)})",

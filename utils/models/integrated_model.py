@@ -1,8 +1,9 @@
-"""SPDNet in front of a frozen RT-DETR, differentiable end to end.
+"""SPDNet in front of a frozen detector (RT-DETR or another family), differentiable end to end.
 
-    pixel_values (B, 3, H, W) in 0-1 -> x255 -> SPDNet -> out3 / 255, clamp to 0-1 -> RT-DETR
+    pixel_values (B, 3, H, W) in 0-1 -> x255 -> SPDNet -> out3 / 255, clamp to 0-1
+        -> the detector's adapter (its image processor as a torch function) -> detector
 
-The detection loss of RT-DETR backpropagates through the frozen detector into SPDNet, so SPDNet learns
+The detection loss of the detector backpropagates through the frozen detector into SPDNet, so SPDNet learns
 to produce the images this detector detects best, while the detector itself never changes: clean
 images sent past SPDNet (``derain=False``) get exactly the detections of the original detector.
 """
@@ -15,19 +16,22 @@ import torch
 from torch import nn
 
 from utils.models.detector import detector_fingerprint, freeze
+from utils.models.detector_adapters import DetectorAdapter, adapter_of
 
-# RT-DETR's backbone downsamples by 32 and its encoder needs whole feature-map cells.
+# RT-DETR's backbone downsamples by 32 and its encoder needs whole feature-map cells; the image size
+# every script checks (IMAGE_SIZE), whatever the family (an adapter may accept more: size_multiple).
 SIZE_MULTIPLE = 32
 
 
-def check_detector_input_size(pixel_values: torch.Tensor) -> None:
-    """Raise a ValueError unless ``pixel_values`` is (B, 3, H, W) with H and W multiples of 32."""
+def check_detector_input_size(pixel_values: torch.Tensor, multiple: int = SIZE_MULTIPLE,
+                              title: str = "RT-DETR") -> None:
+    """Raise a ValueError unless ``pixel_values`` is (B, 3, H, W) with H and W multiples of ``multiple``."""
     if pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
         raise ValueError(f"pixel_values must be (B, 3, H, W), got shape {tuple(pixel_values.shape)}")
     height, width = pixel_values.shape[-2:]
-    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE:
+    if height % multiple or width % multiple:
         raise ValueError(
-            f"RT-DETR needs height and width that are multiples of {SIZE_MULTIPLE}, got {height}x{width}: "
+            f"{title} needs height and width that are multiples of {multiple}, got {height}x{width}: "
             f"resize the images (e.g. IMAGE_SIZE=640) before the model"
         )
 
@@ -45,6 +49,7 @@ class IntegratedModel(nn.Module):
         self.spdnet = spdnet
         self.detector = detector
         self.freeze_detection = freeze_detection
+        self.adapter: DetectorAdapter = adapter_of(detector)  # preprocessing, loss forward, post-processing
         # SPDNet is all 3x3 convolutions on full-resolution maps: NHWC is what oneDNN and cuDNN's
         # fastest kernels (bf16 above all) want, so keep its weights and its input in that layout.
         self.channels_last = channels_last
@@ -86,7 +91,11 @@ class IntegratedModel(nn.Module):
         the image SPDNet made, and clean images get bit-identical detections whatever PRECISION is.
         """
         with torch.autocast(pixel_values.device.type, enabled=False):
-            return self.detector(pixel_values=pixel_values.float(), labels=labels)
+            return self.adapter.forward(self.detector, pixel_values.float(), labels)
+
+    def check_input_size(self, pixel_values: torch.Tensor) -> None:
+        """A ValueError unless (B, 3, H, W) with H and W multiples of the detector family's size multiple."""
+        check_detector_input_size(pixel_values, self.adapter.size_multiple, self.adapter.title)
 
     def forward(
         self,
@@ -97,17 +106,17 @@ class IntegratedModel(nn.Module):
         """Detect objects, after deraining unless ``derain=False``.
 
         Args:
-            pixel_values: (B, 3, H, W) images in 0-1, H and W multiples of 32.
+            pixel_values: (B, 3, H, W) images in 0-1, H and W multiples of 32 (RT-DETR).
             labels: optional HF detection targets, one dict per image with ``class_labels`` (N,) int64
                 in 0..num_labels-1 and ``boxes`` (N, 4) normalised (cx, cy, w, h).
-            derain: False sends ``pixel_values`` straight to the detector.
+            derain: False sends ``pixel_values`` straight to the detector (through its adapter).
 
         Returns:
             The detector's output (``logits`` (B, Q, C), ``pred_boxes`` (B, Q, 4), and ``loss`` /
             ``loss_dict`` when labels are given) with ``derained``: the (B, 3, H, W) image the detector
             saw, so callers can show or compare it without a second SPDNet pass.
         """
-        check_detector_input_size(pixel_values)
+        self.check_input_size(pixel_values)
         detector_input = self.derain(pixel_values) if derain else pixel_values
         outputs = self.detect(detector_input, labels)
         outputs["derained"] = detector_input

@@ -42,8 +42,18 @@ COCO_CATEGORIES = [
 COCO_ID2LABEL = {index: category["name"] for index, category in enumerate(COCO_CATEGORIES)}
 
 
+# Names HF checkpoints give to label indices that are no class (DETR's and Conditional DETR's COCO
+# heads keep COCO's 91 ids, the gaps named "N/A"): such a label has no category and is never matched.
+PLACEHOLDER_NAMES = frozenset({"n/a"})
+
+
 def _normalise_name(name: str) -> str:
     return " ".join(str(name).replace("_", " ").split()).lower()
+
+
+def placeholder_labels(id2label: Mapping[int, str]) -> frozenset[int]:
+    """The detector's label indices named as placeholders ("N/A"): no class, never scored."""
+    return frozenset(int(label) for label, name in id2label.items() if _normalise_name(name) in PLACEHOLDER_NAMES)
 
 
 def coco_label_maps(
@@ -59,7 +69,8 @@ def coco_label_maps(
     Returns:
         ``(category_id_to_label, label_to_category_id)``. Dataset categories the detector does not know
         are left out of ``category_id_to_label`` (their boxes cannot be learned or scored), but every
-        detector label must match exactly one category, else a ``ValueError`` names the culprits.
+        detector label must match exactly one category, else a ``ValueError`` names the culprits;
+        placeholder labels ("N/A", ``placeholder_labels``) match none and are left out of both maps.
     """
     categories = list(COCO_CATEGORIES if categories is None else categories)
     name_to_category: dict[str, int] = {}
@@ -73,7 +84,10 @@ def coco_label_maps(
 
     label_to_category_id: dict[int, int] = {}
     unmatched = []
+    placeholders = placeholder_labels(id2label)
     for label, name in sorted(((int(k), v) for k, v in id2label.items())):
+        if label in placeholders:
+            continue
         category_id = name_to_category.get(_normalise_name(name))
         if category_id is None:
             unmatched.append(f"{label}: {name!r}")
@@ -86,7 +100,7 @@ def coco_label_maps(
             f"The annotation categories are {known}{', ...' if len(categories) > 10 else ''}. "
             "Use a detector trained on these classes, or annotations whose category names match it."
         )
-    labels = sorted(label_to_category_id)
+    labels = sorted(int(label) for label in id2label)
     if labels != list(range(len(labels))):
         raise ValueError(f"detector labels must be contiguous 0..{len(labels) - 1}, got {labels}")
     category_id_to_label = {category_id: label for label, category_id in label_to_category_id.items()}

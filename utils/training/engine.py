@@ -392,11 +392,14 @@ def evaluate(
     derain: bool = True,
     per_class: bool = False,
     description: str = "eval",
+    detections: list | None = None,
 ) -> dict:
     """COCO mAP of ``model`` on ``loader`` (every rank scores its shard; rank 0 gathers and scores all).
 
-    ``model`` is an IntegratedModel (``derain`` chooses whether SPDNet runs) and ``loader`` yields
-    ``(images (B, 3, H, W) in 0-1, targets)`` whose targets carry ``image_id`` and ``orig_size`` (h, w).
+    ``model`` is an IntegratedModel (``derain`` chooses whether SPDNet runs; its detector's adapter
+    post-processes) and ``loader`` yields ``(images (B, 3, H, W) in 0-1, targets)`` whose targets carry
+    ``image_id`` and ``orig_size`` (h, w). ``detections``: a list that receives the COCO results scored
+    (``image_id``, dataset ``category_id``, ``bbox`` x,y,w,h in original pixels, ``score``).
 
     Returns:
         AP, AP50, AP75, APs, APm, APl (per_class_AP on request), ``ms_per_image`` (model time only,
@@ -404,7 +407,7 @@ def evaluate(
     """
     rank, world_size = distributed_world()
     model.eval()
-    evaluator = CocoEvaluator(coco_gt, label_to_category_id)
+    evaluator = CocoEvaluator(coco_gt, label_to_category_id, model.adapter)
     model_seconds, images_seen = 0.0, 0
     for images, targets in non_empty(tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True,
                                           leave=False)):
@@ -430,6 +433,8 @@ def evaluate(
         model_seconds = max(part[2] for part in gathered)
         images_seen = sum(part[3] for part in gathered)
     metrics = coco_metrics(evaluator.coco_gt, results, image_ids, per_class=per_class)
+    if detections is not None:
+        detections.extend(results)
     metrics["ms_per_image"] = 1000.0 * model_seconds * world_size / max(images_seen, 1)
     metrics["images"] = images_seen
     return metrics

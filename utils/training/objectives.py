@@ -11,8 +11,10 @@ the clean picture itself. Feature and pixel losses need the clean original of ev
 (COCO_DIR, same file name as the rainy copy); a clean training image (COCO_RATIO > 0) is its own
 pair, so both losses then teach SPDNet to leave clean images alone.
 
-Which features: the hybrid encoder's three output maps (strides 8, 16, 32; ``encoder_last_hidden_state``
-in transformers). They are the memory every decoder query selects from and attends to, so matching
+Which features: the detector family's adapter says (utils/models/detector_adapters.py). For RT-DETR,
+RT-DETRv2 and D-FINE, the hybrid encoder's three output maps (strides 8, 16, 32;
+``encoder_last_hidden_state`` in transformers); for DETR and Conditional DETR, the encoder's output
+sequence. They are the memory every decoder query selects from and attends to, so matching
 them matches everything the detection head reads, while the backbone stages before them still carry
 appearance (texture, colour) that the encoder has learnt to discard.
 """
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.models.integrated_model import check_detector_input_size
+from utils.models.detector_adapters import adapter_of
 
 LOSS_TERMS = ("detection", "feature", "pixel")
 
@@ -66,14 +68,11 @@ class Objective:
 
 
 def encoder_features(detector: nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
-    """The frozen RT-DETR's encoder output maps for (B, 3, H, W) images in 0-1: a list of three
-    (B, d_model, H/s, W/s) maps, s = 8, 16, 32 -- what ``detector(pixel_values).encoder_last_hidden_state``
-    holds, without running the decoder (a test checks they agree)."""
-    model = detector.model
-    mask = torch.ones(pixel_values.shape[:1] + pixel_values.shape[2:], device=pixel_values.device)
-    projected = [model.encoder_input_proj[level](source)
-                 for level, (source, _) in enumerate(model.backbone(pixel_values, mask))]
-    return list(model.encoder(projected).last_hidden_state)
+    """The frozen detector's encoder features for (B, 3, H, W) images in 0-1, as its family's adapter
+    reads them; RT-DETR: three (B, d_model, H/s, W/s) maps, s = 8, 16, 32 -- what
+    ``detector(pixel_values).encoder_last_hidden_state`` holds, without running the decoder (a test
+    checks they agree). A family without such features is refused in one line."""
+    return adapter_of(detector).encoder_features(detector, pixel_values)
 
 
 def feature_loss(features: Sequence[torch.Tensor], clean_features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -106,7 +105,7 @@ def adaptation_loss(
     finite batch goes through unchanged (same values, same gradient). The clean branch runs without
     gradients and without the decoder, and the detector takes one backward pass at most.
     """
-    check_detector_input_size(images)
+    model.check_input_size(images)
     if objective.needs_clean_pair and clean is None:
         raise ValueError("the feature and pixel losses need each image's clean original (clean=None given)")
     derained = model.derain(images)
@@ -116,13 +115,13 @@ def adaptation_loss(
     if objective.detection:
         outputs = model.detect(detector_input, labels)
         terms["detection"] = outputs.loss.float()
-        features = outputs.encoder_last_hidden_state
+        features = model.adapter.output_features(outputs) if objective.feature else None
     elif objective.feature:
         with torch.autocast(images.device.type, enabled=False):
-            features = encoder_features(model.detector, detector_input.float())
+            features = model.adapter.encoder_features(model.detector, detector_input.float())
     if objective.feature:
         with torch.no_grad(), torch.autocast(images.device.type, enabled=False):
-            clean_features = encoder_features(model.detector, clean.float())
+            clean_features = model.adapter.encoder_features(model.detector, clean.float())
         terms["feature"] = feature_loss(features, clean_features)
     if objective.pixel:
         terms["pixel"] = F.l1_loss(derained.float(), clean.float())
