@@ -44,7 +44,7 @@ def script_defaults(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # Every setting of the scripts in the project's root, declared here so that a config file shared by
-# several scripts (configs/demo.py serves six) may set a key that only some of them have: the others
+# several scripts (configs/demo.py serves seven) may set a key that only some of them have: the others
 # skip it, and a key no script has is an error (a typo). tests/test_config.py checks that this
 # matches the scripts' constants; the DEMO_* settings are utils/runtime/demo_settings.py's.
 PROJECT_SETTINGS = frozenset({
