@@ -8,7 +8,9 @@ Per split: mAP of the conditional model against always-derain and never-derain, 
 matrix, milliseconds per image on each path, and a check that every image gated clean gets exactly the
 frozen detector's detections. With HOLDOUT_FAMILY or HOLDOUT_RAIN_DIR also on rain the gate never saw
 (splits heldout and heldout_mixed); with SOFT_ROUTING the soft-routed model too, and a hard vs soft
-table (docs/rain_gate.md). Writes OUTPUT_DIR/conditional_results.json.
+table (docs/rain_gate.md); with ORACLE_REPORT how often the gate's decision agrees with the oracle (per
+image, the path with the lower detector loss). Writes OUTPUT_DIR/conditional_results.json. The gate is
+RAIN_DETECTOR_WEIGHTS: a rain gate (rain_detector.pt) or a utility gate (utility_gate.pt).
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32)
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
 ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
-RAIN_DETECTOR_WEIGHTS = None  # the rain gate (None: OUTPUT_DIR/rain_detector.pt)
+RAIN_DETECTOR_WEIGHTS = None  # the gate (None: OUTPUT_DIR/rain_detector.pt); a utility gate routes the same:
+#   OUTPUT_DIR/utility_gate.pt (Training_Utility_Gate.py)
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
 SOFT_ROUTING = False  # also score soft routing (gated-rainy images see g * SPDNet(x) + (1 - g) * x,
 #   g the calibrated P(rain))
+ORACLE_REPORT = False  # also report how often the gate's decision agrees with the oracle (per image, the path
+#   with the lower detector loss: two extra detector passes per image, one image at a time)
 # ---- run
 BATCH_SIZE = 8  # images per batch (split by the gate inside)
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)

@@ -5,6 +5,7 @@
 #   python Training_Rain_Detector.py configs/demo.py --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate
 #     (a gate with the demo gate's recipe; OUTPUT_DIR below holds the demo's own,
 #     which that script refuses to overwrite)
+#   python Training_Utility_Gate.py configs/demo.py  (after the adaptation above: DEMO_DIR/utility_gate.pt)
 PREPARE_DEMO = True  # build or reuse the world and rain gate, measure the kept stand-ins on it (Make_Demo.py)
 DEMO_DIR = "./outputs_spdnet_adaptation/demo"
 DEMO_WEIGHTS_DIR = "./demo_weights"  # kept in the repository, made by `python Make_Demo.py --DEMO_PRETRAIN=True`

@@ -183,4 +183,4 @@ def test_a_shared_setting_has_one_default_taken_from_utils_runtime_settings():
             assert defaults[key] == getattr(settings, bindings[key]), f"{script}.py: {key}"
             declared_by.setdefault(key, []).append(script)
     assert set(declared_by) == shared - {"EVAL_DATALOADER_WORKERS"}  # each is someone's
-    assert len(declared_by["IMAGE_SIZE"]) == 5 and len(declared_by["SEED"]) == 4 and len(declared_by["COCO_DIR"]) == 6
+    assert len(declared_by["IMAGE_SIZE"]) == 6 and len(declared_by["SEED"]) == 5 and len(declared_by["COCO_DIR"]) == 7

@@ -16,6 +16,7 @@ import Eval_SPDNet_Adaptation
 import Infer
 import Training_Rain_Detector
 import Training_SPDNet_Adaptation
+import Training_Utility_Gate
 from utils.runtime.config import command_line
 from utils.models.spdnet import SPDNet
 
@@ -72,7 +73,8 @@ def test_demo_settings_reach_every_script_that_prepares_the_demo():
     from utils.runtime.config import load_config
     from utils.runtime.demo_settings import demo_defaults
 
-    for script in (Training_SPDNet_Adaptation, Eval_SPDNet_Adaptation, Eval_conditional, Infer, Training_Rain_Detector):
+    for script in (Training_SPDNet_Adaptation, Eval_SPDNet_Adaptation, Eval_conditional, Infer, Training_Rain_Detector,
+                   Training_Utility_Gate):
         config = load_config(vars(script), [os.path.join(ROOT, "configs", "demo.py"), "--DEMO_SEED=1"], quiet=True,
                              extra_defaults=demo_defaults())
         assert config["DEMO_SEED"] == 1 and config["PREPARE_DEMO"] is True, script.__name__

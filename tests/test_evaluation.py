@@ -85,7 +85,8 @@ def test_threshold_choice_and_metrics_on_known_scores():
 
 def test_conditional_evaluation_reports_routes_gate_and_guarantee(tiny_world, trained):
     results = Eval_conditional.main(
-        [o for o in trained["common"] if "SPDNET_N" not in o] + ["--BATCH_SIZE=4", "--MIXED_RAIN_FRACTION=0.5"]
+        [o for o in trained["common"] if "SPDNET_N" not in o]
+        + ["--BATCH_SIZE=4", "--MIXED_RAIN_FRACTION=0.5", "--ORACLE_REPORT=True"]
     )
     assert set(results) == {"clean", "rainy", "mixed"}
     for split in results.values():
@@ -94,6 +95,9 @@ def test_conditional_evaluation_reports_routes_gate_and_guarantee(tiny_world, tr
         assert guarantee["identical_to_detector"] == guarantee["images_gated_clean"]
         assert split["gate"]["routed_rainy"] + split["gate"]["routed_clean"] == 6
         assert split["speed"]["clean_path_ms_per_image"] < split["speed"]["rainy_path_ms_per_image"]
+        oracle = split["oracle"]
+        assert oracle["images"] == 6 and oracle["gate_derains"] == split["gate"]["routed_rainy"]
+        assert 0 <= oracle["agreement"] <= 1 and 0 <= oracle["oracle_derains"] <= 6
     assert os.path.isfile(trained["output"] / "conditional_results.json")
 
 

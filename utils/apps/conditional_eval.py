@@ -14,7 +14,9 @@ from utils.data.coco import non_empty, rain_variant_dirs
 from utils.runtime.device import autocast
 from utils.apps.evaluation import build_val_loader
 from utils.data.rain import FAMILIES, split_by_family
+from utils.training.engine import detector_targets
 from utils.training.gate_metrics import classification_metrics
+from utils.training.utility import path_losses, utility_targets
 from tqdm import tqdm
 
 # Result rows: name -> (route, routing). "gate" is the hard-routed conditional model, "soft" the soft one.
@@ -72,6 +74,8 @@ class RouteTally:
     actual: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,) bool: the image is rainy
     gated_rainy: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,) bool: gated to the rainy path
     blends: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,): soft routing's blend (SOFT_ROUTING)
+    oracle: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,) bool: SPDNet's path has the lower
+    #   detector loss (ORACLE_REPORT)
     clean_checked: int = 0  # images gated clean
     clean_mismatches: int = 0  # of those, the ones a gated routing gave another output than the frozen detector's
     max_deviation_from_full_batch: float = 0.0  # largest |logit| difference, vanilla on the full batch vs gated
@@ -111,6 +115,9 @@ def score_batch(model: ConditionalModel, images: torch.Tensor, targets, rows: li
                 tally.seconds[row][key] += value
             tally.evaluators[row].update(outputs[row].logits, outputs[row].pred_boxes, image_ids, sizes)
         check_clean_guarantee(model, images, outputs, [row for row in rows if ROWS[row][0] == "gate"], tally)
+        if config.get("ORACLE_REPORT"):
+            losses = path_losses(model.integrated, images, detector_targets(targets, device))
+            tally.oracle.append(utility_targets(*losses, 0.0).bool().cpu())
     tally.probabilities.append(outputs["gate"].rain_probability.cpu())
     tally.gated_rainy.append(outputs["gate"].derained.cpu())
     if "soft" in outputs:
@@ -166,12 +173,22 @@ def route_results(model: ConditionalModel, rows: list[str], tally: RouteTally) -
         "gate_ms_per_image": result["gate"]["gate_ms_per_image"],
         "clean_path_speedup": rainy_path_ms / clean_path_ms if clean_path_ms else None,
     }
+    if tally.oracle:
+        result["oracle"] = oracle_agreement(routed, torch.cat(tally.oracle))
     result["clean_guarantee"] = {
         "images_gated_clean": tally.clean_checked,
         "identical_to_detector": tally.clean_checked - tally.clean_mismatches,
         "max_logit_difference_vs_full_batch_vanilla": tally.max_deviation_from_full_batch,
     }
     return result
+
+
+def oracle_agreement(routed: torch.Tensor, oracle: torch.Tensor) -> dict:
+    """(N,) bool gate decisions against the (N,) bool oracle (per image, SPDNet's path has the lower
+    detector loss): how often they agree, and precision / recall of "derain"."""
+    metrics = classification_metrics(routed.float(), oracle, 0.5)
+    return {"agreement": metrics["accuracy"], "precision": metrics["precision"], "recall": metrics["recall"],
+            "oracle_derains": int(oracle.sum()), "gate_derains": int(routed.sum()), "images": len(oracle)}
 
 
 def conditional_table(results: dict) -> str:
@@ -200,6 +217,12 @@ def conditional_table(results: dict) -> str:
             f"{guarantee['images_gated_clean']} clean-gated images identical to the frozen detector"
             + (" (hard and soft routing)" if "soft" in result else "")
         )
+        if "oracle" in result:
+            oracle = result["oracle"]
+            lines.append(f"{'':<{width}}oracle (the path with the lower detector loss): the gate agrees on "
+                         f"{oracle['agreement']:.3f} of {oracle['images']} images; derains {oracle['gate_derains']}, "
+                         f"the oracle {oracle['oracle_derains']} (precision {oracle['precision']:.3f}, "
+                         f"recall {oracle['recall']:.3f})")
     return "\n".join(lines)
 
 

@@ -48,12 +48,13 @@ def gate_rain_dirs(config: dict, split: str) -> tuple[list[str] | str, list[str]
     return kept, held_out
 
 
-def gate_loader(config: dict, split: str, train: bool, coco_rain_dir, device: torch.device) -> DataLoader:
-    """Half clean, half rainy images of ``split`` (diversified for training: ``GateTrainingSet``)."""
+def gate_loader(config: dict, split: str, train: bool, coco_rain_dir, device: torch.device,
+                id2label: dict | None = None) -> DataLoader:
+    """Half clean, half rainy images of ``split`` (diversified for training: ``GateTrainingSet``);
+    ``id2label``: the detector's, when the labels are used (the utility gate), else None."""
     setting = "GATE_PERCENT_DATASET" if train else "GATE_VAL_PERCENT"
-    # Labels are irrelevant here; the dataset still needs an id2label to map its categories.
     dataset = build_dataset(
-        config["COCO_DIR"], coco_rain_dir, split, None, image_size=config["GATE_IMAGE_SIZE"], train=train,
+        config["COCO_DIR"], coco_rain_dir, split, id2label, image_size=config["GATE_IMAGE_SIZE"], train=train,
         percent=config[setting], coco_ratio=0.5, rain_ratio=0.5, seed=config["SEED"],
         return_clean_pair=train and config["RANDOM_RAIN"] > 0,
     )
@@ -72,15 +73,16 @@ def gate_loader(config: dict, split: str, train: bool, coco_rain_dir, device: to
     )
 
 
-def build_gate_data(config: dict, device: torch.device) -> GateData:
+def build_gate_data(config: dict, device: torch.device, id2label: dict | None = None) -> GateData:
+    """The gate's loaders (``gate_loader``) with HOLDOUT_FAMILY's variants kept apart."""
     holdout = config["HOLDOUT_FAMILY"]
     if holdout is not None and holdout not in FAMILIES:
         raise ValueError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {holdout!r}")
     train_rain, _ = gate_rain_dirs(config, "train")
     val_rain, held_out_rain = gate_rain_dirs(config, "val")
-    train = gate_loader(config, "train", True, train_rain, device)
-    val = gate_loader(config, "val", False, val_rain, device)
-    held_out = gate_loader(config, "val", False, held_out_rain, device) if held_out_rain else None
+    train = gate_loader(config, "train", True, train_rain, device, id2label)
+    val = gate_loader(config, "val", False, val_rain, device, id2label)
+    held_out = gate_loader(config, "val", False, held_out_rain, device, id2label) if held_out_rain else None
     if holdout is not None and held_out is None:
         print(f"COCO_RAIN_DIR has no {holdout} variant: held-out scoring is left to Eval_conditional.py "
               "(HOLDOUT_RAIN_DIR)", flush=True)
@@ -111,13 +113,19 @@ def gate_logits(model: RainDetector, loader: DataLoader, device: torch.device) -
     return torch.cat(logits), torch.cat(truth)
 
 
-def score_gate(model: RainDetector, data: GateData, device: torch.device, epoch: int, holdout: str | None) -> dict:
-    """The epoch's threshold (best val accuracy), calibration temperature and metrics, printed."""
-    logits, truth = gate_logits(model, data.val, device)
+def threshold_metrics(logits: torch.Tensor, truth: torch.Tensor, epoch: int) -> dict:
+    """logits (N,), 0/1 truth (N,) -> the threshold with the best accuracy, the calibration temperature,
+    and the classification metrics at that threshold."""
     scores = torch.sigmoid(logits)
     threshold = choose_threshold(scores, truth)
-    metrics = dict(classification_metrics(scores, truth, threshold), threshold=threshold,
-                   temperature=fit_temperature(logits, truth), epoch=epoch)
+    return dict(classification_metrics(scores, truth, threshold), threshold=threshold,
+                temperature=fit_temperature(logits, truth), epoch=epoch)
+
+
+def score_gate(model: RainDetector, data: GateData, device: torch.device, epoch: int, holdout: str | None) -> dict:
+    """The epoch's threshold (best val accuracy), calibration temperature and metrics, printed."""
+    metrics = threshold_metrics(*gate_logits(model, data.val, device), epoch)
+    threshold = metrics["threshold"]
     print(f"epoch {epoch}: val accuracy {metrics['accuracy']:.4f}, precision {metrics['precision']:.4f}, "
           f"recall {metrics['recall']:.4f} at threshold {threshold:.3f} (calibration temperature "
           f"{metrics['temperature']:.3g})", flush=True)
@@ -132,7 +140,10 @@ def score_gate(model: RainDetector, data: GateData, device: torch.device, epoch:
 
 class GateRun:
     """The gate's training run: model, optimizer, schedule, where it stands (``state``, the best epoch
-    so far) and the loader's shuffle at the epoch's start, all saved in one checkpoint for RESUME."""
+    so far) and the loader's shuffle at the epoch's start, all saved in one checkpoint for RESUME.
+    Another gate (utils/apps/utility_gate.py) changes its files, ``score`` and ``saved``."""
+
+    gate_file, checkpoint_file = GATE_FILE, GATE_CHECKPOINT_FILE
 
     def __init__(self, config: dict, data: GateData, device: torch.device):
         self.config, self.data, self.device = config, data, device
@@ -142,8 +153,8 @@ class GateRun:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=config["GATE_NUM_EPOCHS"] * len(data.train))
         self.state, self.best, self.epoch_shuffle = TrainState(), None, data.generator.get_state()
-        self.gate_path = os.path.join(config["OUTPUT_DIR"], GATE_FILE)
-        self.checkpoint_path = os.path.join(config["OUTPUT_DIR"], GATE_CHECKPOINT_FILE)
+        self.gate_path = os.path.join(config["OUTPUT_DIR"], self.gate_file)
+        self.checkpoint_path = os.path.join(config["OUTPUT_DIR"], self.checkpoint_file)
 
     def checkpoint(self, state: TrainState) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -165,19 +176,26 @@ class GateRun:
         self.data.generator.set_state(self.epoch_shuffle)
         return itertools.islice(iter(self.data.train), self.state.micro_batches_done, None)
 
+    def score(self, epoch: int) -> dict:
+        """The epoch's val metrics with its threshold and temperature (``score_gate``)."""
+        return score_gate(self.model, self.data, self.device, epoch, self.config["HOLDOUT_FAMILY"])
+
+    def saved(self, metrics: dict, epoch: int) -> dict:
+        """What the gate file holds: ``RainDetector.checkpoint`` and what the epoch scored."""
+        val_metrics = {k: v for k, v in metrics.items() if k not in ("threshold", "temperature", "epoch", "held_out")}
+        return self.model.checkpoint(val_metrics=val_metrics, held_out_metrics=metrics.get("held_out", {}),
+                                     holdout_family=self.config["HOLDOUT_FAMILY"], config=dict(self.config),
+                                     epoch=epoch)
+
     def end_epoch(self) -> dict:
-        """Score val, keep the most accurate epoch in rain_detector.pt, move on to the next epoch;
+        """Score val, keep the most accurate epoch in the gate file, move on to the next epoch;
         returns the epoch's metrics."""
         epoch = self.state.epoch + 1
-        metrics = score_gate(self.model, self.data, self.device, epoch, self.config["HOLDOUT_FAMILY"])
+        metrics = self.score(epoch)
         if self.best is None or metrics["accuracy"] > self.best["accuracy"]:
             self.best = metrics
             self.model.threshold, self.model.temperature = metrics["threshold"], metrics["temperature"]
-            val_metrics = {k: v for k, v in metrics.items()
-                           if k not in ("threshold", "temperature", "epoch", "held_out")}
-            atomic_save(self.model.checkpoint(val_metrics=val_metrics, held_out_metrics=metrics.get("held_out", {}),
-                                              holdout_family=self.config["HOLDOUT_FAMILY"], config=dict(self.config),
-                                              epoch=epoch), self.gate_path)
+            atomic_save(self.saved(metrics, epoch), self.gate_path)
         self.state.epoch += 1
         self.state.micro_batches_done = 0
         self.epoch_shuffle = self.data.generator.get_state()
@@ -197,19 +215,27 @@ def train_rain_detector(config: dict) -> dict:
     seed_everything(config["SEED"])
     os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
     run = GateRun(config, build_gate_data(config, device), device)
+    return fit_gate(run, gate_loss(run.model, device), GATE_LOG_NAME, "rain detector")
+
+
+def fit_gate(run: GateRun, loss_of_batch, log_name: str, what: str) -> dict:
+    """The gates' epoch loop (``engine.Trainer``): resume when RESUME, train GATE_NUM_EPOCHS epochs
+    minimising ``loss_of_batch``, ``run.end_epoch`` after each, log to OUTPUT_DIR/``log_name``.
+    Returns the best epoch's metrics, plus ``stopped`` when a signal ended the run early."""
+    config, device = run.config, run.device
     if config["RESUME"]:
         run.resume()
-    trainer = Trainer(log_path=os.path.join(config["OUTPUT_DIR"], GATE_LOG_NAME), checkpoint_path=run.checkpoint_path,
+    trainer = Trainer(log_path=os.path.join(config["OUTPUT_DIR"], log_name), checkpoint_path=run.checkpoint_path,
                       make_checkpoint=run.checkpoint, fresh_log=not config["RESUME"])
     settings = LoopSettings(1, None, "fp32", MAX_NONFINITE_IN_A_ROW, config["LOG_EVERY_STEPS"])
     stop = StopRequested().install()
     try:
         while run.state.epoch < config["GATE_NUM_EPOCHS"]:
-            if config["EPOCH_VARIANTS"]:
+            if config.get("EPOCH_VARIANTS", False):
                 run.data.train.dataset.set_epoch(run.state.epoch)
-            result = trainer.epoch(run.model, gate_loss(run.model, device), run.optimizer, run.scheduler, run.batches(),
+            result = trainer.epoch(run.model, loss_of_batch, run.optimizer, run.scheduler, run.batches(),
                                    run.state, settings, micro_batches_in_epoch=len(run.data.train), device=device,
-                                   should_stop=stop, description=f"rain detector epoch {run.state.epoch + 1}")
+                                   should_stop=stop, description=f"{what} epoch {run.state.epoch + 1}")
             if result["stopped"]:
                 trainer.save(run.state)
                 print(f"stopped at step {run.state.step}; continue with --RESUME=True ({run.checkpoint_path})",

@@ -4,7 +4,8 @@
     vanilla          image -> RT-DETR
     original         image -> original SPDNet (SPDNET_WEIGHTS) -> RT-DETR
     adapted          image -> adapted SPDNet (ADAPTED_WEIGHTS: spdnet_adapted.pt) -> RT-DETR
-    conditional      image -> rain gate (RAIN_DETECTOR_WEIGHTS: rain_detector.pt) -> adapted or vanilla
+    conditional      image -> rain gate (RAIN_DETECTOR_WEIGHTS: rain_detector.pt, or the utility gate's
+                     utility_gate.pt) -> adapted or vanilla
 
 The saved-file contract: the names of the files a run writes in OUTPUT_DIR, what ``spdnet_adapted.pt``
 records (``adapted_weights``), and loading it with the check that it was adapted to this detector
@@ -30,6 +31,7 @@ from utils.models.spdnet import SPDNet, SPDNetCheckpointError, load_spdnet_weigh
 ADAPTED_FILE = "spdnet_adapted.pt"  # the best adapted SPDNet (adapted_weights says what it records)
 CHECKPOINT_FILE = "checkpoint.pt"  # everything a resumed training needs
 GATE_FILE = "rain_detector.pt"  # the rain gate, its threshold and calibration (RainDetector.checkpoint)
+UTILITY_GATE_FILE = "utility_gate.pt"  # the utility gate, in the rain gate's format (+ kind "utility", mode)
 
 
 class DetectorMismatchError(ValueError):

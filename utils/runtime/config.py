@@ -44,7 +44,7 @@ def script_defaults(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # Every setting of the scripts in the project's root, declared here so that a config file shared by
-# several scripts (configs/demo.py serves six) may set a key that only some of them have: the others
+# several scripts (configs/demo.py serves seven) may set a key that only some of them have: the others
 # skip it, and a key no script has is an error (a typo). tests/test_config.py checks that this
 # matches the scripts' constants; the DEMO_* settings are utils/runtime/demo_settings.py's.
 PROJECT_SETTINGS = frozenset({
@@ -60,12 +60,15 @@ PROJECT_SETTINGS = frozenset({
     "EVAL_CLEAN", "IMAGE_QUALITY", "ADAPTED_WEIGHTS", "NUM_EXAMPLES",
     # Eval_conditional.py
     "MIXED_RAIN_FRACTION", "HOLDOUT_FAMILY", "HOLDOUT_RAIN_DIR", "RAIN_DETECTOR_WEIGHTS", "SOFT_ROUTING",
+    "ORACLE_REPORT",
     # Infer.py
     "INPUT", "OUTPUT", "SCORE_THRESHOLD", "ROUTING",
     # Training_Rain_Detector.py
     "EPOCH_VARIANTS", "RANDOM_RAIN", "AUGMENT_BLUR", "AUGMENT_JPEG", "AUGMENT_JITTER", "AUGMENT_NOISE",
     "ARCHITECTURE", "IMAGENET_WEIGHTS", "INPUT_SIZE", "GATE_IMAGE_SIZE", "GATE_PERCENT_DATASET", "GATE_VAL_PERCENT",
     "GATE_NUM_EPOCHS", "GATE_BATCH_SIZE", "GATE_LEARNING_RATE",
+    # Training_Utility_Gate.py
+    "UTILITY_MODE", "UTILITY_MARGIN",
     # Check_Data.py, Make_COCO_Rain.py, Make_Synthetic_World.py
     "SPLITS", "CHECK", "BENCHMARK_IMAGES", "PRESETS", "VARIANTS_PER_PRESET", "WORKERS", "JPEG_QUALITY", "LIMIT",
     "RAIN_SEED", "WORLD_DIR", "NUM_TRAIN", "NUM_VAL", "MAX_OBJECTS", "WORLD_IMAGE_SIZE", "WORLD_SEED",
