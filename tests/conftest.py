@@ -35,3 +35,19 @@ def two_family_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("two_families")
     return build_synthetic_world(str(root / "data"), num_train=16, num_val=6, image_size=64, seed=2,
                                  rain_presets=("medium", "drops_heavy"), show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_gate(tiny_world, tmp_path_factory):
+    """A small_cnn rain gate (64-pixel input) trained for one epoch on the tiny world, once per session:
+    the path of its rain_detector.pt (the gate does not depend on the detector)."""
+    import Training_Rain_Detector
+
+    output = tmp_path_factory.mktemp("gate")
+    Training_Rain_Detector.main([
+        f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}",
+        f"--OUTPUT_DIR={output}", "--GATE_IMAGE_SIZE=64", "--DEVICE=cpu", "--DATALOADER_WORKERS=0",
+        "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100", "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64",
+        "--GATE_NUM_EPOCHS=1", "--GATE_BATCH_SIZE=8",
+    ])
+    return str(output / "rain_detector.pt")

@@ -5,7 +5,9 @@ model + post_process_object_detection; (b) SPDNet's gradient through the frozen 
 non-zero and (c) the detector (fingerprint, every BatchNorm statistic) is bitwise unchanged by training;
 (d) COCO evaluation of known predictions equals raw pycocotools on the processor's own post-processing;
 (e) the conditional model's clean path is bit-identical to the detector alone; (f) the feature loss
-runs; (g) the training script saves and resumes, and the evaluation script writes COCO detections.
+runs; (g) the training script saves and resumes, and the evaluation script writes COCO detections;
+(h) on that run's adapted SPDNet and a tiny rain gate, Eval_conditional.py scores the three routes per
+split with every clean-gated image the frozen detector's, and Infer.py writes detections inside the images.
 An unsupported family is refused in one line.
 """
 
@@ -17,13 +19,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from transformers import (AutoImageProcessor, AutoModelForObjectDetection, ConditionalDetrConfig,
                           ConditionalDetrImageProcessor, DetrConfig, DetrImageProcessor, DFineConfig, HGNetV2Config,
                           ResNetConfig, RTDetrImageProcessor, RTDetrResNetConfig, RTDetrV2Config)
 
+import Eval_conditional
 import Eval_SPDNet_Adaptation
+import Infer
 from tests.test_rain_gate import BrightnessGate
 from tests.test_training import run, run_failing
 from utils.data.synthetic import SHAPES
@@ -321,8 +326,15 @@ SHORT_RUN = ["--FEATURE_LOSS_WEIGHT=1.0", "--NUM_EPOCHS=1", "--CHECKPOINT_EVERY_
              "--GRADIENT_ACCUMULATION_STEPS=1", "--VAL_PERCENT=34"]
 
 
+@pytest.fixture(scope="module")
+def trained_runs():
+    """{family: the output directory of its training test's run}, filled as those tests pass."""
+    return {}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_training_saves_and_resumes_and_evaluation_writes_detections(tiny_world, checkpoints, tmp_path, family):
+def test_training_saves_and_resumes_and_evaluation_writes_detections(tiny_world, checkpoints, trained_runs, tmp_path,
+                                                                      family):
     detector = ["--DETECTOR=" + checkpoints[family]]
     first = run(tiny_world, tmp_path, *detector, *SHORT_RUN, "--MAX_STEPS=1")
     assert first["stopped"] and first["state"]["step"] == 1
@@ -339,3 +351,41 @@ def test_training_saves_and_resumes_and_evaluation_writes_detections(tiny_world,
         detections = json.load(open(tmp_path / "detections" / f"{pipeline}.json"))
         assert {d["image_id"] for d in detections} and {d["category_id"] for d in detections} <= category_ids
         assert all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in detections)
+    trained_runs[family] = tmp_path
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_conditional_evaluation_and_inference_run_on_every_family(tiny_world, checkpoints, trained_runs, tiny_gate,
+                                                                   tmp_path, family):
+    output = trained_runs.get(family)
+    if output is None:  # the training test did not run first (selected alone): a two-step run of its own
+        output = tmp_path / "run"
+        run(tiny_world, output, "--DETECTOR=" + checkpoints[family], *SHORT_RUN)
+    models = [f"--DETECTOR={checkpoints[family]}", f"--OUTPUT_DIR={output}", f"--RAIN_DETECTOR_WEIGHTS={tiny_gate}"]
+    results = Eval_conditional.main([o for o in tiny_world["overrides"] if "SPDNET_N" not in o] + models + [
+        "--VAL_PERCENT=34", "--BATCH_SIZE=2"])
+    assert json.load(open(output / "conditional_results.json")) == json.loads(json.dumps(results))
+    assert set(results) == {"clean", "rainy", "mixed"}
+    for split in results.values():
+        assert {"gate", "always", "never"} <= set(split)
+        assert split["gate"]["routed_rainy"] + split["gate"]["routed_clean"] == 2
+        guarantee = split["clean_guarantee"]
+        assert guarantee["identical_to_detector"] == guarantee["images_gated_clean"] == split["gate"]["routed_clean"]
+    assert sum(split["clean_guarantee"]["images_gated_clean"] for split in results.values()) > 0  # not vacuous
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    val = os.path.join(tiny_world["coco_dir"], "val2017")
+    for name in sorted(os.listdir(val))[:2]:
+        os.symlink(os.path.join(val, name), photos / name)
+    records = Infer.main(models + ["--IMAGE_SIZE=64", "--DEVICE=cpu", f"--INPUT={photos}",
+                                   f"--OUTPUT={tmp_path / 'out'}", "--SCORE_THRESHOLD=0.0"])
+    written = json.load(open(tmp_path / "out" / "detections.json"))
+    assert written == json.loads(json.dumps(records)) and len(written) == 2
+    names = set(json.load(open(os.path.join(checkpoints[family], "config.json")))["id2label"].values())
+    for record in written:
+        width, height = Image.open(record["file"]).size
+        assert record["detections"] and record["path"] in ("derained", "direct")
+        for detection in record["detections"]:
+            x0, y0, x1, y1 = detection["box_xyxy"]
+            assert 0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height, detection
+            assert detection["label"] in names and 0 <= detection["score"] <= 1
