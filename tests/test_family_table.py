@@ -1,0 +1,91 @@
+"""tools/family_table.py: its plan (no run) and its table from fake results on disk."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import family_table  # noqa: E402
+
+FAMILIES = ["streaks", "drops", "downpour"]
+
+
+def test_dry_run_holds_out_each_family_on_one_thread():
+    output = subprocess.run([sys.executable, "tools/family_table.py", "--dry-run"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    commands = [line[len("python "):].split() for line in output.splitlines() if line.startswith("python ")]
+    assert commands[0][0] == "Make_Demo.py"
+    runs = commands[1:]
+    assert all("--CPU_THREADS=1" in command for command in runs)
+    training = [c for c in runs if c[0] in family_table.TRAINING_SCRIPTS]
+    assert len(training) == 2 + 3 * 3 * 2  # streak-only per seed; per family and seed: adaptation and two gates
+    for family in FAMILIES:
+        presets = family_table.FAMILY_PRESETS[family]
+        of_family = [c for c in training if f"--OUTPUT_DIR={family_table.RUNS_DIR}/{family}/" in " ".join(c)]
+        assert len(of_family) == 3 * 2
+        assert all(f"--HOLDOUT_FAMILY={family}" in c for c in of_family)
+        if family != "streaks":  # the streak-only adaptation (as today) holds out every family but streaks
+            shared = [c for c in training if "/streaks_adapted" in " ".join(c)
+                      and "--HOLDOUT_FAMILY" not in " ".join(c)]
+            assert len(shared) == 2
+            for command in shared:
+                rain = next(arg for arg in command if arg.startswith("--COCO_RAIN_DIR="))
+                assert not any(f"/{preset}_v0" in rain for preset in presets)
+    for command in (c for c in runs if c[0] == "Eval_conditional.py"):
+        assert "--ORACLE_REPORT=True" in command and any(a.startswith("--HOLDOUT_FAMILY=") for a in command)
+    for seed in (42, 7):
+        assert sum(f"--SEED={seed}" in c for c in training) == 1 + 3 * 3
+
+
+def fake_eval(ap: float) -> dict:
+    metrics = {name: {"AP": ap + shift, "AP50": 0.9, "ms_per_image": 1.0}
+               for name, shift in (("vanilla", 0.0), ("original", 0.1), ("adapted", 0.2))}
+    return {"rainy": metrics, "clean": metrics}
+
+
+def fake_conditional(ap: float) -> dict:
+    split = {row: {"AP": ap + shift} for row, shift in (("gate", 0.05), ("always", 0.02), ("never", 0.0))}
+    split["oracle"] = {"agreement": ap, "precision": 1.0, "recall": 1.0, "oracle_derains": 5, "gate_derains": 5,
+                       "images": 10}
+    return {name: split for name in ("clean", "rainy", "mixed", "heldout", "heldout_mixed")}
+
+
+def write(path, content) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as file:
+        json.dump(content, file)
+
+
+def test_collect_only_tabulates_mean_and_spread(tmp_path, monkeypatch, capsys):
+    for seed, ap in ((42, 0.3), (7, 0.5)):
+        base = tmp_path / family_table.family_dir("drops", seed)
+        for name in ("eval_streaks_heldout", "eval_streaks_seen", "eval_diverse_heldout", "eval_diverse_seen"):
+            write(str(base / name / "eval_results.json"), fake_eval(ap))
+        for name in ("cond_rain_gate", "cond_utility_gate"):
+            write(str(base / name / "conditional_results.json"), fake_conditional(ap))
+    monkeypatch.setattr(family_table, "ROOT", str(tmp_path))
+    family_table.main(["--collect-only", "--families", "drops", "streaks"])
+    text = (tmp_path / f"{family_table.TABLE_FILE}.md").read_text()
+    drops = text.split("### streaks held out")[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in drops.splitlines() if line.startswith("| ")}
+    assert "0.400 ± 0.141 (0.300–0.500)" in rows["vanilla RT-DETR"]  # mean 0.4, stdev of (0.3, 0.5)
+    assert "0.600 ± 0.141 (0.500–0.700)" in rows["diverse-adapted SPDNet"]
+    assert "0.450 ± 0.141 (0.350–0.550)" in rows["rain-gated conditional"]
+    assert "0.500 ± 0.000 (0.500–0.500)" in rows["oracle router: fraction it derains"]
+    assert "### drops held out (2 seeds" in text and "### streaks held out" in text
+    streaks = text.split("### streaks held out")[1]
+    assert "| vanilla RT-DETR | – | – | – |" in streaks  # nothing on disk: empty cells, no failure
+    runs = json.loads((tmp_path / f"{family_table.TABLE_FILE}.json").read_text())
+    assert {(run["family"], run["seed"]) for run in runs} == {(f, s) for f in ("drops", "streaks") for s in (42, 7)}
+    assert "0.400 ± 0.141" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_variant_dirs_name_the_worlds_presets(family):
+    folders = family_table.variant_dirs([family]).split(os.pathsep)
+    assert folders == [f"{family_table.WORLD_RAIN_DIR}/{p}_v0" for p in family_table.FAMILY_PRESETS[family]]

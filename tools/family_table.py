@@ -1,0 +1,302 @@
+"""Leave-one-family-out table (issue #24 item 4): each rain family held out of SPDNet's adaptation and of both gates.
+
+    python tools/family_table.py                                  # families streaks drops downpour, seeds 42 7
+    python tools/family_table.py --families drops --seeds 42 --jobs 1
+    python tools/family_table.py --dry-run                        # print the planned commands, run nothing
+    python tools/family_table.py --collect-only                   # tabulate the runs already on disk
+
+(Its wall time is not measured yet.) One demo world holds every family: configs/demo.py +
+configs/demo_families.py (DEMO_RAIN_PRESETS medium, drops_heavy, downpour_medium: one variant folder
+per preset in its coco_rain/, each recording its preset, so HOLDOUT_FAMILY picks a family's variants
+out of COCO_RAIN_DIR). Make_Demo.py builds it once; then every run is a real script in its own
+process, on one thread (--CPU_THREADS=1 and OMP_NUM_THREADS=1), and a run whose result file is
+already on disk is skipped (the tool resumes). Per seed s, shared by every family:
+
+    Training_SPDNet_Adaptation.py  --COCO_RAIN_DIR=<the streak variant only>          -> seed<s>/streaks_adapted
+        "adapted SPDNet (streaks only, as today)": the demo's adaptation recipe on the streak rain the
+        demo world 0 holds, here on this world's scenes (not demo world 0's own adapted run, so every
+        row sees the same scenes). It holds out drops and downpour; for the streaks column it is the
+        in-distribution reference, not a held-out model.
+
+Per held-out family F and seed s (under <F>/seed<s>/):
+
+    Training_SPDNet_Adaptation.py  --HOLDOUT_FAMILY=F --RANDOM_RAIN=0.5               -> diverse_adapted
+    Training_Rain_Detector.py      --HOLDOUT_FAMILY=F --EPOCH_VARIANTS=True --RANDOM_RAIN=0.5
+                                   --AUGMENT_BLUR=0.3 --AUGMENT_JPEG=0.5 --AUGMENT_JITTER=0.2
+                                   --AUGMENT_NOISE=0.03  (docs/rain_gate.md's diverse run)  -> rain_gate
+    Training_Utility_Gate.py       --HOLDOUT_FAMILY=F --UTILITY_MODE=gain
+                                   --ADAPTED_WEIGHTS=diverse_adapted/spdnet_adapted.pt      -> utility_gate
+    Eval_SPDNet_Adaptation.py      --COCO_RAIN_DIR=<F's variants> --EVAL_CLEAN=True, with each adapted SPDNet
+                                   -> eval_{streaks,diverse}_heldout;  --COCO_RAIN_DIR=<the other families'
+                                   variants> -> eval_{streaks,diverse}_seen (the in-distribution rows)
+    Eval_conditional.py            --HOLDOUT_FAMILY=F --ORACLE_REPORT=True, the diverse-adapted SPDNet and
+                                   each gate -> cond_rain_gate, cond_utility_gate
+
+The evaluations keep the scripts' SEED (the same val images and variant draws for every training
+seed). Rows: vanilla, original SPDNet and both adapted SPDNets (Eval_SPDNet_Adaptation.py's
+pipelines), always-derain and never-derain with the diverse-adapted SPDNet, rain-gated and
+utility-gated conditional (Eval_conditional.py), and the oracle router, on F's held-out rain, on the
+other families' rain and on clean val; each cell mean ± spread over the seeds. Writes
+outputs_spdnet_adaptation/family_table.md and .json.
+
+Gaps (what no script offers yet; the tool does not work around them):
+
+- the oracle router's AP: Eval_conditional.py's ORACLE_REPORT gives only how often each gate agrees
+  with the oracle (and how many images the oracle derains), so the oracle rows report that agreement,
+  not an AP;
+- Eval_SPDNet_Adaptation.py has no HOLDOUT_FAMILY: the tool hands it the family's variant folders as
+  COCO_RAIN_DIR (an os.pathsep list, which the data loader accepts);
+- Training_SPDNet_Adaptation.py's HOLDOUT_FAMILY keeps the family's variants in its own per-epoch
+  validation (as documented); with the demo's NUM_EPOCHS=1 nothing is chosen on it, but a longer run's
+  early stopping would see the held-out family;
+- Training_Utility_Gate.py has no diversity settings (RANDOM_RAIN, EPOCH_VARIANTS, AUGMENT_*), by design
+  (docs/rain_gate.md): the utility gate trains on the rendered variants of the other families only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from utils.apps.script_runs import run_script  # noqa: E402
+
+CONFIGS = ["configs/demo.py", "configs/demo_families.py"]
+WORLD_RAIN_DIR = "outputs_spdnet_adaptation/demo_families/data/coco_rain"
+FAMILY_PRESETS = {"streaks": ["medium"], "drops": ["drops_heavy"], "downpour": ["downpour_medium"]}  # the world's
+RUNS_DIR = "outputs_spdnet_adaptation/family_table"
+TABLE_FILE = "outputs_spdnet_adaptation/family_table"  # .md and .json
+ONE_THREAD = "--CPU_THREADS=1"
+DIVERSE_GATE = ["--EPOCH_VARIANTS=True", "--RANDOM_RAIN=0.5", "--AUGMENT_BLUR=0.3", "--AUGMENT_JPEG=0.5",
+                "--AUGMENT_JITTER=0.2", "--AUGMENT_NOISE=0.03"]  # docs/rain_gate.md's diverse run
+TRAINING_SCRIPTS = ("Training_SPDNet_Adaptation.py", "Training_Rain_Detector.py", "Training_Utility_Gate.py")
+SECTIONS = {
+    "heldout": "held-out family's rain", "seen": "the other families' rain (in distribution)", "clean": "clean val",
+}
+ROWS = [  # (label, {section: (run name, split in its result file, row)})
+    ("vanilla RT-DETR", {"heldout": ("eval_diverse_heldout", "rainy", "vanilla"),
+                         "seen": ("eval_diverse_seen", "rainy", "vanilla"),
+                         "clean": ("eval_diverse_heldout", "clean", "vanilla")}),
+    ("original SPDNet + RT-DETR", {"heldout": ("eval_diverse_heldout", "rainy", "original"),
+                                  "seen": ("eval_diverse_seen", "rainy", "original"),
+                                  "clean": ("eval_diverse_heldout", "clean", "original")}),
+    ("adapted SPDNet, streaks only (as today)", {"heldout": ("eval_streaks_heldout", "rainy", "adapted"),
+                                                 "seen": ("eval_streaks_seen", "rainy", "adapted"),
+                                                 "clean": ("eval_streaks_heldout", "clean", "adapted")}),
+    ("diverse-adapted SPDNet", {"heldout": ("eval_diverse_heldout", "rainy", "adapted"),
+                                "seen": ("eval_diverse_seen", "rainy", "adapted"),
+                                "clean": ("eval_diverse_heldout", "clean", "adapted")}),
+    ("always derain (diverse-adapted)", {"heldout": ("cond_rain_gate", "heldout", "always"),
+                                         "seen": ("cond_rain_gate", "rainy", "always"),
+                                         "clean": ("cond_rain_gate", "clean", "always")}),
+    ("never derain", {"heldout": ("cond_rain_gate", "heldout", "never"), "seen": ("cond_rain_gate", "rainy", "never"),
+                      "clean": ("cond_rain_gate", "clean", "never")}),
+    ("rain-gated conditional", {"heldout": ("cond_rain_gate", "heldout", "gate"),
+                                "seen": ("cond_rain_gate", "rainy", "gate"),
+                                "clean": ("cond_rain_gate", "clean", "gate")}),
+    ("utility-gated conditional", {"heldout": ("cond_utility_gate", "heldout", "gate"),
+                                   "seen": ("cond_utility_gate", "rainy", "gate"),
+                                   "clean": ("cond_utility_gate", "clean", "gate")}),
+]
+ORACLE_ROWS = [  # agreement with the oracle router (Eval_conditional.py's ORACLE_REPORT), not AP
+    ("oracle router: rain gate agrees", "cond_rain_gate", "agreement"),
+    ("oracle router: utility gate agrees", "cond_utility_gate", "agreement"),
+    ("oracle router: fraction it derains", "cond_rain_gate", "oracle_fraction"),
+]
+SPLIT_OF_SECTION = {"heldout": "heldout", "seen": "rainy", "clean": "clean"}
+RESULT_FILES = {"Training_SPDNet_Adaptation.py": "spdnet_adapted.pt", "Training_Rain_Detector.py": "rain_detector.pt",
+                "Training_Utility_Gate.py": "utility_gate.pt", "Eval_SPDNet_Adaptation.py": "eval_results.json",
+                "Eval_conditional.py": "conditional_results.json"}
+
+
+def variant_dirs(families: list[str]) -> str:
+    """The world's variant folders of ``families``, as one COCO_RAIN_DIR (os.pathsep-joined)."""
+    return os.pathsep.join(f"{WORLD_RAIN_DIR}/{preset}_v0" for family in families for preset in FAMILY_PRESETS[family])
+
+
+def seed_dir(seed: int) -> str:
+    return f"{RUNS_DIR}/seed{seed}"
+
+
+def family_dir(family: str, seed: int) -> str:
+    return f"{RUNS_DIR}/{family}/seed{seed}"
+
+
+def job(name: str, family: str | None, seed: int, script: str, output_dir: str, *settings: str,
+        needs: tuple[str, ...] = ()) -> dict:
+    """One planned run: ``python script CONFIGS settings`` writing RESULT_FILES[script] into output_dir."""
+    command = [script, *CONFIGS, f"--OUTPUT_DIR={output_dir}", *settings, ONE_THREAD]
+    return {"name": name, "family": family, "seed": seed, "command": command, "output_dir": output_dir,
+            "result": f"{output_dir}/{RESULT_FILES[script]}", "needs": list(needs)}
+
+
+def plan(families: list[str], seeds: list[int]) -> list[dict]:
+    """Every run, in an order that runs each one after those it needs (``needs``: result paths)."""
+    jobs = []
+    for seed in seeds:
+        jobs.append(job("streaks_adapted", None, seed, "Training_SPDNet_Adaptation.py",
+                        f"{seed_dir(seed)}/streaks_adapted", f"--SEED={seed}",
+                        f"--COCO_RAIN_DIR={variant_dirs(['streaks'])}"))
+    for family in families:
+        others = [other for other in FAMILY_PRESETS if other != family]
+        for seed in seeds:
+            base = family_dir(family, seed)
+            streaks = f"{seed_dir(seed)}/streaks_adapted/spdnet_adapted.pt"
+            diverse = f"{base}/diverse_adapted/spdnet_adapted.pt"
+            rain_gate, utility_gate = f"{base}/rain_gate/rain_detector.pt", f"{base}/utility_gate/utility_gate.pt"
+            holdout = f"--HOLDOUT_FAMILY={family}"
+            jobs += [
+                job("diverse_adapted", family, seed, "Training_SPDNet_Adaptation.py", f"{base}/diverse_adapted",
+                    f"--SEED={seed}", holdout, "--RANDOM_RAIN=0.5"),
+                job("rain_gate", family, seed, "Training_Rain_Detector.py", f"{base}/rain_gate", f"--SEED={seed}",
+                    holdout, *DIVERSE_GATE),
+                job("utility_gate", family, seed, "Training_Utility_Gate.py", f"{base}/utility_gate", f"--SEED={seed}",
+                    holdout, "--UTILITY_MODE=gain", f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)),
+            ]
+            for adapted, weights in (("streaks", streaks), ("diverse", diverse)):
+                jobs += [
+                    job(f"eval_{adapted}_heldout", family, seed, "Eval_SPDNet_Adaptation.py",
+                        f"{base}/eval_{adapted}_heldout", f"--COCO_RAIN_DIR={variant_dirs([family])}",
+                        "--EVAL_CLEAN=True", f"--ADAPTED_WEIGHTS={weights}", needs=(weights,)),
+                    job(f"eval_{adapted}_seen", family, seed, "Eval_SPDNet_Adaptation.py",
+                        f"{base}/eval_{adapted}_seen",
+                        f"--COCO_RAIN_DIR={variant_dirs(others)}", f"--ADAPTED_WEIGHTS={weights}", needs=(weights,)),
+                ]
+            for gate, weights in (("rain_gate", rain_gate), ("utility_gate", utility_gate)):
+                jobs.append(job(f"cond_{gate}", family, seed, "Eval_conditional.py", f"{base}/cond_{gate}", holdout,
+                                "--ORACLE_REPORT=True", f"--ADAPTED_WEIGHTS={diverse}",
+                                f"--RAIN_DETECTOR_WEIGHTS={weights}", needs=(diverse, weights)))
+    return jobs
+
+
+def run_job(item: dict) -> float:
+    """Run one planned job unless its result is on disk (resumable); its wall seconds (0 when skipped)."""
+    if os.path.exists(os.path.join(ROOT, item["result"])):
+        return 0.0
+    for needed in item["needs"]:
+        if not os.path.exists(os.path.join(ROOT, needed)):
+            raise SystemExit(f"{item['name']}: {needed} is missing (its run failed?)")
+    os.makedirs(os.path.join(ROOT, item["output_dir"]), exist_ok=True)
+    seconds = run_script(item["command"], os.path.join(ROOT, item["output_dir"], "run.log"), 1)
+    print(f"{item['family'] or 'shared'}, seed {item['seed']}, {item['name']}: done in {seconds:.0f} s", flush=True)
+    return seconds
+
+
+def run_all(jobs: list[dict], workers: int) -> None:
+    """The shared streak-only adaptations first, then each (family, seed) chain in order, ``workers`` at once."""
+    shared = [item for item in jobs if item["family"] is None]
+    chains: dict[tuple[str, int], list[dict]] = {}
+    for item in jobs:
+        if item["family"] is not None:
+            chains.setdefault((item["family"], item["seed"]), []).append(item)
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run_job, shared))
+        list(pool.map(lambda chain: [run_job(item) for item in chain], chains.values()))
+
+
+def read_json(path: str) -> dict | None:
+    full = os.path.join(ROOT, path)
+    if not os.path.isfile(full):
+        return None
+    with open(full) as file:
+        return json.load(file)
+
+
+def collect(families: list[str], seeds: list[int]) -> list[dict]:
+    """Per (family, seed): the result files of its evaluations that are on disk."""
+    runs = []
+    for family in families:
+        for seed in seeds:
+            base = family_dir(family, seed)
+            results = {}
+            for name in ("eval_streaks_heldout", "eval_streaks_seen", "eval_diverse_heldout", "eval_diverse_seen"):
+                results[name] = read_json(f"{base}/{name}/eval_results.json")
+            for name in ("cond_rain_gate", "cond_utility_gate"):
+                results[name] = read_json(f"{base}/{name}/conditional_results.json")
+            runs.append({"family": family, "seed": seed, "results": results})
+    return runs
+
+
+def spread(values: list[float]) -> str:
+    """mean ± sample standard deviation (min–max), over the seeds that have the value."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f} (1 seed)"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def cell_value(results: dict, source: str, split: str, key: str) -> float | None:
+    result = results.get(source)
+    if result is None or split not in result:
+        return None
+    if key in ("agreement", "oracle_fraction"):
+        oracle = result[split].get("oracle")
+        if oracle is None:
+            return None
+        return oracle["agreement"] if key == "agreement" else oracle["oracle_derains"] / oracle["images"]
+    return result[split][key]["AP"] if key in result[split] else None
+
+
+def values(runs: list[dict], family: str, source: str, split: str, key: str) -> list[float]:
+    found = [cell_value(run["results"], source, split, key) for run in runs if run["family"] == family]
+    return [value for value in found if value is not None]
+
+
+def table(runs: list[dict], families: list[str]) -> str:
+    lines = []
+    for family in families:
+        seeds = len({run["seed"] for run in runs if run["family"] == family})
+        lines += [f"### {family} held out ({seeds} seeds; COCO AP, mean ± spread (min–max))", "",
+                  "| pipeline | " + " | ".join(SECTIONS.values()) + " |", "|---" * (len(SECTIONS) + 1) + "|"]
+        for label, sources in ROWS:
+            cells = [spread(values(runs, family, *sources[section])) for section in SECTIONS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for label, source, key in ORACLE_ROWS:
+            cells = [spread(values(runs, family, source, SPLIT_OF_SECTION[section], key)) for section in SECTIONS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Oracle rows: agreement of the gate's decision with the oracle router (per image, the path with the "
+                 "lower detector loss) and the fraction of images the oracle derains; no script reports the oracle "
+                 "router's AP yet.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--families", nargs="+", default=list(FAMILY_PRESETS), choices=list(FAMILY_PRESETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, each on one thread")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned commands, run nothing")
+    parser.add_argument("--collect-only", action="store_true", help="tabulate finished runs, run nothing")
+    args = parser.parse_args(argv)
+    jobs = plan(args.families, args.seeds)
+    if args.dry_run:
+        print("python Make_Demo.py " + " ".join(CONFIGS))
+        for item in jobs:
+            state = "done" if os.path.exists(os.path.join(ROOT, item["result"])) else "to run"
+            print(f"# {item['family'] or 'shared'}, seed {item['seed']}, {item['name']} ({state})")
+            print("python " + " ".join(item["command"]))
+        return
+    if not args.collect_only:
+        make_log = os.path.join(ROOT, RUNS_DIR, "make_demo.log")
+        os.makedirs(os.path.dirname(make_log), exist_ok=True)
+        run_script(["Make_Demo.py", *CONFIGS], make_log, 1)  # the world (and its own gate) once, before the runs
+        run_all(jobs, args.jobs)
+    runs = collect(args.families, args.seeds)
+    text = table(runs, args.families)
+    print(text)
+    os.makedirs(os.path.dirname(os.path.join(ROOT, TABLE_FILE)), exist_ok=True)
+    for suffix, content in (("md", text + "\n"), ("json", json.dumps(runs, indent=2))):
+        with open(os.path.join(ROOT, f"{TABLE_FILE}.{suffix}"), "w") as file:
+            file.write(content)
+
+
+if __name__ == "__main__":
+    main()
