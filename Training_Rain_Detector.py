@@ -77,13 +77,11 @@ def refuse_the_demos_gate(config: dict) -> None:
     # Imported here, after the settings are checked (see main).
     import os
 
-    from utils.apps.demo import world_paths
+    from utils.apps.demo import demo_file_in_the_way
     from utils.apps.pipelines import GATE_FILE
 
-    target = os.path.join(config["OUTPUT_DIR"], GATE_FILE)
-    demos = (config["PREPARE_DEMO"]
-             and os.path.abspath(target) == os.path.abspath(world_paths(config["DEMO_DIR"])["gate"]))
-    if demos or os.path.exists(target + ".json"):
+    target = demo_file_in_the_way(config, [GATE_FILE])
+    if target is not None:
         raise UserError(
             f"OUTPUT_DIR: {target} is the demo's own gate, which Make_Demo.py makes, records and reuses; "
             f"train this one elsewhere, e.g. --OUTPUT_DIR={os.path.join(config['OUTPUT_DIR'], 'gate')}"

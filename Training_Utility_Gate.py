@@ -71,17 +71,15 @@ def refuse_the_demos_files(config: dict) -> None:
     # Imported here, after the settings are checked (see main).
     import os
 
-    from utils.apps.demo import world_paths
+    from utils.apps.demo import demo_file_in_the_way
     from utils.apps.pipelines import UTILITY_GATE_FILE
     from utils.apps.utility_gate import UTILITY_CHECKPOINT_FILE, UTILITY_LOG_NAME
 
-    demos = {os.path.abspath(path) for path in world_paths(config["DEMO_DIR"]).values()}
-    for name in (UTILITY_GATE_FILE, UTILITY_CHECKPOINT_FILE, UTILITY_LOG_NAME):
-        target = os.path.join(config["OUTPUT_DIR"], name)
-        if (config["PREPARE_DEMO"] and os.path.abspath(target) in demos) or os.path.exists(target + ".json"):
-            elsewhere = os.path.join(config["OUTPUT_DIR"], "utility")
-            raise UserError(f"OUTPUT_DIR: {target} is the demo's own file, which Make_Demo.py makes and records; "
-                            f"train this gate elsewhere, e.g. --OUTPUT_DIR={elsewhere}")
+    target = demo_file_in_the_way(config, [UTILITY_GATE_FILE, UTILITY_CHECKPOINT_FILE, UTILITY_LOG_NAME])
+    if target is not None:
+        elsewhere = os.path.join(config["OUTPUT_DIR"], "utility")
+        raise UserError(f"OUTPUT_DIR: {target} is the demo's own file, which Make_Demo.py makes and records; "
+                        f"train this gate elsewhere, e.g. --OUTPUT_DIR={elsewhere}")
 
 
 def main(argv: list[str] | None = None) -> dict:

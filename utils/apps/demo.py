@@ -81,6 +81,18 @@ def world_paths(demo_dir: str) -> dict[str, str]:
     }
 
 
+def demo_file_in_the_way(config: dict, names: Sequence[str]) -> str | None:
+    """The first OUTPUT_DIR/``name`` that is a file the demo makes, records and reuses (DEMO_DIR's world,
+    gate and quality record when PREPARE_DEMO, or any file with Make_Demo.py's .json record beside it),
+    or None: what a script that trains into OUTPUT_DIR must not overwrite."""
+    demos = {os.path.abspath(path) for path in world_paths(config["DEMO_DIR"]).values()}
+    for name in names:
+        target = os.path.join(config["OUTPUT_DIR"], name)
+        if (config["PREPARE_DEMO"] and os.path.abspath(target) in demos) or os.path.exists(target + ".json"):
+            return target
+    return None
+
+
 def world_settings(config: dict, seed: int, num_train: int) -> dict:
     return {
         "num_train": num_train, "num_val": config["DEMO_NUM_VAL"], "image_size": config["DEMO_IMAGE_SIZE"],
