@@ -19,7 +19,7 @@ from utils.data.coco import build_dataset, collate_fn, loader_settings, rain_var
 from utils.data.rain import FAMILIES, split_by_family
 from utils.data.random_rain import RandomRainSet
 from utils.models.detector import state_dict_sha256
-from utils.models.integrated_model import SIZE_MULTIPLE, IntegratedModel
+from utils.models.integrated_model import IntegratedModel, check_image_size
 from utils.runtime.checkpoint import (atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states,
                                       seed_everything)
 from utils.runtime.config import ConfigError, UserError
@@ -55,8 +55,7 @@ def check_config(config: dict) -> None:
     check_precision(config["PRECISION"], config["FP16"])
     check_compile(config["COMPILE"])
     Objective.from_config(config)
-    if config["IMAGE_SIZE"] % SIZE_MULTIPLE:
-        raise ValueError(f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} for RT-DETR, got {config['IMAGE_SIZE']}")
+    check_image_size(config["IMAGE_SIZE"])
     for key in ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "NUM_EPOCHS", "MAX_NONFINITE_IN_A_ROW", "LOG_EVERY_STEPS"):
         if not isinstance(config[key], int) or config[key] < 1:
             raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")

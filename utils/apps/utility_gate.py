@@ -22,7 +22,7 @@ from utils.apps.gate_training import GateRun, build_gate_data, fit_gate, gate_lo
 from utils.apps.pipelines import UTILITY_GATE_FILE, adapted_weights_path, load_adapted_spdnet
 from utils.data.coco import check_data_dirs, non_empty
 from utils.models.detector import freeze, load_detector
-from utils.models.integrated_model import SIZE_MULTIPLE, IntegratedModel
+from utils.models.integrated_model import IntegratedModel, check_image_size
 from utils.runtime.checkpoint import seed_everything
 from utils.runtime.device import choose_device
 from utils.training.engine import detector_targets
@@ -42,8 +42,7 @@ def check_utility_config(config: dict) -> None:
     """UTILITY_MODE and IMAGE_SIZE refused in one line before any work."""
     if config["UTILITY_MODE"] not in UTILITY_MODES:
         raise ValueError(f"UTILITY_MODE must be one of {UTILITY_MODES}, got {config['UTILITY_MODE']!r}")
-    if config["IMAGE_SIZE"] % SIZE_MULTIPLE:
-        raise ValueError(f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} for RT-DETR, got {config['IMAGE_SIZE']}")
+    check_image_size(config["IMAGE_SIZE"])
 
 
 def frozen_paths(config: dict, device: torch.device) -> IntegratedModel:

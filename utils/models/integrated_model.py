@@ -23,6 +23,13 @@ from utils.models.detector_adapters import DetectorAdapter, adapter_of
 SIZE_MULTIPLE = 32
 
 
+def check_image_size(image_size: int) -> None:
+    """IMAGE_SIZE refused in one line unless it is a multiple of SIZE_MULTIPLE (every script that sizes
+    the detector's input checks it before any work)."""
+    if image_size % SIZE_MULTIPLE:
+        raise ValueError(f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} for RT-DETR, got {image_size}")
+
+
 def check_detector_input_size(pixel_values: torch.Tensor, multiple: int = SIZE_MULTIPLE,
                               title: str = "RT-DETR") -> None:
     """Raise a ValueError unless ``pixel_values`` is (B, 3, H, W) with H and W multiples of ``multiple``."""
