@@ -180,16 +180,17 @@ class StepCounter:
     def __init__(self, start: int, accumulation_steps: int, micro_batches_in_epoch: int):
         self.micro_index, self.accumulation_steps, self.total = start, accumulation_steps, micro_batches_in_epoch
 
+    def window_start(self) -> int:
+        return (self.micro_index // self.accumulation_steps) * self.accumulation_steps
+
     def window_size(self) -> int:
-        window_start = (self.micro_index // self.accumulation_steps) * self.accumulation_steps
-        return min(self.accumulation_steps, self.total - window_start)
+        return min(self.accumulation_steps, self.total - self.window_start())
 
     def advance(self) -> bool:
         """Count one micro-batch; True when it completed its window."""
-        window_start = (self.micro_index // self.accumulation_steps) * self.accumulation_steps
-        size = min(self.accumulation_steps, self.total - window_start)
+        end = self.window_start() + self.window_size()
         self.micro_index += 1
-        return self.micro_index - window_start >= size
+        return self.micro_index >= end
 
 
 def train_one_epoch(
