@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from utils.apps.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights
 from utils.apps.plots import plot_training_curves
 from utils.data.coco import build_dataset, collate_fn, loader_settings, rain_variant_dirs
-from utils.data.rain import FAMILIES, split_by_family
+from utils.data.rain import FAMILIES, families_except, split_by_family
 from utils.data.random_rain import RandomRainSet
 from utils.models.detector import state_dict_sha256
 from utils.models.integrated_model import IntegratedModel, check_image_size
@@ -88,11 +88,6 @@ def training_rain_dirs(config: dict):
     return kept
 
 
-def random_rain_families(config: dict) -> list[str]:
-    """The families on-the-fly rain draws from: every one but HOLDOUT_FAMILY."""
-    return [family for family in FAMILIES if family != config["HOLDOUT_FAMILY"]]
-
-
 def setup_run(config: dict) -> Run:
     """Device, distributed process group (under torchrun), seeds and the output directory."""
     device, rank, world_size = init_distributed(choose_device(config["DEVICE"]))
@@ -147,7 +142,7 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
         return_clean_pair=clean_pair or config["RANDOM_RAIN"] > 0,
     )
     if config["RANDOM_RAIN"] > 0:
-        train_dataset = RandomRainSet(train_dataset, random_rain_families(config), config["RANDOM_RAIN"],
+        train_dataset = RandomRainSet(train_dataset, families_except(config["HOLDOUT_FAMILY"]), config["RANDOM_RAIN"],
                                       clean_pair=clean_pair)
     val_dataset = build_dataset(
         config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", id2label, image_size=config["IMAGE_SIZE"],

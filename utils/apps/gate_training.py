@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from utils.apps.pipelines import GATE_FILE
 from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empty, rain_variant_dirs
 from utils.data.gate_data import GateTrainingSet
-from utils.data.rain import FAMILIES, split_by_family
+from utils.data.rain import FAMILIES, families_except, split_by_family
 from utils.models.rain_gate import RainDetector
 from utils.runtime.checkpoint import atomic_save, load_weights_file, restore_rng_states, rng_states, seed_everything
 from utils.runtime.device import choose_device
@@ -64,8 +64,8 @@ def gate_loader(config: dict, split: str, train: bool, coco_rain_dir, device: to
     diversity = {"blur": config["AUGMENT_BLUR"], "jpeg": config["AUGMENT_JPEG"], "jitter": config["AUGMENT_JITTER"],
                  "noise": config["AUGMENT_NOISE"]}
     if train and (config["RANDOM_RAIN"] > 0 or any(value > 0 for value in diversity.values())):
-        families = [family for family in FAMILIES if family != config["HOLDOUT_FAMILY"]]
-        dataset = GateTrainingSet(dataset, families, config["RANDOM_RAIN"], **diversity)
+        dataset = GateTrainingSet(dataset, families_except(config["HOLDOUT_FAMILY"]), config["RANDOM_RAIN"],
+                                  **diversity)
     return DataLoader(
         dataset, batch_size=config["GATE_BATCH_SIZE"], shuffle=train, drop_last=train, collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(config["SEED"]),

@@ -200,6 +200,11 @@ def resolve_preset(preset: str | Preset) -> Preset:
     return PRESETS[preset]
 
 
+def families_except(holdout: str | None) -> list[str]:
+    """Every rain family but ``holdout`` (all of them for None): what on-the-fly rain may draw from."""
+    return [family for family in FAMILIES if family != holdout]
+
+
 def family_presets(family: str) -> list[str]:
     """The preset names of a rain family ("streaks", "drops" or "downpour")."""
     if family not in FAMILIES:
