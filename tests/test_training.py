@@ -374,6 +374,10 @@ def test_the_held_out_family_never_reaches_a_training_batch(tiny_world, two_fami
     assert shown == {None, *(set(FAMILIES) - {"drops"})}  # rendered rain and on-the-fly rain of every other family
     assert read and not any("drops" in path for path in read)
     assert all(path.startswith((files.clean_dir, *files.rain_dirs)) for path in read)
+    # nor the validation batches the best epoch is picked on
+    validation = data.val_loader.dataset
+    assert [variant_family(os.path.dirname(d)) for d in validation.rain_dirs] == ["streaks"]
+    assert len([t for _, targets in data.val_loader for t in targets]) == len(validation) > 0
 
 
 def test_holding_out_every_rendered_family_trains_on_the_fly_rain_only(tiny_world, tmp_path):
@@ -383,6 +387,14 @@ def test_holding_out_every_rendered_family_trains_on_the_fly_rain_only(tiny_worl
     targets = epoch_targets(data, 0)
     assert len(targets) == 16 and {t["rain_family"] for t in targets} == set(FAMILIES) - {"streaks"}
     assert all("clean_image" not in t for t in targets)  # the detection objective asks for no clean pair
+    # validation: the clean val originals with the other families' rain, the same every epoch
+    validation = [(image, t) for images, targets in data.val_loader for image, t in zip(images, targets)]
+    assert len(validation) == len(data.val_loader.dataset) > 0
+    assert {t["rain_family"] for _, t in validation} <= set(FAMILIES) - {"streaks"}
+    again = [image for images, _ in data.val_loader for image in images]
+    assert all(torch.equal(image, other) for (image, _), other in zip(validation, again))
+    clean = data.val_loader.dataset.dataset
+    assert all(not torch.equal(image, clean.load(i, fresh_rain=True)[0]) for i, (image, _) in enumerate(validation))
     message = run_failing(tiny_world, tmp_path, "--HOLDOUT_FAMILY=streaks")
     assert "HOLDOUT_FAMILY='streaks' leaves no rain variant of COCO_RAIN_DIR=" in message
     assert "nothing rainy to train on" in message

@@ -168,6 +168,10 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
                         f"{base}/eval_{adapted}_seen",
                         f"--COCO_RAIN_DIR={variant_dirs(others)}", f"--ADAPTED_WEIGHTS={weights}", needs=(weights,)),
                 ]
+            if family != "streaks":  # the diverse-adapted SPDNet on the demo's own streak rain (issue #24's goal 3)
+                jobs.append(job("eval_diverse_streaks", family, seed, "Eval_SPDNet_Adaptation.py",
+                                f"{base}/eval_diverse_streaks", f"--COCO_RAIN_DIR={variant_dirs(['streaks'])}",
+                                f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)))
             for gate, weights in (("rain_gate", rain_gate), ("utility_gate", utility_gate)):
                 jobs.append(job(f"cond_{gate}", family, seed, "Eval_conditional.py", f"{base}/cond_{gate}", holdout,
                                 "--ORACLE_REPORT=True", f"--ADAPTED_WEIGHTS={diverse}",

@@ -75,7 +75,7 @@ def check_config(config: dict) -> None:
 
 def training_rain_dirs(config: dict):
     """COCO_RAIN_DIR for training: as configured, or without HOLDOUT_FAMILY's variants (a list of the
-    others; validation keeps every variant). Refused when no rainy image would be left to train on."""
+    others). Refused when no rainy image would be left to train on."""
     holdout = config["HOLDOUT_FAMILY"]
     if holdout is None or config["RAIN_RATIO"] == 0:
         return config["COCO_RAIN_DIR"]
@@ -86,6 +86,21 @@ def training_rain_dirs(config: dict):
         raise ConfigError(f"HOLDOUT_FAMILY={holdout!r} leaves no rain variant of COCO_RAIN_DIR="
                           f"{config['COCO_RAIN_DIR']!r}: {fix} (RANDOM_RAIN=1.0 renders every rainy image on the fly)")
     return kept
+
+
+def validation_dataset(config: dict, id2label: dict):
+    """The rainy validation split the best epoch is picked on: COCO_RAIN_DIR's val variants, without
+    HOLDOUT_FAMILY's (the held-out family must not choose the weights either). When the held-out
+    family is all COCO_RAIN_DIR holds, the clean val originals with rain of the other families
+    rendered on the fly (RandomRainSet, every image rainy; the same rain every epoch, per SEED)."""
+    holdout, rain_dirs = config["HOLDOUT_FAMILY"], config["COCO_RAIN_DIR"]
+    kept = split_by_family(rain_variant_dirs(rain_dirs, "val"), holdout)[0] if holdout is not None else None
+    fresh = kept == []
+    dataset = build_dataset(
+        config["COCO_DIR"], kept or rain_dirs, "val", id2label, image_size=config["IMAGE_SIZE"], train=False,
+        percent=config["VAL_PERCENT"], coco_ratio=0.0, rain_ratio=1.0, seed=config["SEED"], return_clean_pair=fresh,
+    )
+    return RandomRainSet(dataset, families_except(holdout), 1.0, clean_pair=False) if fresh else dataset
 
 
 def setup_run(config: dict) -> Run:
@@ -132,7 +147,8 @@ class TrainingData:
 
 def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
     """The training subset (rainy and/or clean; HOLDOUT_FAMILY's variants dropped, RANDOM_RAIN of the
-    rainy images rendered on the fly) and the rainy validation split, with their loaders."""
+    rainy images rendered on the fly) and the rainy validation split (``validation_dataset``), with
+    their loaders."""
     clean_pair = Objective.from_config(config).needs_clean_pair
     train_dataset = build_dataset(
         config["COCO_DIR"], training_rain_dirs(config), "train", id2label, image_size=config["IMAGE_SIZE"],
@@ -144,10 +160,7 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
     if config["RANDOM_RAIN"] > 0:
         train_dataset = RandomRainSet(train_dataset, families_except(config["HOLDOUT_FAMILY"]), config["RANDOM_RAIN"],
                                       clean_pair=clean_pair)
-    val_dataset = build_dataset(
-        config["COCO_DIR"], config["COCO_RAIN_DIR"], "val", id2label, image_size=config["IMAGE_SIZE"],
-        train=False, percent=config["VAL_PERCENT"], coco_ratio=0.0, rain_ratio=1.0, seed=config["SEED"],
-    )
+    val_dataset = validation_dataset(config, id2label)
     if len(train_dataset) < config["BATCH_SIZE"] * run.world_size:
         raise ValueError(
             f"the training subset has {len(train_dataset)} images, fewer than BATCH_SIZE x GPUs = "
@@ -171,9 +184,12 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
             f"{len(val_dataset):,} rainy validation images; {micro_batches:,} micro-batches = "
             f"{steps:,} optimizer steps per epoch; objective {Objective.from_config(config).describe()}", flush=True,
         )
+    if run.is_main and config["HOLDOUT_FAMILY"] is not None:
+        print(f"validation without HOLDOUT_FAMILY={config['HOLDOUT_FAMILY']!r}: {val_dataset.describe()}", flush=True)
+    val_files = getattr(val_dataset, "dataset", val_dataset)  # under RandomRainSet, the files it renders on
     return TrainingData(
-        train_dataset, train_sampler, train_loader, val_loader, val_dataset.annotation_file,
-        val_dataset.label_to_category_id, micro_batches, steps,
+        train_dataset, train_sampler, train_loader, val_loader, val_files.annotation_file,
+        val_files.label_to_category_id, micro_batches, steps,
     )
 
 

@@ -76,6 +76,7 @@ class RouteTally:
     blends: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,): soft routing's blend (SOFT_ROUTING)
     oracle: list[torch.Tensor] = field(default_factory=list)  # per batch, (B,) bool: SPDNet's path has the lower
     #   detector loss (ORACLE_REPORT)
+    oracle_router: CocoEvaluator | None = None  # ORACLE_REPORT: each image scored on the oracle's path
     clean_checked: int = 0  # images gated clean
     clean_mismatches: int = 0  # of those, the ones a gated routing gave another output than the frozen detector's
     max_deviation_from_full_batch: float = 0.0  # largest |logit| difference, vanilla on the full batch vs gated
@@ -90,6 +91,8 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
         evaluators={row: CocoEvaluator(annotation_file, label_to_category_id, model.integrated.adapter)
                     for row in rows},
         seconds={row: {"gate": 0.0, "rainy_path": 0.0, "clean_path": 0.0} for row in rows},
+        oracle_router=(CocoEvaluator(annotation_file, label_to_category_id, model.integrated.adapter)
+                       if config.get("ORACLE_REPORT") else None),
     )
     for images, targets in non_empty(tqdm(loader, desc=f"{split} val", dynamic_ncols=True, leave=False)):
         score_batch(model, images, targets, rows, tally, config, device)
@@ -116,13 +119,27 @@ def score_batch(model: ConditionalModel, images: torch.Tensor, targets, rows: li
             tally.evaluators[row].update(outputs[row].logits, outputs[row].pred_boxes, image_ids, sizes)
         check_clean_guarantee(model, images, outputs, [row for row in rows if ROWS[row][0] == "gate"], tally)
         if config.get("ORACLE_REPORT"):
-            losses = path_losses(model.integrated, images, detector_targets(targets, device))
-            tally.oracle.append(utility_targets(*losses, 0.0).bool().cpu())
+            score_oracle(model, images, targets, outputs, tally, device)
     tally.probabilities.append(outputs["gate"].rain_probability.cpu())
     tally.gated_rainy.append(outputs["gate"].derained.cpu())
     if "soft" in outputs:
         tally.blends.append(outputs["soft"].blend.cpu())
     tally.actual.append(torch.tensor([bool(t["is_rainy"]) for t in targets]))
+
+
+def score_oracle(model: ConditionalModel, images: torch.Tensor, targets, outputs: dict, tally: RouteTally,
+                 device) -> None:
+    """ORACLE_REPORT: per image of the batch, the path with the lower detector loss (SPDNet's when
+    L(x) - L(SPDNet(x)) > 0), kept for the gate's agreement and scored as the oracle router."""
+    losses = path_losses(model.integrated, images, detector_targets(targets, device))
+    derain = utility_targets(*losses, 0.0).bool()
+    tally.oracle.append(derain.cpu())
+    pick = derain.view(-1, 1, 1)
+    always, never = outputs["always"], outputs["never"]
+    tally.oracle_router.update(torch.where(pick, always.logits, never.logits),
+                               torch.where(pick, always.pred_boxes, never.pred_boxes),
+                               [int(t["image_id"]) for t in targets],
+                               torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]))
 
 
 def check_clean_guarantee(model: ConditionalModel, images: torch.Tensor, outputs: dict, gated: list[str],
@@ -174,7 +191,8 @@ def route_results(model: ConditionalModel, rows: list[str], tally: RouteTally) -
         "clean_path_speedup": rainy_path_ms / clean_path_ms if clean_path_ms else None,
     }
     if tally.oracle:
-        result["oracle"] = oracle_agreement(routed, torch.cat(tally.oracle))
+        result["oracle"] = dict(oracle_agreement(routed, torch.cat(tally.oracle)),
+                                router=tally.oracle_router.summarize())
     result["clean_guarantee"] = {
         "images_gated_clean": tally.clean_checked,
         "identical_to_detector": tally.clean_checked - tally.clean_mismatches,
@@ -223,6 +241,9 @@ def conditional_table(results: dict) -> str:
                          f"{oracle['agreement']:.3f} of {oracle['images']} images; derains {oracle['gate_derains']}, "
                          f"the oracle {oracle['oracle_derains']} (precision {oracle['precision']:.3f}, "
                          f"recall {oracle['recall']:.3f})")
+            router = oracle["router"]
+            lines.append(f"{'':<{width}}oracle router (each image on the oracle's path): AP {router['AP']:.4f}, "
+                         f"AP50 {router['AP50']:.4f}")
     return "\n".join(lines)
 
 

@@ -62,11 +62,13 @@ def is_built(manifest_path: str, settings: dict, outputs: Sequence[str]) -> bool
     )
 
 
-def weights_paths(weights_dir: str) -> dict[str, str]:
-    """Where the kept stand-ins and their records are."""
+def weights_paths(weights_dir: str, family: str = "rt_detr") -> dict[str, str]:
+    """Where the kept stand-ins and their records are: the detector of ``family`` (DEMO_DETECTOR_FAMILY)
+    in ``detector/`` for RT-DETR, ``detector_<family>/`` for another."""
+    detector = os.path.join(weights_dir, "detector" if family == "rt_detr" else f"detector_{family}")
     return {
-        "detector": os.path.join(weights_dir, "detector"),
-        "detector_manifest": os.path.join(weights_dir, "detector", MANIFEST),
+        "detector": detector,
+        "detector_manifest": os.path.join(detector, MANIFEST),
         "spdnet": os.path.join(weights_dir, "spdnet_original.pt"),
         "spdnet_manifest": os.path.join(weights_dir, "spdnet_original.pt.json"),
     }
@@ -116,16 +118,18 @@ def pretrain_stand_ins(config: dict) -> dict[str, str]:
     pretrain_detector(config, world)
     pretrain_spdnet(config, world)
     print(f"kept stand-ins ready in {config['DEMO_WEIGHTS_DIR']} ({time.perf_counter() - start:.0f} s)", flush=True)
-    return weights_paths(config["DEMO_WEIGHTS_DIR"])
+    return weights_paths(config["DEMO_WEIGHTS_DIR"], config["DEMO_DETECTOR_FAMILY"])
 
 
 def pretrain_detector(config: dict, world: dict) -> None:
     """The detector stage of ``pretrain_stand_ins``; it sees clean images only, so the rain is not
     part of its settings."""
-    paths, data = weights_paths(config["DEMO_WEIGHTS_DIR"]), world_paths(config["DEMO_PRETRAIN_DIR"])
+    paths = weights_paths(config["DEMO_WEIGHTS_DIR"], config["DEMO_DETECTOR_FAMILY"])
+    data = world_paths(config["DEMO_PRETRAIN_DIR"])
     device = choose_device(config["DEMO_DEVICE"])
     settings = {
         "world": {key: value for key, value in world.items() if key != "rain_presets"}, "seed": world["seed"],
+        "family": config["DEMO_DETECTOR_FAMILY"],
         "steps": config["DEMO_DETECTOR_STEPS"], "batch_size": config["DEMO_DETECTOR_BATCH_SIZE"],
         "learning_rate": config["DEMO_DETECTOR_LEARNING_RATE"], "base_width": config["DEMO_DETECTOR_WIDTH"],
         "d_model": config["DEMO_DETECTOR_D_MODEL"], "decoder_layers": config["DEMO_DETECTOR_DECODER_LAYERS"],
@@ -136,8 +140,11 @@ def pretrain_detector(config: dict, world: dict) -> None:
         return
     train_detector(settings, data["coco_dir"], paths["detector"], device, config["DEMO_WORKERS"], half=True)
     metrics = score_detector(paths["detector"], data["coco_dir"], world["image_size"], device, config["DEMO_WORKERS"])
+    command = "python Make_Demo.py --DEMO_PRETRAIN=True"
+    if settings["family"] != "rt_detr":
+        command += f" --DEMO_DETECTOR_FAMILY={settings['family']}"
     atomic_write_json(paths["detector_manifest"], {
-        "command": "python Make_Demo.py --DEMO_PRETRAIN=True", "settings": settings,
+        "command": command, "settings": settings,
         "pretraining_world_clean_val": {k: round(metrics[k], 4) for k in ("AP", "AP50", "AP75")},
     })
     print(f"demo detector: clean val AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}", flush=True)
@@ -218,7 +225,8 @@ def train_demo_gate(config: dict, paths: dict[str, str]) -> None:
 def build_demo(config: dict) -> dict[str, str]:
     """Build (or reuse) the demo world and measure the kept stand-ins on it."""
     device = choose_device(config["DEMO_DEVICE"])
-    paths = {**weights_paths(config["DEMO_WEIGHTS_DIR"]), **world_paths(config["DEMO_DIR"])}
+    paths = {**weights_paths(config["DEMO_WEIGHTS_DIR"], config["DEMO_DETECTOR_FAMILY"]),
+             **world_paths(config["DEMO_DIR"])}
     kept = {name: read_manifest(paths[f"{name}_manifest"]) for name in ("detector", "spdnet")}
     for name, manifest in kept.items():
         if manifest is None or not os.path.exists(paths[name]):
@@ -288,11 +296,12 @@ def optimise(model, optimizer, loss_of_batch, batches, steps: int, clip_norm: fl
 
 def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch.device, workers: int,
                    half: bool = False) -> None:
-    """Train a small RT-DETR on the clean training split and save it to ``output_dir`` (in fp16 with
-    ``half``: a kept file half the size; ``load_detector`` runs it in fp32).
+    """Train a small RT-DETR (or RT-DETRv2: ``settings["family"]``) on the clean training split and
+    save it to ``output_dir`` (in fp16 with ``half``: a kept file half the size; ``load_detector``
+    runs it in fp32).
 
     ``settings`` holds the world's settings (its ``num_classes`` give the labels, its ``image_size``
-    the input), seed, steps, batch_size, learning_rate and the model's sizes (base_width, d_model,
+    the input), the family, seed, steps, batch_size, learning_rate and the model's sizes (base_width, d_model,
     decoder_layers, num_queries, num_denoising). Train mode (denoising queries on), AdamW with a
     one-cycle schedule and gradient clipping at 0.1, as RT-DETR's own recipe.
     """
@@ -301,7 +310,7 @@ def train_detector(settings: dict, coco_dir: str, output_dir: str, device: torch
     config = small_rtdetr_config(
         id2label, base_width=settings["base_width"], d_model=settings["d_model"],
         decoder_layers=settings["decoder_layers"], num_queries=settings["num_queries"],
-        num_denoising=settings["num_denoising"],
+        num_denoising=settings["num_denoising"], family=settings["family"],
     )
     detector = load_detector(config).to(device)
     for parameter in detector.parameters():

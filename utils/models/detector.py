@@ -14,12 +14,15 @@ from typing import Mapping
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForObjectDetection, PretrainedConfig, RTDetrConfig, RTDetrResNetConfig
+from transformers import (
+    AutoConfig, AutoModelForObjectDetection, PretrainedConfig, RTDetrConfig, RTDetrResNetConfig, RTDetrV2Config,
+)
 
 from utils.models.detector_adapters import ADAPTER_ATTRIBUTE, adapter_class, adapter_of, read_processor_config
 from utils.runtime.coco_categories import COCO_ID2LABEL
 
 DEFAULT_DETECTOR = "PekingU/rtdetr_r18vd"
+SMALL_CONFIGS = {"rt_detr": RTDetrConfig, "rt_detr_v2": RTDetrV2Config}  # small_rtdetr_config's families
 
 
 def rtdetr_r18vd_config(id2label: Mapping[int, str] | None = None):
@@ -54,12 +57,17 @@ def small_rtdetr_config(
     decoder_layers: int = 3,
     num_queries: int = 30,
     num_denoising: int = 30,
+    family: str = "rt_detr",
 ):
-    """A small RT-DETR for CPU demos and tests: ResNet basic blocks of depth 1 per stage.
+    """A small RT-DETR (``family="rt_detr"``) or RT-DETRv2 (``"rt_detr_v2"``, same sizes, its own
+    decoder) for CPU demos and tests: ResNet basic blocks of depth 1 per stage.
 
     Backbone widths ``base_width * (1, 2, 4, 8)``; the encoder reads the last three stages. With the
     defaults (32..256 wide, d_model 128, 3 decoder layers, 30 queries) it has about 4.8M parameters.
     """
+    if family not in SMALL_CONFIGS:
+        raise ValueError(f"DEMO_DETECTOR_FAMILY: {family!r} has no small demo configuration; use one of "
+                         f"{sorted(SMALL_CONFIGS)}")
     id2label = {int(index): name for index, name in id2label.items()}
     widths = [base_width * factor for factor in (1, 2, 4, 8)]
     backbone_config = RTDetrResNetConfig(
@@ -71,7 +79,7 @@ def small_rtdetr_config(
         out_features=["stage2", "stage3", "stage4"],
     )
     heads = max(1, d_model // 32)
-    return RTDetrConfig(
+    return SMALL_CONFIGS[family](
         backbone_config=backbone_config,
         encoder_in_channels=widths[1:],
         encoder_hidden_dim=d_model,

@@ -19,6 +19,7 @@ DEMO_PRETRAIN = False  # True: (re)train the kept stand-ins on the pretraining w
 DEMO_PRETRAIN_DIR = "./outputs_spdnet_adaptation/demo_pretrain"  # the pretraining world's data (not kept)
 DEMO_PRETRAIN_SEED = 1000  # the pretraining world's scenes and rain, and the two trainings below
 DEMO_PRETRAIN_NUM_TRAIN = 4000  # training scenes of the pretraining world
+DEMO_DETECTOR_FAMILY = "rt_detr"  # the kept detector: "rt_detr" (in detector/) or "rt_detr_v2" (detector_rt_detr_v2/)
 DEMO_DETECTOR_STEPS = 2500  # optimizer steps of the detector's training on clean images
 DEMO_DETECTOR_BATCH_SIZE = 16  # images per detector step
 DEMO_DETECTOR_LEARNING_RATE = 1e-3  # peak of the detector's one-cycle schedule
