@@ -85,6 +85,32 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
     assert (ours["threshold"], ours["temperature"]) == (demos["threshold"], demos["temperature"])
 
 
+def test_a_second_detector_family_is_kept_beside_the_first_and_the_scripts_run_on_it(tmp_path, capsys):
+    smoke = smoke_config(tmp_path)
+    weights = tmp_path / "weights"
+    Make_Demo.main([smoke, "--DEMO_PRETRAIN=True"])
+    kept = os.stat(weights / "detector" / "model.safetensors").st_mtime_ns
+    # (RT-DETRv2 of transformers 5.24 cannot save a one-layer decoder: it ties bbox_embed.0 to later layers)
+    family = ["--DEMO_DETECTOR_FAMILY=rt_detr_v2", "--DEMO_DETECTOR_DECODER_LAYERS=2"]
+    v2 = [*family, f"--DETECTOR={weights / 'detector_rt_detr_v2'}"]  # the scripts' (configs/demo_rtdetr_v2.py's)
+    with pytest.raises(FileNotFoundError, match="--DEMO_PRETRAIN=True --DEMO_DETECTOR_FAMILY=rt_detr_v2`"):
+        Make_Demo.main([smoke, *family])
+    Make_Demo.main([smoke, "--DEMO_PRETRAIN=True", *family])
+    assert os.stat(weights / "detector" / "model.safetensors").st_mtime_ns == kept  # RT-DETR's left alone
+    assert type(load_detector(str(weights / "detector_rt_detr_v2"))).__name__ == "RTDetrV2ForObjectDetection"
+    with open(weights / "detector_rt_detr_v2" / "demo_settings.json") as file:
+        record = json.load(file)
+    assert record["settings"]["family"] == "rt_detr_v2"
+    assert record["command"] == "python Make_Demo.py --DEMO_PRETRAIN=True --DEMO_DETECTOR_FAMILY=rt_detr_v2"
+    summary = Training_SPDNet_Adaptation.main([DEMO_CONFIG, smoke, *v2])
+    assert summary["state"]["epoch"] == 1 and not summary["stopped"]
+    with open(tmp_path / "demo" / "demo_quality.json") as file:
+        assert json.load(file)["settings"]["detector"]["family"] == "rt_detr_v2"
+    assert set(Eval_SPDNet_Adaptation.main([DEMO_CONFIG, smoke, *v2])["rainy"]) == {"vanilla", "original", "adapted"}
+    with pytest.raises(ValueError, match="DEMO_DETECTOR_FAMILY: 'd_fine' has no small demo configuration"):
+        Make_Demo.main([smoke, "--DEMO_PRETRAIN=True", "--DEMO_DETECTOR_FAMILY=d_fine"])
+
+
 def test_the_gate_script_takes_the_demo_gates_recipe_from_configs_demo():
     """configs/demo.py gives Training_Rain_Detector.py every setting of the demo's own gate (none of
     the SPDNet scripts' IMAGE_SIZE, PERCENT_DATASET, NUM_EPOCHS, ...), but the run's seed, threads and
@@ -144,14 +170,15 @@ def test_deraining_crops_pair_up_and_the_loss_is_zero_for_a_perfect_derainer():
 KEPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "demo_weights")
 
 
-def test_the_kept_stand_ins_reproduce_their_recorded_quality_on_the_world_they_name(tmp_path):
-    """demo_weights/ holds what Make_Demo.py --DEMO_PRETRAIN=True made; its records say on which
-    world. Validation scenes and rain depend on (seed, image id) only, so the pretraining world's
-    validation split is rebuilt here with a single training scene."""
+@pytest.mark.parametrize("family", ["rt_detr", "rt_detr_v2"])
+def test_the_kept_stand_ins_reproduce_their_recorded_quality_on_the_world_they_name(tmp_path, family):
+    """demo_weights/ holds what Make_Demo.py --DEMO_PRETRAIN=True made (a detector per family); its
+    records say on which world. Validation scenes and rain depend on (seed, image id) only, so the
+    pretraining world's validation split is rebuilt here with a single training scene."""
     from utils.apps.demo import deraining_quality, read_manifest, score_detector, weights_paths
     from utils.data.synthetic import build_synthetic_world
 
-    paths = weights_paths(KEPT)
+    paths = weights_paths(KEPT, family)
     detector_record, spdnet_record = read_manifest(paths["detector_manifest"]), read_manifest(paths["spdnet_manifest"])
     world = spdnet_record["settings"]["world"]
     assert detector_record["settings"]["world"] == {k: v for k, v in world.items() if k != "rain_presets"}

@@ -51,7 +51,7 @@ def fake_eval(ap: float) -> dict:
 def fake_conditional(ap: float) -> dict:
     split = {row: {"AP": ap + shift} for row, shift in (("gate", 0.05), ("always", 0.02), ("never", 0.0))}
     split["oracle"] = {"agreement": ap, "precision": 1.0, "recall": 1.0, "oracle_derains": 5, "gate_derains": 5,
-                       "images": 10}
+                       "images": 10, "router": {"AP": ap + 0.1}}
     return {name: split for name in ("clean", "rainy", "mixed", "heldout", "heldout_mixed")}
 
 
@@ -64,7 +64,8 @@ def write(path, content) -> None:
 def test_collect_only_tabulates_mean_and_spread(tmp_path, monkeypatch, capsys):
     for seed, ap in ((42, 0.3), (7, 0.5)):
         base = tmp_path / family_table.family_dir("drops", seed)
-        for name in ("eval_streaks_heldout", "eval_streaks_seen", "eval_diverse_heldout", "eval_diverse_seen"):
+        for name in ("eval_streaks_heldout", "eval_streaks_seen", "eval_diverse_heldout", "eval_diverse_seen",
+                     "eval_diverse_streaks"):
             write(str(base / name / "eval_results.json"), fake_eval(ap))
         for name in ("cond_rain_gate", "cond_utility_gate"):
             write(str(base / name / "conditional_results.json"), fake_conditional(ap))
@@ -77,6 +78,10 @@ def test_collect_only_tabulates_mean_and_spread(tmp_path, monkeypatch, capsys):
     assert "0.600 ± 0.141 (0.500–0.700)" in rows["diverse-adapted SPDNet"]
     assert "0.450 ± 0.141 (0.350–0.550)" in rows["rain-gated conditional"]
     assert "0.500 ± 0.000 (0.500–0.500)" in rows["oracle router: fraction it derains"]
+    assert "0.500 ± 0.141 (0.400–0.600)" in rows["oracle router (the path with the lower detector loss)"]
+    streak = text.split("### the demo's streak rain")[1]
+    assert "| diverse-adapted SPDNet, drops held out | 0.600 ± 0.141 (0.500–0.700) |" in streak
+    assert "| adapted SPDNet, streaks only (as today) | – |" in streak  # no streaks-held-out run on disk
     assert "### drops held out (2 seeds" in text and "### streaks held out" in text
     streaks = text.split("### streaks held out")[1]
     assert "| vanilla RT-DETR | – | – | – |" in streaks  # nothing on disk: empty cells, no failure

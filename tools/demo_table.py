@@ -4,6 +4,7 @@
                                                                  # (~50 min on 2 cores)
     python tools/demo_table.py --worlds 0 --seeds 42 --jobs 1    # one run
     python tools/demo_table.py --collect-only                    # tabulate the runs already on disk
+    python tools/demo_table.py --detector rt_detr_v2 --worlds 0 --seeds 42 7   # the RT-DETRv2 stand-in
 
 For each world it builds (or reuses) the demo world with Make_Demo.py, then for each seed runs the
 real scripts as a user would, each in its own process:
@@ -32,14 +33,19 @@ sys.path.insert(0, ROOT)
 
 from utils.apps.script_runs import run_script  # noqa: E402
 
-WORLD_CONFIGS = {0: ["configs/demo.py"], 1: ["configs/demo.py", "configs/demo_world1.py"]}
-WORLD_DIRS = {0: "outputs_spdnet_adaptation/demo", 1: "outputs_spdnet_adaptation/demo_world1"}
-ROWS = [  # (label, split, pipeline)
-    ("rainy val, vanilla RT-DETR", "rainy", "vanilla"),
-    ("rainy val, original SPDNet + RT-DETR", "rainy", "original"),
-    ("rainy val, adapted SPDNet + RT-DETR", "rainy", "adapted"),
-    ("clean val, vanilla RT-DETR", "clean", "vanilla"),
-    ("clean val, original SPDNet + RT-DETR", "clean", "original"),
+DETECTORS = {  # --detector: (its name in the table, {world: config files}, {world: folder})
+    "rt_detr": ("RT-DETR", {0: ["configs/demo.py"], 1: ["configs/demo.py", "configs/demo_world1.py"]},
+                {0: "outputs_spdnet_adaptation/demo", 1: "outputs_spdnet_adaptation/demo_world1"}),
+    "rt_detr_v2": ("RT-DETRv2", {0: ["configs/demo.py", "configs/demo_rtdetr_v2.py"]},
+                   {0: "outputs_spdnet_adaptation/demo_rtdetr_v2"}),
+}
+WORLD_CONFIGS, WORLD_DIRS = DETECTORS["rt_detr"][1:]  # main() switches them with --detector
+ROWS = [  # (label, split, pipeline); {detector}: the detector's name
+    ("rainy val, vanilla {detector}", "rainy", "vanilla"),
+    ("rainy val, original SPDNet + {detector}", "rainy", "original"),
+    ("rainy val, adapted SPDNet + {detector}", "rainy", "adapted"),
+    ("clean val, vanilla {detector}", "clean", "vanilla"),
+    ("clean val, original SPDNet + {detector}", "clean", "original"),
     ("clean val, adapted SPDNet (always derain)", "clean", "adapted"),
 ]
 
@@ -66,7 +72,7 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
-def table(runs: list[dict], worlds: list[int]) -> str:
+def table(runs: list[dict], worlds: list[int], detector: str = "RT-DETR") -> str:
     quality = {}
     for world in worlds:
         with open(os.path.join(ROOT, WORLD_DIRS[world], "demo_quality.json")) as file:
@@ -76,7 +82,7 @@ def table(runs: list[dict], worlds: list[int]) -> str:
     lines = [header, "|---" * (len(worlds) + 1) + "|"]
     for label, split, pipeline in ROWS:
         cells = [spread([r["results"][split][pipeline]["AP"] for r in runs if r["world"] == w]) for w in worlds]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label.format(detector=detector)} | " + " | ".join(cells) + " |")
     lines.append("| detector clean val AP / AP50 (no SPDNet) | " + " | ".join(
         f"{quality[w]['detector_clean_val']['AP']:.3f} / {quality[w]['detector_clean_val']['AP50']:.3f}"
         for w in worlds) + " |")
@@ -99,12 +105,20 @@ def table(runs: list[dict], worlds: list[int]) -> str:
 
 
 def main() -> None:
+    global WORLD_CONFIGS, WORLD_DIRS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--worlds", type=int, nargs="+", default=[0, 1], choices=sorted(WORLD_CONFIGS))
+    parser.add_argument("--detector", default="rt_detr", choices=sorted(DETECTORS),
+                        help="the kept stand-in detector the demo runs (configs/demo_rtdetr_v2.py for rt_detr_v2)")
+    parser.add_argument("--worlds", type=int, nargs="+", default=[0, 1], choices=[0, 1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123])
     parser.add_argument("--jobs", type=int, default=2, help="seeds run at once (each on the demo's CPU_THREADS)")
     parser.add_argument("--collect-only", action="store_true", help="tabulate finished runs, run nothing")
     args = parser.parse_args()
+    name, WORLD_CONFIGS, WORLD_DIRS = DETECTORS[args.detector]
+    missing = [world for world in args.worlds if world not in WORLD_CONFIGS]
+    if missing:
+        parser.error(f"--detector {args.detector} has no config for world(s) {missing}: use --worlds "
+                     f"{' '.join(map(str, sorted(WORLD_CONFIGS)))}")
     if args.collect_only:
         runs = [{"world": w, "seed": s, **read_run(w, s)} for w in args.worlds for s in args.seeds]
     else:
@@ -115,10 +129,11 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             runs = list(pool.map(lambda job: run_seed(*job, threads),
                                  [(w, s) for w in args.worlds for s in args.seeds]))
-    text = table(runs, args.worlds)
+    text = table(runs, args.worlds, name)
     print(text)
+    stem = "demo_table" if args.detector == "rt_detr" else f"demo_table_{args.detector}"
     for suffix, content in (("md", text + "\n"), ("json", json.dumps(runs, indent=2))):
-        with open(os.path.join(ROOT, f"outputs_spdnet_adaptation/demo_table.{suffix}"), "w") as file:
+        with open(os.path.join(ROOT, f"outputs_spdnet_adaptation/{stem}.{suffix}"), "w") as file:
             file.write(content)
 
 

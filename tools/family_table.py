@@ -5,12 +5,12 @@
     python tools/family_table.py --dry-run                        # print the planned commands, run nothing
     python tools/family_table.py --collect-only                   # tabulate the runs already on disk
 
-(Its wall time is not measured yet.) One demo world holds every family: configs/demo.py +
-configs/demo_families.py (DEMO_RAIN_PRESETS medium, drops_heavy, downpour_medium: one variant folder
-per preset in its coco_rain/, each recording its preset, so HOLDOUT_FAMILY picks a family's variants
-out of COCO_RAIN_DIR). Make_Demo.py builds it once; then every run is a real script in its own
-process, on one thread (--CPU_THREADS=1 and OMP_NUM_THREADS=1), and a run whose result file is
-already on disk is skipped (the tool resumes). Per seed s, shared by every family:
+One demo world holds every family: configs/demo.py + configs/demo_families.py (DEMO_RAIN_PRESETS medium,
+drops_heavy, downpour_medium: one variant folder per preset in its coco_rain/, each recording its
+preset, so HOLDOUT_FAMILY picks a family's variants out of COCO_RAIN_DIR). Make_Demo.py builds it once;
+then every run is a real script in its own process, on one thread (--CPU_THREADS=1 and
+OMP_NUM_THREADS=1), and a run whose result file is already on disk is skipped (the tool resumes). Per
+seed s, shared by every family:
 
     Training_SPDNet_Adaptation.py  --COCO_RAIN_DIR=<the streak variant only>          -> seed<s>/streaks_adapted
         "adapted SPDNet (streaks only, as today)": the demo's adaptation recipe on the streak rain the
@@ -28,7 +28,12 @@ Per held-out family F and seed s (under <F>/seed<s>/):
                                    --ADAPTED_WEIGHTS=diverse_adapted/spdnet_adapted.pt      -> utility_gate
     Eval_SPDNet_Adaptation.py      --COCO_RAIN_DIR=<F's variants> --EVAL_CLEAN=True, with each adapted SPDNet
                                    -> eval_{streaks,diverse}_heldout;  --COCO_RAIN_DIR=<the other families'
-                                   variants> -> eval_{streaks,diverse}_seen (the in-distribution rows)
+                                   variants>, the diverse-adapted SPDNet -> eval_diverse_seen (in distribution;
+                                   the streak-only SPDNet's "seen" cell stays empty: of the other families it
+                                   saw only streaks, and its AP on each family is in that family's column);
+                                   all with --IMAGE_QUALITY=False
+                                   ; for F other than streaks, the diverse-adapted SPDNet on the streak
+                                   variant -> eval_diverse_streaks (the demo's rain, in distribution)
     Eval_conditional.py            --HOLDOUT_FAMILY=F --ORACLE_REPORT=True, the diverse-adapted SPDNet and
                                    each gate -> cond_rain_gate, cond_utility_gate
 
@@ -39,18 +44,15 @@ utility-gated conditional (Eval_conditional.py), and the oracle router, on F's h
 other families' rain and on clean val; each cell mean ± spread over the seeds. Writes
 outputs_spdnet_adaptation/family_table.md and .json.
 
-Gaps (what no script offers yet; the tool does not work around them):
-
-- the oracle router's AP: Eval_conditional.py's ORACLE_REPORT gives only how often each gate agrees
-  with the oracle (and how many images the oracle derains), so the oracle rows report that agreement,
-  not an AP;
-- Eval_SPDNet_Adaptation.py has no HOLDOUT_FAMILY: the tool hands it the family's variant folders as
-  COCO_RAIN_DIR (an os.pathsep list, which the data loader accepts);
-- Training_SPDNet_Adaptation.py's HOLDOUT_FAMILY keeps the family's variants in its own per-epoch
-  validation (as documented); with the demo's NUM_EPOCHS=1 nothing is chosen on it, but a longer run's
-  early stopping would see the held-out family;
-- Training_Utility_Gate.py has no diversity settings (RANDOM_RAIN, EPOCH_VARIANTS, AUGMENT_*), by design
-  (docs/rain_gate.md): the utility gate trains on the rendered variants of the other families only.
+How the pieces keep the held-out family out: the adaptation and both gates drop its variants from
+training and from the validation that picks their epoch and threshold (the adaptation renders the other
+families' rain on the clean val images when the held-out family is all a world holds); the utility
+gate has no diversity settings (RANDOM_RAIN, EPOCH_VARIANTS, AUGMENT_*), by design (docs/rain_gate.md):
+it trains on the rendered variants of the other families only. Eval_SPDNet_Adaptation.py has no
+HOLDOUT_FAMILY: the tool hands it a family's variant folders as COCO_RAIN_DIR (an os.pathsep list,
+which the data loader accepts). The oracle router (Eval_conditional.py's ORACLE_REPORT) scores each
+image on the path with the lower detector loss: its AP, the fraction of images it derains, and each
+gate's agreement with it.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ FAMILY_PRESETS = {"streaks": ["medium"], "drops": ["drops_heavy"], "downpour": [
 RUNS_DIR = "outputs_spdnet_adaptation/family_table"
 TABLE_FILE = "outputs_spdnet_adaptation/family_table"  # .md and .json
 ONE_THREAD = "--CPU_THREADS=1"
+NO_IMAGE_QUALITY = "--IMAGE_QUALITY=False"  # the table is about AP; PSNR/SSIM would add a third to each evaluation
 DIVERSE_GATE = ["--EPOCH_VARIANTS=True", "--RANDOM_RAIN=0.5", "--AUGMENT_BLUR=0.3", "--AUGMENT_JPEG=0.5",
                 "--AUGMENT_JITTER=0.2", "--AUGMENT_NOISE=0.03"]  # docs/rain_gate.md's diverse run
 TRAINING_SCRIPTS = ("Training_SPDNet_Adaptation.py", "Training_Rain_Detector.py", "Training_Utility_Gate.py")
@@ -87,7 +90,6 @@ ROWS = [  # (label, {section: (run name, split in its result file, row)})
                                   "seen": ("eval_diverse_seen", "rainy", "original"),
                                   "clean": ("eval_diverse_heldout", "clean", "original")}),
     ("adapted SPDNet, streaks only (as today)", {"heldout": ("eval_streaks_heldout", "rainy", "adapted"),
-                                                 "seen": ("eval_streaks_seen", "rainy", "adapted"),
                                                  "clean": ("eval_streaks_heldout", "clean", "adapted")}),
     ("diverse-adapted SPDNet", {"heldout": ("eval_diverse_heldout", "rainy", "adapted"),
                                 "seen": ("eval_diverse_seen", "rainy", "adapted"),
@@ -104,7 +106,8 @@ ROWS = [  # (label, {section: (run name, split in its result file, row)})
                                    "seen": ("cond_utility_gate", "rainy", "gate"),
                                    "clean": ("cond_utility_gate", "clean", "gate")}),
 ]
-ORACLE_ROWS = [  # agreement with the oracle router (Eval_conditional.py's ORACLE_REPORT), not AP
+ORACLE_ROWS = [  # the oracle router (Eval_conditional.py's ORACLE_REPORT): its AP, then agreement and fraction
+    ("oracle router (the path with the lower detector loss)", "cond_utility_gate", "router_ap"),
     ("oracle router: rain gate agrees", "cond_rain_gate", "agreement"),
     ("oracle router: utility gate agrees", "cond_utility_gate", "agreement"),
     ("oracle router: fraction it derains", "cond_rain_gate", "oracle_fraction"),
@@ -160,18 +163,17 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
                     holdout, "--UTILITY_MODE=gain", f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)),
             ]
             for adapted, weights in (("streaks", streaks), ("diverse", diverse)):
-                jobs += [
-                    job(f"eval_{adapted}_heldout", family, seed, "Eval_SPDNet_Adaptation.py",
-                        f"{base}/eval_{adapted}_heldout", f"--COCO_RAIN_DIR={variant_dirs([family])}",
-                        "--EVAL_CLEAN=True", f"--ADAPTED_WEIGHTS={weights}", needs=(weights,)),
-                    job(f"eval_{adapted}_seen", family, seed, "Eval_SPDNet_Adaptation.py",
-                        f"{base}/eval_{adapted}_seen",
-                        f"--COCO_RAIN_DIR={variant_dirs(others)}", f"--ADAPTED_WEIGHTS={weights}", needs=(weights,)),
-                ]
+                jobs.append(job(f"eval_{adapted}_heldout", family, seed, "Eval_SPDNet_Adaptation.py",
+                                f"{base}/eval_{adapted}_heldout", f"--COCO_RAIN_DIR={variant_dirs([family])}",
+                                "--EVAL_CLEAN=True", NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={weights}",
+                                needs=(weights,)))
+            jobs.append(job("eval_diverse_seen", family, seed, "Eval_SPDNet_Adaptation.py", f"{base}/eval_diverse_seen",
+                            f"--COCO_RAIN_DIR={variant_dirs(others)}", NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={diverse}",
+                            needs=(diverse,)))
             if family != "streaks":  # the diverse-adapted SPDNet on the demo's own streak rain (issue #24's goal 3)
                 jobs.append(job("eval_diverse_streaks", family, seed, "Eval_SPDNet_Adaptation.py",
                                 f"{base}/eval_diverse_streaks", f"--COCO_RAIN_DIR={variant_dirs(['streaks'])}",
-                                f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)))
+                                NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)))
             for gate, weights in (("rain_gate", rain_gate), ("utility_gate", utility_gate)):
                 jobs.append(job(f"cond_{gate}", family, seed, "Eval_conditional.py", f"{base}/cond_{gate}", holdout,
                                 "--ORACLE_REPORT=True", f"--ADAPTED_WEIGHTS={diverse}",
@@ -219,7 +221,8 @@ def collect(families: list[str], seeds: list[int]) -> list[dict]:
         for seed in seeds:
             base = family_dir(family, seed)
             results = {}
-            for name in ("eval_streaks_heldout", "eval_streaks_seen", "eval_diverse_heldout", "eval_diverse_seen"):
+            for name in ("eval_streaks_heldout", "eval_diverse_heldout", "eval_diverse_seen",
+                         "eval_diverse_streaks"):
                 results[name] = read_json(f"{base}/{name}/eval_results.json")
             for name in ("cond_rain_gate", "cond_utility_gate"):
                 results[name] = read_json(f"{base}/{name}/conditional_results.json")
@@ -240,10 +243,12 @@ def cell_value(results: dict, source: str, split: str, key: str) -> float | None
     result = results.get(source)
     if result is None or split not in result:
         return None
-    if key in ("agreement", "oracle_fraction"):
+    if key in ("agreement", "oracle_fraction", "router_ap"):
         oracle = result[split].get("oracle")
-        if oracle is None:
+        if oracle is None or (key == "router_ap" and "router" not in oracle):
             return None
+        if key == "router_ap":
+            return oracle["router"]["AP"]
         return oracle["agreement"] if key == "agreement" else oracle["oracle_derains"] / oracle["images"]
     return result[split][key]["AP"] if key in result[split] else None
 
@@ -260,16 +265,35 @@ def table(runs: list[dict], families: list[str]) -> str:
         lines += [f"### {family} held out ({seeds} seeds; COCO AP, mean ± spread (min–max))", "",
                   "| pipeline | " + " | ".join(SECTIONS.values()) + " |", "|---" * (len(SECTIONS) + 1) + "|"]
         for label, sources in ROWS:
-            cells = [spread(values(runs, family, *sources[section])) for section in SECTIONS]
+            cells = [spread(values(runs, family, *sources[section])) if section in sources else "–"
+                     for section in SECTIONS]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         for label, source, key in ORACLE_ROWS:
             cells = [spread(values(runs, family, source, SPLIT_OF_SECTION[section], key)) for section in SECTIONS]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Oracle rows: agreement of the gate's decision with the oracle router (per image, the path with the "
-                 "lower detector loss) and the fraction of images the oracle derains; no script reports the oracle "
-                 "router's AP yet.")
+    lines += streak_table(runs, families)
+    lines.append("Oracle rows: the oracle router (per image, the path with the lower detector loss; the "
+                 "diverse-adapted SPDNet) as AP, each gate's agreement with its decisions, and the fraction of images "
+                 "it derains.")
     return "\n".join(lines)
+
+
+def streak_table(runs: list[dict], families: list[str]) -> list[str]:
+    """The demo's streak rain (in distribution for every SPDNet but the one adapted with streaks held
+    out): the streak-only adapted SPDNet against each diverse-adapted one, on this world's streak variant."""
+    rows = [("vanilla RT-DETR", "streaks", "eval_streaks_heldout", "vanilla"),
+            ("original SPDNet + RT-DETR", "streaks", "eval_streaks_heldout", "original"),
+            ("adapted SPDNet, streaks only (as today)", "streaks", "eval_streaks_heldout", "adapted")]
+    rows += [(f"diverse-adapted SPDNet, {family} held out", family, "eval_diverse_streaks", "adapted")
+             for family in families if family != "streaks"]
+    found = [(label, values(runs, family, source, "rainy", row)) for label, family, source, row in rows]
+    if not any(cells for _, cells in found):
+        return []
+    lines = ["### the demo's streak rain (in distribution; COCO AP, mean ± spread (min–max))", "",
+             "| pipeline | streak rain |", "|---|---|"]
+    lines += [f"| {label} | {spread(cells)} |" for label, cells in found]
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> None:
