@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         detections_dir = os.path.join(config["OUTPUT_DIR"], "detections", *([] if split == "rainy" else [split]))
         results[split] = evaluation.score_pipelines(
             pipelines, loader, annotation_file, label_to_category_id, config, device, split, detections_dir)
-        print(evaluation.comparison_table(results[split], split))
+        print(evaluation.comparison_table(results[split], split, pipelines.original.adapter.title))
     if config["IMAGE_QUALITY"]:
         spdnets = {"original": pipelines.original.spdnet, "adapted": pipelines.adapted.spdnet}
         results["rainy_image_quality"] = evaluation.image_quality(

@@ -334,7 +334,7 @@ def trained_runs():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_training_saves_and_resumes_and_evaluation_writes_detections(tiny_world, checkpoints, trained_runs, tmp_path,
-                                                                      family):
+                                                                      family, capsys):
     detector = ["--DETECTOR=" + checkpoints[family]]
     first = run(tiny_world, tmp_path, *detector, *SHORT_RUN, "--MAX_STEPS=1")
     assert first["stopped"] and first["state"]["step"] == 1
@@ -345,6 +345,8 @@ def test_training_saves_and_resumes_and_evaluation_writes_detections(tiny_world,
     Eval_SPDNet_Adaptation.main(tiny_world["overrides"] + detector + [
         f"--OUTPUT_DIR={tmp_path}", f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", "--IMAGE_QUALITY=False",
         "--NUM_EXAMPLES=1", "--VAL_PERCENT=34"])
+    title = adapter_of(load_detector(checkpoints[family])).title  # the tables name the family
+    assert f"Vanilla {title} mAP:" in capsys.readouterr().out
     category_ids = {c["id"] for c in json.load(open(os.path.join(tiny_world["coco_dir"], "annotations",
                                                                  "instances_val2017.json")))["categories"]}
     for pipeline in ("vanilla", "original", "adapted"):

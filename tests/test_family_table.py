@@ -37,7 +37,8 @@ def test_dry_run_holds_out_each_family_on_one_thread():
                 rain = next(arg for arg in command if arg.startswith("--COCO_RAIN_DIR="))
                 assert not any(f"/{preset}_v0" in rain for preset in presets)
     for command in (c for c in runs if c[0] == "Eval_conditional.py"):
-        assert "--ORACLE_REPORT=True" in command and any(a.startswith("--HOLDOUT_FAMILY=") for a in command)
+        oracle = "--ORACLE_REPORT=True" if "cond_utility_gate" in " ".join(command) else "--ORACLE_REPORT=False"
+        assert oracle in command and any(a.startswith("--HOLDOUT_FAMILY=") for a in command)
     for seed in (42, 7):
         assert sum(f"--SEED={seed}" in c for c in training) == 1 + 3 * 3
 
@@ -49,7 +50,7 @@ def fake_eval(ap: float) -> dict:
 
 
 def fake_conditional(ap: float) -> dict:
-    split = {row: {"AP": ap + shift} for row, shift in (("gate", 0.05), ("always", 0.02), ("never", 0.0))}
+    split = {row: {"AP": ap + shift} for row, shift in (("gate", 0.05), ("always", 0.2), ("never", 0.0))}
     split["oracle"] = {"agreement": ap, "precision": 1.0, "recall": 1.0, "oracle_derains": 5, "gate_derains": 5,
                        "images": 10, "router": {"AP": ap + 0.1}}
     return {name: split for name in ("clean", "rainy", "mixed", "heldout", "heldout_mixed")}

@@ -24,11 +24,16 @@ from utils.apps.pipelines import Pipelines
 from utils.apps.visualize import draw_detections, save_grid, save_metric_bars
 from utils.runtime.device import choose_device
 
-PIPELINE_TITLES = {
-    "vanilla": "Vanilla RT-DETR",
-    "original": "Original SPDNet + RT-DETR",
-    "adapted": "Adapted SPDNet + RT-DETR",
+PIPELINE_TITLES = {  # {detector}: the detector family's title (its adapter's: "RT-DETR", "D-FINE", ...)
+    "vanilla": "Vanilla {detector}",
+    "original": "Original SPDNet + {detector}",
+    "adapted": "Adapted SPDNet + {detector}",
 }
+
+
+def pipeline_titles(detector: str) -> dict[str, str]:
+    """Each pipeline's name in tables and pictures, with the detector family's title."""
+    return {name: title.format(detector=detector) for name, title in PIPELINE_TITLES.items()}
 
 
 def build_val_loader(config: dict, id2label: dict, rain_fraction: float):
@@ -95,25 +100,27 @@ def quality_line(quality: dict) -> str:
     )
 
 
-def comparison_table(results: dict, split: str) -> str:
+def comparison_table(results: dict, split: str, detector: str = "RT-DETR") -> str:
     """Three headline lines (each pipeline's mAP, the two SPDNet ones with their change against vanilla),
-    then every metric and the speed."""
+    then every metric and the speed; ``detector``: the family's title."""
+    titles = pipeline_titles(detector)
+    width = max(28, max(len(title) for title in titles.values()) + 3)
     vanilla = results["vanilla"]["AP"]
     lines = [f"\n{split} validation ({results['vanilla']['images']} images)"]
-    # "Vanilla RT-DETR mAP:" first, then the other two with their change against it.
+    # "Vanilla <detector> mAP:" first, then the other two with their change against it.
     for name in ("vanilla", "original", "adapted"):
         ap = results[name]["AP"]
-        label = PIPELINE_TITLES[name] + (" mAP:" if name == "vanilla" else ":")
+        label = titles[name] + (" mAP:" if name == "vanilla" else ":")
         change = (
             "" if name == "vanilla" else f"  ({100 * (ap - vanilla) / vanilla:+.1f}%)" if vanilla > 0 else "  (n/a)"
         )
-        lines.append(f"{label:<28}{ap:.4f}{change}")
-    header = f"{'pipeline':<28}" + "".join(f"{m:>8}" for m in METRIC_NAMES) + f"{'ms/img':>9}"
+        lines.append(f"{label:<{width}}{ap:.4f}{change}")
+    header = f"{'pipeline':<{width}}" + "".join(f"{m:>8}" for m in METRIC_NAMES) + f"{'ms/img':>9}"
     lines += ["", header, "-" * len(header)]
     for name in ("vanilla", "original", "adapted"):
         row = results[name]
         lines.append(
-            f"{PIPELINE_TITLES[name]:<28}" + "".join(f"{row[m]:>8.4f}" for m in METRIC_NAMES)
+            f"{titles[name]:<{width}}" + "".join(f"{row[m]:>8.4f}" for m in METRIC_NAMES)
             + f"{row['ms_per_image']:>9.1f}"
         )
     return "\n".join(lines)
@@ -123,9 +130,10 @@ def comparison_table(results: dict, split: str) -> str:
 def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, device: torch.device) -> list[str]:
     """eval_bars.png (metrics per pipeline) and eval_examples.png (rainy input | original | adapted):
     ground-truth boxes in green, each pipeline's best detections in yellow with their scores."""
-    output_dir = config["OUTPUT_DIR"]
+    output_dir, detector = config["OUTPUT_DIR"], pipelines.original.adapter.title
+    titles = pipeline_titles(detector)
     bars = save_metric_bars(
-        {split: {PIPELINE_TITLES[n]: v for n, v in results[split].items()}
+        {split: {titles[n]: v for n, v in results[split].items()}
          for split in ("rainy", "clean") if split in results},
         ["AP", "AP50", "AP75"], os.path.join(output_dir, "eval_bars.png"),
     )
@@ -157,7 +165,7 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
         if len(rows) == config["NUM_EXAMPLES"]:
             break
     grid = save_grid(
-        rows, ["rainy input -> RT-DETR", "original SPDNet -> RT-DETR", "adapted SPDNet -> RT-DETR"],
+        rows, [f"rainy input -> {detector}", f"original SPDNet -> {detector}", f"adapted SPDNet -> {detector}"],
         os.path.join(output_dir, "eval_examples.png"),
         caption="green: ground truth; yellow: each pipeline's best detections (as many as there are objects) "
                 "and scores",
