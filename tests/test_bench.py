@@ -46,7 +46,8 @@ def test_benchmark_smoke_run_writes_its_report(tmp_path):
         assert entry["peak_gb_per_image"] > 0 and entry["saved_gb_per_image"] > 0 and entry["warmup_seconds"] > 0
     assert saved["configurations"]["fp32"]["speedup_vs_fp32"] == 1.0
     assert all("speedup_vs_eager" not in entry for entry in saved["configurations"].values())  # no compiled one
-    assert saved["conditional"]["clean_path_speedup"] > 1 and saved["loader_images_per_s_per_worker"] > 0
+    # a figure, not a timed assertion: under load the one unwarmed run may even be slower on the clean path
+    assert saved["conditional"]["clean_path_speedup"] > 0 and saved["loader_images_per_s_per_worker"] > 0
 
 
 def test_precision_benchmark_smoke_run_writes_its_report(tmp_path):

@@ -34,7 +34,7 @@ def train_tiny_pair(coco_dir: str, coco_rain_dir: str, root: str, image_size: in
     world = {"num_classes": num_classes, "image_size": image_size}
     detector_dir, spdnet_path = os.path.join(root, "detector"), os.path.join(root, "spdnet.pt")
     train_detector({
-        "world": world, "seed": 0, "steps": detector_steps, "batch_size": 8,
+        "world": world, "seed": 0, "family": "rt_detr", "steps": detector_steps, "batch_size": 8,
         "learning_rate": 2e-3, "base_width": 8, "d_model": 32, "decoder_layers": 1, "num_queries": 10,
         "num_denoising": 5,
     }, coco_dir, detector_dir, CPU, workers=0)
