@@ -39,7 +39,6 @@ DETECTORS = {  # --detector: (its name in the table, {world: config files}, {wor
     "rt_detr_v2": ("RT-DETRv2", {0: ["configs/demo.py", "configs/demo_rtdetr_v2.py"]},
                    {0: "outputs_spdnet_adaptation/demo_rtdetr_v2"}),
 }
-WORLD_CONFIGS, WORLD_DIRS = DETECTORS["rt_detr"][1:]  # main() switches them with --detector
 ROWS = [  # (label, split, pipeline); {detector}: the detector's name
     ("rainy val, vanilla {detector}", "rainy", "vanilla"),
     ("rainy val, original SPDNet + {detector}", "rainy", "original"),
@@ -50,19 +49,20 @@ ROWS = [  # (label, split, pipeline); {detector}: the detector's name
 ]
 
 
-def run_seed(world: int, seed: int, threads: int | None) -> dict:
-    output_dir = os.path.join(WORLD_DIRS[world], f"seed{seed}")
+def run_seed(detector: str, world: int, seed: int, threads: int | None) -> dict:
+    _, configs, dirs = DETECTORS[detector]
+    output_dir = os.path.join(dirs[world], f"seed{seed}")
     os.makedirs(os.path.join(ROOT, output_dir), exist_ok=True)
-    arguments = [*WORLD_CONFIGS[world], f"--SEED={seed}", f"--OUTPUT_DIR={output_dir}"]
+    arguments = [*configs[world], f"--SEED={seed}", f"--OUTPUT_DIR={output_dir}"]
     log = os.path.join(ROOT, output_dir, "run.log")
     seconds = run_script(["Training_SPDNet_Adaptation.py", *arguments], log, threads)
     seconds += run_script(["Eval_SPDNet_Adaptation.py", *arguments, "--EVAL_CLEAN=True"], log + ".eval", threads)
     print(f"world {world}, seed {seed}: done in {seconds:.0f} s", flush=True)
-    return {"world": world, "seed": seed, "seconds": seconds, **read_run(world, seed)}
+    return {"world": world, "seed": seed, "seconds": seconds, **read_run(detector, world, seed)}
 
 
-def read_run(world: int, seed: int) -> dict:
-    with open(os.path.join(ROOT, WORLD_DIRS[world], f"seed{seed}", "eval_results.json")) as file:
+def read_run(detector: str, world: int, seed: int) -> dict:
+    with open(os.path.join(ROOT, DETECTORS[detector][2][world], f"seed{seed}", "eval_results.json")) as file:
         return {"results": json.load(file)}
 
 
@@ -72,17 +72,18 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
-def table(runs: list[dict], worlds: list[int], detector: str = "RT-DETR") -> str:
+def table(runs: list[dict], worlds: list[int], detector: str = "rt_detr") -> str:
+    name, _, dirs = DETECTORS[detector]
     quality = {}
     for world in worlds:
-        with open(os.path.join(ROOT, WORLD_DIRS[world], "demo_quality.json")) as file:
+        with open(os.path.join(ROOT, dirs[world], "demo_quality.json")) as file:
             quality[world] = json.load(file)
     header = "| COCO AP, 200 val images | " + " | ".join(
         f"world {w} ({len([r for r in runs if r['world'] == w])} seeds)" for w in worlds) + " |"
     lines = [header, "|---" * (len(worlds) + 1) + "|"]
     for label, split, pipeline in ROWS:
         cells = [spread([r["results"][split][pipeline]["AP"] for r in runs if r["world"] == w]) for w in worlds]
-        lines.append(f"| {label.format(detector=detector)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label.format(detector=name)} | " + " | ".join(cells) + " |")
     lines.append("| detector clean val AP / AP50 (no SPDNet) | " + " | ".join(
         f"{quality[w]['detector_clean_val']['AP']:.3f} / {quality[w]['detector_clean_val']['AP50']:.3f}"
         for w in worlds) + " |")
@@ -105,7 +106,6 @@ def table(runs: list[dict], worlds: list[int], detector: str = "RT-DETR") -> str
 
 
 def main() -> None:
-    global WORLD_CONFIGS, WORLD_DIRS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--detector", default="rt_detr", choices=sorted(DETECTORS),
                         help="the kept stand-in detector the demo runs (configs/demo_rtdetr_v2.py for rt_detr_v2)")
@@ -114,22 +114,21 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="seeds run at once (each on the demo's CPU_THREADS)")
     parser.add_argument("--collect-only", action="store_true", help="tabulate finished runs, run nothing")
     args = parser.parse_args()
-    name, WORLD_CONFIGS, WORLD_DIRS = DETECTORS[args.detector]
-    missing = [world for world in args.worlds if world not in WORLD_CONFIGS]
+    _, configs, dirs = DETECTORS[args.detector]
+    missing = [world for world in args.worlds if world not in configs]
     if missing:
         parser.error(f"--detector {args.detector} has no config for world(s) {missing}: use --worlds "
-                     f"{' '.join(map(str, sorted(WORLD_CONFIGS)))}")
+                     f"{' '.join(map(str, sorted(configs)))}")
     if args.collect_only:
-        runs = [{"world": w, "seed": s, **read_run(w, s)} for w in args.worlds for s in args.seeds]
+        runs = [{"world": w, "seed": s, **read_run(args.detector, w, s)} for w in args.worlds for s in args.seeds]
     else:
         for world in args.worlds:  # the world, its quality record and its gate, once, before the seeds
-            run_script(["Make_Demo.py", *WORLD_CONFIGS[world]], os.path.join(ROOT, WORLD_DIRS[world] + "_make.log"),
-                       None)
+            run_script(["Make_Demo.py", *configs[world]], os.path.join(ROOT, dirs[world] + "_make.log"), None)
         threads = 1 if args.jobs > 1 else None
         with ThreadPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(lambda job: run_seed(*job, threads),
+            runs = list(pool.map(lambda job: run_seed(args.detector, *job, threads),
                                  [(w, s) for w in args.worlds for s in args.seeds]))
-    text = table(runs, args.worlds, name)
+    text = table(runs, args.worlds, args.detector)
     print(text)
     stem = "demo_table" if args.detector == "rt_detr" else f"demo_table_{args.detector}"
     for suffix, content in (("md", text + "\n"), ("json", json.dumps(runs, indent=2))):
