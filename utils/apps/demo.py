@@ -34,7 +34,7 @@ from utils.apps.gate_training import train_rain_detector
 from utils.runtime.checkpoint import atomic_save, atomic_write_json
 from utils.training.coco_eval import load_coco
 from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empty
-from utils.models.detector import SMALL_CONFIGS, load_detector, small_rtdetr_config
+from utils.models.detector import check_small_family, load_detector, small_rtdetr_config
 from utils.training.engine import LoopSettings, TrainState, detector_targets, evaluate, train_one_epoch
 from utils.apps.evaluation import image_quality
 from utils.apps.pipelines import build_detector_only, build_spdnet
@@ -72,6 +72,12 @@ def weights_paths(weights_dir: str, family: str = "rt_detr") -> dict[str, str]:
         "spdnet": os.path.join(weights_dir, "spdnet_original.pt"),
         "spdnet_manifest": os.path.join(weights_dir, "spdnet_original.pt.json"),
     }
+
+
+def pretrain_command(family: str) -> str:
+    """The command that makes the kept stand-ins with the detector of ``family``."""
+    command = "python Make_Demo.py --DEMO_PRETRAIN=True"
+    return command if family == "rt_detr" else f"{command} --DEMO_DETECTOR_FAMILY={family}"
 
 
 def world_paths(demo_dir: str) -> dict[str, str]:
@@ -112,9 +118,7 @@ def build_world(world: dict, root: str) -> None:
 def pretrain_stand_ins(config: dict) -> dict[str, str]:
     """Train the kept detector and original SPDNet on the pretraining world (each only when its
     record differs from the settings) and record their quality on its validation split."""
-    if config["DEMO_DETECTOR_FAMILY"] not in SMALL_CONFIGS:
-        raise ValueError(f"DEMO_DETECTOR_FAMILY: {config['DEMO_DETECTOR_FAMILY']!r} has no small demo configuration; "
-                         f"use one of {sorted(SMALL_CONFIGS)}")
+    check_small_family(config["DEMO_DETECTOR_FAMILY"])  # before the world is built
     start = time.perf_counter()
     world = world_settings(config, config["DEMO_PRETRAIN_SEED"], config["DEMO_PRETRAIN_NUM_TRAIN"])
     build_world(world, world_paths(config["DEMO_PRETRAIN_DIR"])["world"])
@@ -143,11 +147,8 @@ def pretrain_detector(config: dict, world: dict) -> None:
         return
     train_detector(settings, data["coco_dir"], paths["detector"], device, config["DEMO_WORKERS"], half=True)
     metrics = score_detector(paths["detector"], data["coco_dir"], world["image_size"], device, config["DEMO_WORKERS"])
-    command = "python Make_Demo.py --DEMO_PRETRAIN=True"
-    if settings["family"] != "rt_detr":
-        command += f" --DEMO_DETECTOR_FAMILY={settings['family']}"
     atomic_write_json(paths["detector_manifest"], {
-        "command": command, "settings": settings,
+        "command": pretrain_command(settings["family"]), "settings": settings,
         "pretraining_world_clean_val": {k: round(metrics[k], 4) for k in ("AP", "AP50", "AP75")},
     })
     print(f"demo detector: clean val AP {metrics['AP']:.3f}, AP50 {metrics['AP50']:.3f}", flush=True)
@@ -233,11 +234,9 @@ def build_demo(config: dict) -> dict[str, str]:
     kept = {name: read_manifest(paths[f"{name}_manifest"]) for name in ("detector", "spdnet")}
     for name, manifest in kept.items():
         if manifest is None or not os.path.exists(paths[name]):
-            family = config["DEMO_DETECTOR_FAMILY"]
-            flag = "" if family == "rt_detr" else f" --DEMO_DETECTOR_FAMILY={family}"
             raise FileNotFoundError(
                 f"DEMO_WEIGHTS_DIR: {paths[name]!r} or its record is missing; make the demo's stand-ins with "
-                f"`python Make_Demo.py --DEMO_PRETRAIN=True{flag}` (or restore demo_weights/ from git)"
+                f"`{pretrain_command(config['DEMO_DETECTOR_FAMILY'])}` (or restore demo_weights/ from git)"
             )
     world = world_settings(config, config["DEMO_SEED"], config["DEMO_NUM_TRAIN"])
     for name in ("detector", "spdnet"):

@@ -50,6 +50,13 @@ def rtdetr_r18vd_config(id2label: Mapping[int, str] | None = None):
     )
 
 
+def check_small_family(family: str) -> None:
+    """Refuse, in one line naming DEMO_DETECTOR_FAMILY, a family ``small_rtdetr_config`` cannot build."""
+    if family not in SMALL_CONFIGS:
+        raise ValueError(f"DEMO_DETECTOR_FAMILY: {family!r} has no small demo configuration; use one of "
+                         f"{sorted(SMALL_CONFIGS)}")
+
+
 def small_rtdetr_config(
     id2label: Mapping[int, str],
     base_width: int = 32,
@@ -65,9 +72,7 @@ def small_rtdetr_config(
     Backbone widths ``base_width * (1, 2, 4, 8)``; the encoder reads the last three stages. With the
     defaults (32..256 wide, d_model 128, 3 decoder layers, 30 queries) it has about 4.8M parameters.
     """
-    if family not in SMALL_CONFIGS:
-        raise ValueError(f"DEMO_DETECTOR_FAMILY: {family!r} has no small demo configuration; use one of "
-                         f"{sorted(SMALL_CONFIGS)}")
+    check_small_family(family)
     id2label = {int(index): name for index, name in id2label.items()}
     widths = [base_width * factor for factor in (1, 2, 4, 8)]
     backbone_config = RTDetrResNetConfig(
