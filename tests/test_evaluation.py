@@ -116,8 +116,8 @@ def test_the_oracle_router_scores_each_image_on_the_path_with_the_lower_loss(mon
     tally = conditional_eval.RouteTally(evaluators={}, seconds={}, oracle_router=recorder)
     targets = [{"image_id": index, "orig_size": (64, 64), "class_labels": torch.tensor([0]),
                 "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])} for index in range(3)]
-    conditional_eval.score_oracle(SimpleNamespace(integrated=None), torch.zeros(3, 3, 8, 8), targets, outputs, tally,
-                                  torch.device("cpu"))
+    conditional_eval.score_oracle(SimpleNamespace(integrated=None), torch.zeros(3, 3, 8, 8), targets, [0, 1, 2],
+                                  torch.tensor([[64, 64]] * 3), outputs, tally, torch.device("cpu"))
     assert tally.oracle[0].tolist() == [True, False, False]  # a tie keeps the frozen detector's path
     (logits, boxes, ids), = updates
     assert logits[:, 0, 0].tolist() == boxes[:, 0, 0].tolist() == [1.0, 0.0, 0.0] and ids == [0, 1, 2]

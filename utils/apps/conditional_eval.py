@@ -119,7 +119,7 @@ def score_batch(model: ConditionalModel, images: torch.Tensor, targets, rows: li
             tally.evaluators[row].update(outputs[row].logits, outputs[row].pred_boxes, image_ids, sizes)
         check_clean_guarantee(model, images, outputs, [row for row in rows if ROWS[row][0] == "gate"], tally)
         if config.get("ORACLE_REPORT"):
-            score_oracle(model, images, targets, outputs, tally, device)
+            score_oracle(model, images, targets, image_ids, sizes, outputs, tally, device)
     tally.probabilities.append(outputs["gate"].rain_probability.cpu())
     tally.gated_rainy.append(outputs["gate"].derained.cpu())
     if "soft" in outputs:
@@ -127,19 +127,18 @@ def score_batch(model: ConditionalModel, images: torch.Tensor, targets, rows: li
     tally.actual.append(torch.tensor([bool(t["is_rainy"]) for t in targets]))
 
 
-def score_oracle(model: ConditionalModel, images: torch.Tensor, targets, outputs: dict, tally: RouteTally,
-                 device) -> None:
+def score_oracle(model: ConditionalModel, images: torch.Tensor, targets, image_ids: list[int], sizes: torch.Tensor,
+                 outputs: dict, tally: RouteTally, device) -> None:
     """ORACLE_REPORT: per image of the batch, the path with the lower detector loss (SPDNet's when
-    L(x) - L(SPDNet(x)) > 0), kept for the gate's agreement and scored as the oracle router."""
+    L(x) - L(SPDNet(x)) > 0), kept for the gate's agreement and scored as the oracle router (with the
+    batch's image ids and (B, 2) original sizes, as every row is)."""
     losses = path_losses(model.integrated, images, detector_targets(targets, device))
     derain = utility_targets(*losses, 0.0).bool()
     tally.oracle.append(derain.cpu())
     pick = derain.view(-1, 1, 1)
     always, never = outputs["always"], outputs["never"]
     tally.oracle_router.update(torch.where(pick, always.logits, never.logits),
-                               torch.where(pick, always.pred_boxes, never.pred_boxes),
-                               [int(t["image_id"]) for t in targets],
-                               torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]))
+                               torch.where(pick, always.pred_boxes, never.pred_boxes), image_ids, sizes)
 
 
 def check_clean_guarantee(model: ConditionalModel, images: torch.Tensor, outputs: dict, gated: list[str],
