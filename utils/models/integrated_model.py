@@ -27,7 +27,7 @@ def check_image_size(image_size: int) -> None:
     """IMAGE_SIZE refused in one line unless it is a multiple of SIZE_MULTIPLE (every script that sizes
     the detector's input checks it before any work)."""
     if image_size % SIZE_MULTIPLE:
-        raise ValueError(f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} for RT-DETR, got {image_size}")
+        raise ValueError(f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} (the detector's input), got {image_size}")
 
 
 def check_detector_input_size(pixel_values: torch.Tensor, multiple: int = SIZE_MULTIPLE,
