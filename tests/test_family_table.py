@@ -22,7 +22,7 @@ def test_dry_run_holds_out_each_family_on_one_thread():
     assert commands[0][0] == "Make_Demo.py"
     runs = commands[1:]
     assert all("--CPU_THREADS=1" in command for command in runs)
-    training = [c for c in runs if c[0] in family_table.TRAINING_SCRIPTS]
+    training = [c for c in runs if c[0] in family_table.CHECKPOINT_FILES]
     assert len(training) == 2 + 3 * 3 * 2  # streak-only per seed; per family and seed: adaptation and two gates
     for family in FAMILIES:
         presets = family_table.FAMILY_PRESETS[family]
@@ -95,3 +95,29 @@ def test_collect_only_tabulates_mean_and_spread(tmp_path, monkeypatch, capsys):
 def test_variant_dirs_name_the_worlds_presets(family):
     folders = family_table.variant_dirs([family]).split(os.pathsep)
     assert folders == [f"{family_table.WORLD_RAIN_DIR}/{p}_v0" for p in family_table.FAMILY_PRESETS[family]]
+
+
+def test_a_training_stopped_half_way_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(family_table, "ROOT", str(tmp_path))
+    ran = []
+    monkeypatch.setattr(family_table, "run_script", lambda command, log, threads: ran.append(command) or 1.0)
+    jobs = {item["name"]: item for item in family_table.plan(["drops"], [42]) if item["family"] == "drops"}
+    adaptation, gate = jobs["diverse_adapted"], jobs["utility_gate"]
+    write(str(tmp_path / adaptation["output_dir"] / "checkpoint.pt"), "")  # stopped half-way
+    assert family_table.run_job(adaptation) == 1.0
+    write(str(tmp_path / adaptation["result"]), "")  # (the fake run wrote nothing)
+    assert gate["needs"] == [adaptation["result"]] and family_table.run_job(gate) == 1.0
+    assert ran == [[*adaptation["command"], "--RESUME=True"], gate["command"]]  # the gate starts afresh
+    assert family_table.run_job(adaptation) == 0.0 and len(ran) == 2  # finished: skipped
+
+
+def test_the_tools_file_names_are_the_scripts_own():
+    from utils.apps import gate_training, pipelines, utility_gate
+
+    assert family_table.CHECKPOINT_FILES == {
+        "Training_SPDNet_Adaptation.py": pipelines.CHECKPOINT_FILE,
+        "Training_Rain_Detector.py": gate_training.GATE_CHECKPOINT_FILE,
+        "Training_Utility_Gate.py": utility_gate.UTILITY_CHECKPOINT_FILE}
+    assert {script: family_table.RESULT_FILES[script] for script in family_table.CHECKPOINT_FILES} == {
+        "Training_SPDNet_Adaptation.py": pipelines.ADAPTED_FILE, "Training_Rain_Detector.py": pipelines.GATE_FILE,
+        "Training_Utility_Gate.py": pipelines.UTILITY_GATE_FILE}

@@ -9,7 +9,8 @@ One demo world holds every family: configs/demo.py + configs/demo_families.py (D
 drops_heavy, downpour_medium: one variant folder per preset in its coco_rain/, each recording its
 preset, so HOLDOUT_FAMILY picks a family's variants out of COCO_RAIN_DIR). Make_Demo.py builds it once;
 then every run is a real script in its own process, on one thread (--CPU_THREADS=1 and
-OMP_NUM_THREADS=1), and a run whose result file is already on disk is skipped (the tool resumes). Per
+OMP_NUM_THREADS=1), and a run whose result file is already on disk is skipped (the tool resumes; a
+training stopped half-way continues from its checkpoint with --RESUME=True). Per
 seed s, shared by every family:
 
     Training_SPDNet_Adaptation.py  --COCO_RAIN_DIR=<the streak variant only>          -> seed<s>/streaks_adapted
@@ -78,7 +79,6 @@ UTILITY_BUDGET = "--GATE_PERCENT_DATASET=25"  # 500 training scenes: "gain" runs
 NO_IMAGE_QUALITY = "--IMAGE_QUALITY=False"  # the table is about AP; PSNR/SSIM would add a third to each evaluation
 DIVERSE_GATE = ["--EPOCH_VARIANTS=True", "--RANDOM_RAIN=0.5", "--AUGMENT_BLUR=0.3", "--AUGMENT_JPEG=0.5",
                 "--AUGMENT_JITTER=0.2", "--AUGMENT_NOISE=0.03"]  # docs/rain_gate.md's diverse run
-TRAINING_SCRIPTS = ("Training_SPDNet_Adaptation.py", "Training_Rain_Detector.py", "Training_Utility_Gate.py")
 SECTIONS = {
     "heldout": "held-out family's rain", "seen": "the other families' rain (in distribution)", "clean": "clean val",
 }
@@ -114,6 +114,9 @@ SPLIT_OF_SECTION = {"heldout": "heldout", "seen": "rainy", "clean": "clean"}
 RESULT_FILES = {"Training_SPDNet_Adaptation.py": "spdnet_adapted.pt", "Training_Rain_Detector.py": "rain_detector.pt",
                 "Training_Utility_Gate.py": "utility_gate.pt", "Eval_SPDNet_Adaptation.py": "eval_results.json",
                 "Eval_conditional.py": "conditional_results.json"}
+CHECKPOINT_FILES = {"Training_SPDNet_Adaptation.py": "checkpoint.pt",  # a training stopped half-way continues from it
+                    "Training_Rain_Detector.py": "rain_detector_checkpoint.pt",
+                    "Training_Utility_Gate.py": "utility_gate_checkpoint.pt"}
 
 
 def variant_dirs(families: list[str]) -> str:
@@ -175,15 +178,23 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
     return jobs
 
 
+def stopped_half_way(item: dict) -> bool:
+    """A training job whose checkpoint is on disk but not its result: it continues (--RESUME=True)."""
+    checkpoint = CHECKPOINT_FILES.get(item["command"][0])
+    return checkpoint is not None and os.path.exists(os.path.join(ROOT, item["output_dir"], checkpoint))
+
+
 def run_job(item: dict) -> float:
-    """Run one planned job unless its result is on disk (resumable); its wall seconds (0 when skipped)."""
+    """Run one planned job unless its result is on disk (resumable: a training stopped half-way
+    continues from its checkpoint); its wall seconds (0 when skipped)."""
     if os.path.exists(os.path.join(ROOT, item["result"])):
         return 0.0
     for needed in item["needs"]:
         if not os.path.exists(os.path.join(ROOT, needed)):
             raise SystemExit(f"{item['name']}: {needed} is missing (its run failed?)")
     os.makedirs(os.path.join(ROOT, item["output_dir"]), exist_ok=True)
-    seconds = run_script(item["command"], os.path.join(ROOT, item["output_dir"], "run.log"), 1)
+    command = [*item["command"], "--RESUME=True"] if stopped_half_way(item) else item["command"]
+    seconds = run_script(command, os.path.join(ROOT, item["output_dir"], "run.log"), 1)
     print(f"{item['family'] or 'shared'}, seed {item['seed']}, {item['name']}: done in {seconds:.0f} s", flush=True)
     return seconds
 
@@ -216,9 +227,9 @@ def collect(families: list[str], seeds: list[int]) -> list[dict]:
             base = family_dir(family, seed)
             results = {}
             for name in ("eval_streaks_heldout", "eval_diverse_heldout", "eval_diverse_streaks"):
-                results[name] = read_json(f"{base}/{name}/eval_results.json")
+                results[name] = read_json(f"{base}/{name}/{RESULT_FILES['Eval_SPDNet_Adaptation.py']}")
             for name in ("cond_rain_gate", "cond_utility_gate"):
-                results[name] = read_json(f"{base}/{name}/conditional_results.json")
+                results[name] = read_json(f"{base}/{name}/{RESULT_FILES['Eval_conditional.py']}")
             runs.append({"family": family, "seed": seed, "results": results})
     return runs
 
@@ -301,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         print("python Make_Demo.py " + " ".join(CONFIGS))
         for item in jobs:
-            state = "done" if os.path.exists(os.path.join(ROOT, item["result"])) else "to run"
+            state = ("done" if os.path.exists(os.path.join(ROOT, item["result"])) else
+                     "to resume" if stopped_half_way(item) else "to run")
             print(f"# {item['family'] or 'shared'}, seed {item['seed']}, {item['name']} ({state})")
             print("python " + " ".join(item["command"]))
         return
