@@ -33,6 +33,7 @@ PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py
 
 from utils.runtime.config import command_line, load_config  # noqa: E402
 from utils.runtime.demo_settings import demo_defaults  # noqa: E402
+from utils.runtime.errors import DataError, MissingFileError  # noqa: E402
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -48,13 +49,13 @@ def list_images(path: str) -> list[str]:
             with Image.open(path):
                 pass
         except (OSError, UnidentifiedImageError):
-            raise ValueError(f"INPUT: {path!r} is not an image file ({', '.join(_IMAGE_SUFFIXES)})") from None
+            raise DataError(f"INPUT: {path!r} is not an image file ({', '.join(_IMAGE_SUFFIXES)})") from None
         return [path]
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"INPUT: {path!r} is neither an image file nor a folder")
+        raise MissingFileError(f"INPUT: {path!r} is neither an image file nor a folder")
     files = sorted(os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(_IMAGE_SUFFIXES))
     if not files:
-        raise FileNotFoundError(f"INPUT: folder {path!r} has no images ({', '.join(_IMAGE_SUFFIXES)})")
+        raise MissingFileError(f"INPUT: folder {path!r} has no images ({', '.join(_IMAGE_SUFFIXES)})")
     return files
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from torchvision.transforms.functional import pil_to_tensor
     from tqdm import tqdm
 
-    from utils.runtime.checkpoint import atomic_write_json
+    from utils.runtime.checkpoint import atomic_write_json, write_atomically
     from utils.apps.demo import prepare_demo_if_asked
     from utils.apps.pipelines import build_conditional_model
     from utils.runtime.device import autocast, choose_device
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         keep = detection["scores"] >= config["SCORE_THRESHOLD"]
         name = os.path.splitext(os.path.basename(path))[0]
         drawn = draw_detections(original, detection, id2label, config["SCORE_THRESHOLD"])
-        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(os.path.join(output, f"{name}_detected.png"))
+        picture = Image.fromarray(drawn.permute(1, 2, 0).numpy())
+        write_atomically(os.path.join(output, f"{name}_detected.png"), lambda file: picture.save(file, format="PNG"))
         records.append({
             "file": path,
             "rain_probability": float(outputs.rain_probability[0]),
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             ],
         })
     if not records:
-        raise ValueError(f"INPUT: none of the {len(files)} image files in {config['INPUT']!r} could be read")
+        raise DataError(f"INPUT: none of the {len(files)} image files in {config['INPUT']!r} could be read")
     atomic_write_json(os.path.join(output, "detections.json"), records)
     print(f"{len(records)} images -> {output} (annotated PNGs and detections.json)")
     return records

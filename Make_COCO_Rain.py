@@ -31,6 +31,7 @@ JPEG_QUALITY = 95  # quality of the written JPEGs
 LIMIT = None  # render only the first LIMIT images of each split (None: all)
 
 from utils.runtime.config import command_line, load_config  # noqa: E402
+from utils.runtime.errors import SettingError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     unknown = [split for split in config["SPLITS"] if split not in SPLIT_FOLDERS]
     if unknown:
-        raise ValueError(f"SPLITS may hold {sorted(SPLIT_FOLDERS)}, got {unknown}")
+        raise SettingError(f"SPLITS may hold {sorted(SPLIT_FOLDERS)}, got {unknown}")
     reports = {}
     for split in config["SPLITS"]:
         report = make_rainy_split(

@@ -66,6 +66,10 @@ OUTPUT_DIR = settings.OUTPUT_DIR  # rain_detector.pt goes here (never DEMO_DIR's
 PREPARE_DEMO = False  # first build or reuse the CPU demo world and its gate (configs/demo.py sets it; see Make_Demo.py)
 RESUME = False  # continue from OUTPUT_DIR/rain_detector_checkpoint.pt
 LOG_EVERY_STEPS = 10  # optimizer steps per line in rain_detector_log.jsonl
+KEEP_CHECKPOINTS = settings.KEEP_CHECKPOINTS  # checkpoints kept; RESUME falls back to the previous one when the
+#   newest is unreadable or holds NaN/inf
+AUTO_MICRO_BATCH = settings.AUTO_MICRO_BATCH  # on out of memory: halve the micro-batch, double the accumulation
+#   (same effective batch and schedule), replay the window; False: the error ends the run
 
 from utils.runtime.config import UserError, command_line, load_config  # noqa: E402
 from utils.runtime.demo_settings import demo_defaults  # noqa: E402

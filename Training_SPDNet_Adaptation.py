@@ -72,6 +72,10 @@ OUTPUT_DIR = settings.OUTPUT_DIR  # checkpoints, spdnet_adapted.pt, logs and plo
 PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 RESUME = False  # continue from OUTPUT_DIR/checkpoint.pt
 CHECKPOINT_EVERY_STEPS = 200  # also checkpoint every this many optimizer steps (None: per epoch only)
+KEEP_CHECKPOINTS = settings.KEEP_CHECKPOINTS  # checkpoints kept; RESUME falls back to the previous one when the
+#   newest is unreadable or holds NaN/inf
+AUTO_MICRO_BATCH = settings.AUTO_MICRO_BATCH  # on out of memory: halve the micro-batch, double the accumulation
+#   (same effective batch and schedule), replay the window; False: the error ends the run
 LOG_EVERY_STEPS = 10  # optimizer steps per line in training_log.jsonl
 EVAL_BEFORE_TRAINING = True  # score the starting SPDNet first, as the "epoch 0" baseline
 

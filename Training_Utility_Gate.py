@@ -60,6 +60,10 @@ OUTPUT_DIR = settings.OUTPUT_DIR  # utility_gate.pt goes here (and ADAPTED_WEIGH
 PREPARE_DEMO = False  # first build or reuse the CPU demo world and its gate (configs/demo.py sets it; see Make_Demo.py)
 RESUME = False  # continue from OUTPUT_DIR/utility_gate_checkpoint.pt
 LOG_EVERY_STEPS = 10  # optimizer steps per line in utility_gate_log.jsonl
+KEEP_CHECKPOINTS = settings.KEEP_CHECKPOINTS  # checkpoints kept; RESUME falls back to the previous one when the
+#   newest is unreadable or holds NaN/inf
+AUTO_MICRO_BATCH = settings.AUTO_MICRO_BATCH  # on out of memory: halve the micro-batch, double the accumulation
+#   (same effective batch and schedule), replay the window; False: the error ends the run
 
 from utils.runtime.config import UserError, command_line, load_config  # noqa: E402
 from utils.runtime.demo_settings import demo_defaults  # noqa: E402

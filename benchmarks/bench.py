@@ -4,6 +4,8 @@
                                                                  # (tens of minutes: compiling)
     python -m benchmarks.bench --MEMORY_IMAGE_SIZE=640           # memory measured at 640x640 itself (minutes more)
     python -m benchmarks.bench --IMAGE_SIZE=640 --BATCH_SIZE=2   # on a GPU
+    python -m benchmarks.bench --TIMING=False --MEMORY_IMAGE_SIZE=640 --MICRO_BATCHES=[1,2,4] \
+        --CONFIGURATIONS='["bf16+ckpt","fp32+ckpt"]'              # what fits: peak memory per micro-batch
 
 For each configuration (fp32, fp32 + activation checkpointing, bf16 + channels_last, bf16 +
 checkpointing + channels_last, the same compiled by torch.compile) it times the full training step
@@ -40,6 +42,9 @@ SPDNET_N_RESBLOCKS = 3  # SPDNet blocks
 DETECTOR = None  # None: the r18vd architecture at random init (offline); or a hub id / local directory
 LOADER_IMAGES = 48  # photo-sized JPEGs generated to time one loader worker (0: skip)
 DEVICE = "auto"  # "auto", "cuda", "cpu"
+TIMING = True  # time the configurations (False: only the MICRO_BATCHES memory table)
+MICRO_BATCHES = []  # also the peak memory of one training step per micro-batch of these sizes at MEMORY_IMAGE_SIZE
+#   (e.g. [1, 2, 4]; a fresh process each, not scaled): what fits on a card
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # bench.json goes here
 
 import json  # noqa: E402
@@ -52,7 +57,8 @@ import time  # noqa: E402
 # torch and the rest of the library are imported inside the functions: the settings are checked first,
 # and a memory probe's fresh process imports only what it measures.
 from utils.runtime.checkpoint import atomic_write_json  # noqa: E402
-from utils.runtime.config import load_config  # noqa: E402
+from utils.runtime.config import command_line, load_config  # noqa: E402
+from utils.runtime.errors import SettingError  # noqa: E402
 
 
 def parse_configuration(name: str) -> dict:
@@ -63,8 +69,8 @@ def parse_configuration(name: str) -> dict:
     modes = [p.partition(":")[2] or "default" for p in compiles]
     if (parts[0] not in ("fp32", "bf16") or any(p not in ("ckpt", "cl") for p in parts[1:] if p not in compiles)
             or len(compiles) > 1 or any(mode not in COMPILE_MODES[1:] for mode in modes)):
-        raise ValueError(f"configuration {name!r}: 'fp32' or 'bf16', then optional '+ckpt', '+cl' and '+compile' "
-                         f"or '+compile:MODE' (MODE one of {COMPILE_MODES[1:]})")
+        raise SettingError(f"configuration {name!r}: 'fp32' or 'bf16', then optional '+ckpt', '+cl' and '+compile' "
+                           f"or '+compile:MODE' (MODE one of {COMPILE_MODES[1:]})")
     return {"precision": parts[0], "checkpointing": "ckpt" in parts, "channels_last": "cl" in parts,
             "compile": modes[0] if modes else "off"}
 
@@ -118,7 +124,8 @@ def training_step(model, optimizer, precision, images, labels, device) -> None:
 
     objective = Objective(detection=1.0)
     settings = LoopSettings(accumulation_steps=1, clip_grad_norm=1.0, precision=precision,
-                            max_nonfinite_in_a_row=1, log_every_steps=10**9, terms=("detection",))
+                            max_nonfinite_in_a_row=1, log_every_steps=10**9, terms=("detection",),
+                            auto_micro_batch=False)  # out of memory is a figure here, not something to work around
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     train_one_epoch(model, lambda x, targets: adaptation_loss(model, x, targets, None, objective), optimizer, scheduler,
                     [(images, labels)], TrainState(), settings, micro_batches_in_epoch=1, device=device,
@@ -369,7 +376,6 @@ def conditional_paths(config: dict, device) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from utils.runtime.device import choose_device, enable_fast_cuda_math
 
@@ -382,6 +388,39 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"device": (torch.cuda.get_device_name(device) if device.type == "cuda"
                          else f"cpu ({os.cpu_count()} cores)"),
               "image_size": config["IMAGE_SIZE"], "batch_size": config["BATCH_SIZE"], "configurations": {}}
+    if config["MICRO_BATCHES"]:
+        report["micro_batch_memory"] = micro_batch_memory(config)
+    if config["TIMING"]:
+        time_configurations(config, report, device)
+    report["bench_seconds"] = time.perf_counter() - started
+    print_report(report, config)
+    os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
+    path = os.path.join(config["OUTPUT_DIR"], "bench.json")
+    atomic_write_json(path, report)
+    print(f"wrote {path} ({report['bench_seconds']:.0f} s in all)")
+    return report
+
+
+def micro_batch_memory(config: dict) -> dict:
+    """{configuration: {micro-batch: peak GB of one training step at MEMORY_IMAGE_SIZE}} (``memory_probe``
+    in a fresh process per cell; on the CPU the resident-memory peak, not a GPU allocator's)."""
+    table = {}
+    for configuration in config["CONFIGURATIONS"]:
+        for batch in config["MICRO_BATCHES"]:
+            print(f"memory: {configuration}, micro-batch {batch} at {config['MEMORY_IMAGE_SIZE']}x"
+                  f"{config['MEMORY_IMAGE_SIZE']} ...", flush=True)
+            probe = measure_memory(dict(config, BATCH_SIZE=batch, MEMORY_REPORT_SIZE=config["MEMORY_IMAGE_SIZE"]),
+                                   configuration)
+            table.setdefault(configuration, {})[str(batch)] = probe["peak_gb_per_image"] * batch
+    return table
+
+
+def time_configurations(config: dict, report: dict, device) -> None:
+    """The timing table: FLOPs, each configuration's speed (and memory), the conditional model's
+    paths and one loader worker, into ``report``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     peaks = {"fp32": matmul_peak_flops(torch.float32, device), "bf16": matmul_peak_flops(torch.bfloat16, device)}
     report["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
     # The useful work of a step: counted on the plain fp32 model, so recomputation is not credited.
@@ -398,16 +437,21 @@ def main(argv: list[str] | None = None) -> dict:
     if config["LOADER_IMAGES"]:
         print("timing one data loader worker ...", flush=True)
         report["loader_images_per_s_per_worker"] = loader_rate(config["LOADER_IMAGES"])
-    report["bench_seconds"] = time.perf_counter() - started
-    print_report(report, config)
-    os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
-    path = os.path.join(config["OUTPUT_DIR"], "bench.json")
-    atomic_write_json(path, report)
-    print(f"wrote {path} ({report['bench_seconds']:.0f} s in all)")
-    return report
 
 
 def print_report(report: dict, config: dict) -> None:
+    if "micro_batch_memory" in report:
+        size = config["MEMORY_IMAGE_SIZE"]
+        print(f"\n{report['device']}: peak memory (GB) of one training step per micro-batch at {size}x{size}"
+              + (" (CPU: resident memory, not a GPU allocator's)" if report["device"].startswith("cpu") else ""))
+        print(f"{'configuration':<16}" + "".join(f"{'batch ' + str(b):>10}" for b in config["MICRO_BATCHES"]))
+        for name, row in report["micro_batch_memory"].items():
+            print(f"{name:<16}" + "".join(f"{gb:>10.2f}" for gb in row.values()))
+    if report["configurations"]:
+        print_timing(report, config)
+
+
+def print_timing(report: dict, config: dict) -> None:
     size, memory_size = config["IMAGE_SIZE"], config["MEMORY_IMAGE_SIZE"]
     report_size = config["MEMORY_REPORT_SIZE"]
     memory = (f"memory per {report_size}x{report_size} image (measured at {memory_size}x{memory_size})"
@@ -434,4 +478,4 @@ def print_report(report: dict, config: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

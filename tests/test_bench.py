@@ -50,6 +50,16 @@ def test_benchmark_smoke_run_writes_its_report(tmp_path):
     assert saved["conditional"]["clean_path_speedup"] > 0 and saved["loader_images_per_s_per_worker"] > 0
 
 
+def test_the_micro_batch_memory_table_grows_with_the_micro_batch(tmp_path):
+    report = bench.main([
+        "--TIMING=False", "--MEMORY_IMAGE_SIZE=128", "--MICRO_BATCHES=[1, 4]", "--CONFIGURATIONS=['fp32']",
+        "--SPDNET_N_FEATS=8", "--SPDNET_N_RESBLOCKS=1", "--DEVICE=cpu", f"--OUTPUT_DIR={tmp_path}",
+    ])
+    row = report["micro_batch_memory"]["fp32"]
+    assert set(row) == {"1", "4"} and 0 < row["1"] < row["4"]
+    assert report["configurations"] == {} and "conditional" not in report  # no timing asked for
+
+
 def test_precision_benchmark_smoke_run_writes_its_report(tmp_path):
     report = bench_precision.main([
         "--DETECTOR_STEPS=2", "--SPDNET_STEPS=2", "--BATCHES=2", "--BATCH_SIZE=2", f"--OUTPUT_DIR={tmp_path}",

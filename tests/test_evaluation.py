@@ -102,7 +102,7 @@ def test_conditional_evaluation_reports_routes_gate_and_guarantee(tiny_world, tr
     assert os.path.isfile(trained["output"] / "conditional_results.json")
 
 
-def test_the_oracle_router_scores_each_image_on_the_path_with_the_lower_loss(monkeypatch):
+def test_the_oracle_router_scores_each_image_on_the_path_with_the_lower_loss():
     from types import SimpleNamespace
 
     from utils.apps import conditional_eval
@@ -110,14 +110,10 @@ def test_the_oracle_router_scores_each_image_on_the_path_with_the_lower_loss(mon
     updates = []
     recorder = SimpleNamespace(update=lambda logits, boxes, ids, sizes: updates.append((logits, boxes, ids)))
     plain, derained = torch.tensor([1.0, 0.5, 2.0]), torch.tensor([0.5, 1.0, 2.0])  # SPDNet helps image 0 only
-    monkeypatch.setattr(conditional_eval, "path_losses", lambda integrated, images, labels: (plain, derained))
     outputs = {name: SimpleNamespace(logits=torch.full((3, 2, 4), value), pred_boxes=torch.full((3, 2, 4), value))
                for name, value in (("always", 1.0), ("never", 0.0))}
     tally = conditional_eval.RouteTally(evaluators={}, seconds={}, oracle_router=recorder)
-    targets = [{"image_id": index, "orig_size": (64, 64), "class_labels": torch.tensor([0]),
-                "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])} for index in range(3)]
-    conditional_eval.score_oracle(SimpleNamespace(integrated=None), torch.zeros(3, 3, 8, 8), targets, [0, 1, 2],
-                                  torch.tensor([[64, 64]] * 3), outputs, tally, torch.device("cpu"))
+    conditional_eval.score_oracle((plain, derained), [0, 1, 2], torch.tensor([[64, 64]] * 3), outputs, tally)
     assert tally.oracle[0].tolist() == [True, False, False]  # a tie keeps the frozen detector's path
     (logits, boxes, ids), = updates
     assert logits[:, 0, 0].tolist() == boxes[:, 0, 0].tolist() == [1.0, 0.0, 0.0] and ids == [0, 1, 2]

@@ -17,6 +17,7 @@ def gate_config(tiny_world, output_dir, **changes) -> dict:
         "GATE_IMAGE_SIZE": 64, "GATE_PERCENT_DATASET": 100.0, "GATE_VAL_PERCENT": 100.0, "GATE_NUM_EPOCHS": 2,
         "GATE_BATCH_SIZE": 4, "GATE_LEARNING_RATE": 1e-3, "DEVICE": "cpu", "CPU_THREADS": None,
         "DATALOADER_WORKERS": 0, "SEED": 5, "OUTPUT_DIR": str(output_dir), "RESUME": False, "LOG_EVERY_STEPS": 1,
+        "KEEP_CHECKPOINTS": 2, "AUTO_MICRO_BATCH": True,
     }
     return {**config, **changes}
 

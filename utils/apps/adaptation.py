@@ -20,14 +20,14 @@ from utils.data.rain import FAMILIES, families_except, split_by_family
 from utils.data.random_rain import RandomRainSet
 from utils.models.detector import state_dict_sha256
 from utils.models.integrated_model import IntegratedModel, check_image_size
-from utils.runtime.checkpoint import (atomic_save, check_finite, load_weights_file, restore_rng_states, rng_states,
-                                      seed_everything)
-from utils.runtime.config import ConfigError, UserError
+from utils.runtime.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, seed_everything
+from utils.runtime.config import ConfigError
 from utils.runtime.device import (check_compile, check_precision, choose_device, compile_spdnet, enable_fast_cuda_math,
                                   resolve_precision, warm_up_compiled)
 from utils.runtime.signals import StopRequested  # noqa: F401  (the script installs it)
 from utils.runtime.distributed import (ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed,
                                        init_distributed)
+from utils.runtime.errors import DataError, SettingError, UserError
 from utils.training.engine import LoopSettings, Trainer, TrainState, clean_pairs, detector_targets, evaluate
 from utils.training.objectives import LOSS_TERMS, Objective, adaptation_loss
 
@@ -56,14 +56,15 @@ def check_config(config: dict) -> None:
     check_compile(config["COMPILE"])
     Objective.from_config(config)
     check_image_size(config["IMAGE_SIZE"])
-    for key in ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "NUM_EPOCHS", "MAX_NONFINITE_IN_A_ROW", "LOG_EVERY_STEPS"):
+    for key in ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "NUM_EPOCHS", "MAX_NONFINITE_IN_A_ROW", "LOG_EVERY_STEPS",
+                "KEEP_CHECKPOINTS"):
         if not isinstance(config[key], int) or config[key] < 1:
-            raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
+            raise SettingError(f"{key} must be a positive integer, got {config[key]!r}")
     for key in ("PERCENT_DATASET", "VAL_PERCENT"):
         if not 0 < config[key] <= 100:
             raise ConfigError(f"{key} must be in (0, 100] (fractions such as 0.5 are fine), got {config[key]}")
     if config["COCO_RATIO"] < 0 or config["RAIN_RATIO"] < 0 or config["COCO_RATIO"] + config["RAIN_RATIO"] <= 0:
-        raise ValueError(
+        raise SettingError(
             f"COCO_RATIO and RAIN_RATIO must be >= 0 with a positive sum, got {config['COCO_RATIO']} and "
             f"{config['RAIN_RATIO']}"
         )
@@ -162,7 +163,7 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
                                       clean_pair=clean_pair)
     val_dataset = validation_dataset(config, id2label)
     if len(train_dataset) < config["BATCH_SIZE"] * run.world_size:
-        raise ValueError(
+        raise DataError(
             f"the training subset has {len(train_dataset)} images, fewer than BATCH_SIZE x GPUs = "
             f"{config['BATCH_SIZE'] * run.world_size}: raise PERCENT_DATASET"
         )
@@ -256,9 +257,8 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
     """
     if not config["RESUME"]:
         return TrainState()
-    path = run.path(CHECKPOINT_FILE)
-    checkpoint = load_weights_file(path, "RESUME")
-    check_finite({key: checkpoint[key] for key in ("spdnet", "optimizer")}, f"checkpoint {path}")
+    checkpoint, path = load_checkpoint(run.path(CHECKPOINT_FILE), config["KEEP_CHECKPOINTS"], "RESUME",
+                                       ("spdnet", "optimizer"))
     state = TrainState(**checkpoint["state"])
     if state.micro_batches_done:
         for key in EPOCH_ORDER_SETTINGS:
@@ -283,7 +283,9 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
             f"resumed from {path} (SPDNet's weights come from it, not from SPDNET_WEIGHTS): epoch {state.epoch + 1}, "
             f"step {state.step}, best mAP {state.best_map:.4f}; "
             f"learning rate now {optimizer.param_groups[0]['lr']:.3g} "
-            f"(LEARNING_RATE={config['LEARNING_RATE']:g})",
+            f"(LEARNING_RATE={config['LEARNING_RATE']:g})"
+            + (f"; {math.ceil(config['BATCH_SIZE'] / state.micro_batch_parts)} images per micro-batch, as chosen "
+               "after an out-of-memory error (AUTO_MICRO_BATCH)" if state.micro_batch_parts > 1 else ""),
             flush=True,
         )
     return state
@@ -324,7 +326,7 @@ def adaptation_trainer(config, model, optimizer, scheduler, run: Run) -> Trainer
     return Trainer(log_path=run.path(LOG_NAME), checkpoint_path=run.path(CHECKPOINT_FILE), make_checkpoint=checkpoint,
                    checkpoint_every_steps=config["CHECKPOINT_EVERY_STEPS"],
                    check=lambda when: verify_detector(model, fingerprint, when), is_main=run.is_main,
-                   fresh_log=not config["RESUME"])
+                   fresh_log=not config["RESUME"], keep_checkpoints=config["KEEP_CHECKPOINTS"])
 
 
 def adaptation_step(config, model: IntegratedModel, device: torch.device):

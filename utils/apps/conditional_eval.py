@@ -12,6 +12,8 @@ from utils.training.coco_eval import METRIC_NAMES, CocoEvaluator
 from utils.models.conditional import ConditionalModel
 from utils.data.coco import non_empty, rain_variant_dirs
 from utils.runtime.device import autocast
+from utils.runtime.errors import DataError, MissingFileError, SettingError
+from utils.runtime.memory import in_parts
 from utils.apps.evaluation import build_val_loader
 from utils.data.rain import FAMILIES, split_by_family
 from utils.training.engine import detector_targets
@@ -37,18 +39,18 @@ def validation_splits(config: dict) -> dict[str, tuple[float, object]]:
     """
     family, held_out = config["HOLDOUT_FAMILY"], config["HOLDOUT_RAIN_DIR"]
     if family is not None and family not in FAMILIES:
-        raise ValueError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {family!r}")
+        raise SettingError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {family!r}")
     if held_out is not None and not os.path.isdir(held_out):
-        raise FileNotFoundError(f"HOLDOUT_RAIN_DIR: {held_out!r} does not exist")
+        raise MissingFileError(f"HOLDOUT_RAIN_DIR: {held_out!r} does not exist")
     seen = config["COCO_RAIN_DIR"]
     if family is not None:
         seen, of_family = split_by_family(rain_variant_dirs(config["COCO_RAIN_DIR"], "val"), family)
         if not seen:
-            raise ValueError(f"HOLDOUT_FAMILY={family!r} leaves no rain variant of "
-                             f"COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} for the rainy split")
+            raise DataError(f"HOLDOUT_FAMILY={family!r} leaves no rain variant of "
+                            f"COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} for the rainy split")
         if held_out is None and not of_family:
-            raise ValueError(f"HOLDOUT_FAMILY={family!r}: COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} has no variant "
-                             "of it; set HOLDOUT_RAIN_DIR")
+            raise DataError(f"HOLDOUT_FAMILY={family!r}: COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} has no variant "
+                            "of it; set HOLDOUT_RAIN_DIR")
         held_out = held_out or of_family
     mixed = config["MIXED_RAIN_FRACTION"]
     splits = {"clean": (0.0, seen), "rainy": (1.0, seen), "mixed": (mixed, seen)}
@@ -94,8 +96,10 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
         oracle_router=(CocoEvaluator(annotation_file, label_to_category_id, model.integrated.adapter)
                        if config.get("ORACLE_REPORT") else None),
     )
+    parts = 1  # out of memory: the batches are split (in_parts)
     for images, targets in non_empty(tqdm(loader, desc=f"{split} val", dynamic_ncols=True, leave=False)):
-        score_batch(model, images, targets, rows, tally, config, device)
+        parts = in_parts(lambda part, part_targets: score_batch(model, part, part_targets, rows, tally, config, device),
+                         images.to(device, non_blocking=True), targets, parts, device, f"{split} val")
     if tally.clean_mismatches:
         raise RuntimeError(f"{split}: {tally.clean_mismatches} of {tally.clean_checked} images gated clean did not get "
                            "the frozen detector's exact output")
@@ -105,21 +109,23 @@ def score_routes(model: ConditionalModel, loader, annotation_file, label_to_cate
 def score_batch(model: ConditionalModel, images: torch.Tensor, targets, rows: list[str], tally: RouteTally, config,
                 device) -> None:
     """Run one batch ((B, 3, H, W) images and their targets) through every row's route into ``tally``,
-    checking the clean guarantee on it."""
+    checking the clean guarantee on it. Every model runs before ``tally`` changes (``in_parts``)."""
     images = images.to(device, non_blocking=True)
     image_ids = [int(t["image_id"]) for t in targets]
     sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
-    outputs = {}
     with autocast(device, config["PRECISION"]):
+        outputs = {row: model(images, route=ROWS[row][0], routing=ROWS[row][1]) for row in rows}
+        clean = (~outputs["gate"].derained).nonzero().squeeze(1)
+        direct = model.integrated.detect(images[clean]) if len(clean) else None
+        losses = (path_losses(model.integrated, images, detector_targets(targets, device))
+                  if config.get("ORACLE_REPORT") else None)
         for row in rows:
-            route, routing = ROWS[row]
-            outputs[row] = model(images, route=route, routing=routing)
             for key, value in outputs[row].seconds.items():
                 tally.seconds[row][key] += value
             tally.evaluators[row].update(outputs[row].logits, outputs[row].pred_boxes, image_ids, sizes)
-        check_clean_guarantee(model, images, outputs, [row for row in rows if ROWS[row][0] == "gate"], tally)
-        if config.get("ORACLE_REPORT"):
-            score_oracle(model, images, targets, image_ids, sizes, outputs, tally, device)
+        check_clean_guarantee(clean, direct, outputs, [row for row in rows if ROWS[row][0] == "gate"], tally)
+        if losses is not None:
+            score_oracle(losses, image_ids, sizes, outputs, tally)
     tally.probabilities.append(outputs["gate"].rain_probability.cpu())
     tally.gated_rainy.append(outputs["gate"].derained.cpu())
     if "soft" in outputs:
@@ -127,12 +133,12 @@ def score_batch(model: ConditionalModel, images: torch.Tensor, targets, rows: li
     tally.actual.append(torch.tensor([bool(t["is_rainy"]) for t in targets]))
 
 
-def score_oracle(model: ConditionalModel, images: torch.Tensor, targets, image_ids: list[int], sizes: torch.Tensor,
-                 outputs: dict, tally: RouteTally, device) -> None:
-    """ORACLE_REPORT: per image of the batch, the path with the lower detector loss (SPDNet's when
-    L(x) - L(SPDNet(x)) > 0), kept for the gate's agreement and scored as the oracle router (with the
-    batch's image ids and (B, 2) original sizes, as every row is)."""
-    losses = path_losses(model.integrated, images, detector_targets(targets, device))
+def score_oracle(losses: tuple[torch.Tensor, torch.Tensor], image_ids: list[int], sizes: torch.Tensor,
+                 outputs: dict, tally: RouteTally) -> None:
+    """ORACLE_REPORT: per image of the batch, the path with the lower detector loss (``losses``: the
+    (B,) losses without and with SPDNet; SPDNet's when L(x) - L(SPDNet(x)) > 0), kept for the gate's
+    agreement and scored as the oracle router (with the batch's image ids and (B, 2) original sizes,
+    as every row is)."""
     derain = utility_targets(*losses, 0.0).bool()
     tally.oracle.append(derain.cpu())
     pick = derain.view(-1, 1, 1)
@@ -141,14 +147,12 @@ def score_oracle(model: ConditionalModel, images: torch.Tensor, targets, image_i
                                torch.where(pick, always.pred_boxes, never.pred_boxes), image_ids, sizes)
 
 
-def check_clean_guarantee(model: ConditionalModel, images: torch.Tensor, outputs: dict, gated: list[str],
-                          tally: RouteTally) -> None:
+def check_clean_guarantee(clean: torch.Tensor, direct, outputs: dict, gated: list[str], tally: RouteTally) -> None:
     """The guarantee: an image gated clean gets exactly the frozen detector's output, whatever the
-    routing. Counts into ``tally`` the batch's images ((B, 3, H, W)) gated clean, those a ``gated``
-    row's output differs on, and how far the full-batch vanilla logits stray from the gated ones."""
-    clean = (~outputs["gate"].derained).nonzero().squeeze(1)
+    routing. ``clean``: the indices of the batch's images gated clean, ``direct``: the frozen
+    detector's output on them alone. Counts into ``tally`` those images, those a ``gated`` row's
+    output differs on, and how far the full-batch vanilla logits stray from the gated ones."""
     if len(clean):
-        direct = model.integrated.detect(images[clean])
         same = all(
             torch.equal(direct.logits, outputs[row].logits[clean])
             and torch.equal(direct.pred_boxes, outputs[row].pred_boxes[clean])

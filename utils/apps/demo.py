@@ -39,6 +39,7 @@ from utils.training.engine import LoopSettings, TrainState, detector_targets, ev
 from utils.apps.evaluation import image_quality
 from utils.apps.pipelines import build_detector_only, build_spdnet
 from utils.runtime.device import choose_device
+from utils.runtime.errors import MissingFileError, SettingError
 from utils.models.spdnet import SPDNet
 from utils.data.synthetic import build_synthetic_world, world_id2label
 
@@ -209,6 +210,7 @@ def gate_settings(config: dict, paths: dict[str, str]) -> dict:
         "GATE_NUM_EPOCHS": config["DEMO_GATE_EPOCHS"], "GATE_BATCH_SIZE": 32, "GATE_LEARNING_RATE": 1e-3,
         "DEVICE": config["DEMO_DEVICE"], "CPU_THREADS": None, "DATALOADER_WORKERS": workers,
         "SEED": config["DEMO_SEED"], "OUTPUT_DIR": config["DEMO_DIR"], "RESUME": False, "LOG_EVERY_STEPS": 10,
+        "KEEP_CHECKPOINTS": 2, "AUTO_MICRO_BATCH": True,
     }
 
 
@@ -234,7 +236,7 @@ def build_demo(config: dict) -> dict[str, str]:
     kept = {name: read_manifest(paths[f"{name}_manifest"]) for name in ("detector", "spdnet")}
     for name, manifest in kept.items():
         if manifest is None or not os.path.exists(paths[name]):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"DEMO_WEIGHTS_DIR: {paths[name]!r} or its record is missing; make the demo's stand-ins with "
                 f"`{pretrain_command(config['DEMO_DETECTOR_FAMILY'])}` (or restore demo_weights/ from git)"
             )
@@ -243,7 +245,7 @@ def build_demo(config: dict) -> dict[str, str]:
         made_on = kept[name]["settings"]["world"]
         for key in ("image_size", "num_classes"):
             if made_on[key] != world[key]:
-                raise ValueError(f"DEMO_{key.upper()} is {world[key]} but {paths[name]} was made for {made_on[key]}")
+                raise SettingError(f"DEMO_{key.upper()} is {world[key]} but {paths[name]} was made for {made_on[key]}")
     os.makedirs(config["DEMO_DIR"], exist_ok=True)
     build_world(world, paths["world"])
 

@@ -19,6 +19,7 @@ from utils.runtime.checkpoint import atomic_write_json
 from utils.training.coco_eval import METRIC_NAMES, cxcywh_to_xyxy
 from utils.training.engine import evaluate
 from utils.runtime.device import autocast
+from utils.runtime.memory import in_parts
 from utils.training.image_quality import psnr, ssim
 from utils.apps.pipelines import Pipelines
 from utils.apps.visualize import draw_detections, save_grid, save_metric_bars
@@ -79,15 +80,19 @@ def image_quality(spdnets: dict, coco_dir: str, coco_rain_dir: str, image_size: 
     models = {name: spdnet.to(device).eval() for name, spdnet in spdnets.items()}
     names = ["rainy", *models]
     sums = {name: {"psnr_db": 0.0, "ssim": 0.0} for name in names}
-    count = 0
-    for images, targets in non_empty(tqdm(loader, desc="rainy val: PSNR / SSIM", dynamic_ncols=True, leave=False)):
+    count, parts = 0, 1
+
+    def measure(images, targets) -> None:
+        nonlocal count
         clean = torch.stack([t["clean_image"] for t in targets]).to(device)
-        images = images.to(device)
-        for name in names:
-            picture = images if name == "rainy" else models[name](images * 255.0)[0] / 255.0
+        pictures = {name: images if name == "rainy" else models[name](images * 255.0)[0] / 255.0 for name in names}
+        for name, picture in pictures.items():
             sums[name]["psnr_db"] += psnr(picture, clean).sum().item()
             sums[name]["ssim"] += ssim(picture, clean).sum().item()
         count += len(images)
+
+    for images, targets in non_empty(tqdm(loader, desc="rainy val: PSNR / SSIM", dynamic_ncols=True, leave=False)):
+        parts = in_parts(measure, images.to(device), targets, parts, device, "rainy val: PSNR / SSIM")
     return {name: {metric: round(total / max(count, 1), 4) for metric, total in sums[name].items()} for name in names}
 
 
@@ -139,9 +144,9 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
     )
     loader, _, _ = build_val_loader(dict(config, DATALOADER_WORKERS=0), pipelines.detector.config.id2label, 1.0)
     id2label = pipelines.detector.config.id2label
-    rows = []
-    for images, targets in non_empty(loader):
-        images = images.to(device)
+    rows, parts = [], 1
+
+    def draw(images, targets) -> None:
         size = [images.shape[-2:]] * len(images)
         with autocast(device, config["PRECISION"]):
             columns = [
@@ -151,7 +156,7 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
             ]
         post_process = pipelines.original.adapter.post_process
         detections = [post_process(out.logits, out.pred_boxes, size) for out in columns]
-        for index, target in enumerate(targets):
+        for index, target in enumerate(targets[:config["NUM_EXAMPLES"] - len(rows)]):
             # The boxes are normalised (cx, cy, w, h) of the resized image the pipelines saw.
             truth = cxcywh_to_xyxy(target["boxes"]) * images.shape[-1]
             top_k = max(1, len(truth))  # as many guesses as there are objects, whatever their scores
@@ -160,9 +165,10 @@ def save_comparison_pictures(pipelines: Pipelines, results: dict, config: dict, 
                                 ground_truth=truth)
                 for c in range(3)
             ])
-            if len(rows) == config["NUM_EXAMPLES"]:
-                break
-        if len(rows) == config["NUM_EXAMPLES"]:
+
+    for images, targets in non_empty(loader):
+        parts = in_parts(draw, images.to(device), targets, parts, device, "example pictures")
+        if len(rows) >= config["NUM_EXAMPLES"]:
             break
     grid = save_grid(
         rows, [f"rainy input -> {detector}", f"original SPDNet -> {detector}", f"adapted SPDNet -> {detector}"],

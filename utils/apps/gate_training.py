@@ -16,8 +16,9 @@ from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empt
 from utils.data.gate_data import GateTrainingSet
 from utils.data.rain import FAMILIES, families_except, split_by_family
 from utils.models.rain_gate import RainDetector
-from utils.runtime.checkpoint import atomic_save, load_weights_file, restore_rng_states, rng_states, seed_everything
+from utils.runtime.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, seed_everything
 from utils.runtime.device import choose_device
+from utils.runtime.errors import DataError, SettingError
 from utils.runtime.signals import StopRequested
 from utils.training.engine import LoopSettings, Trainer, TrainState
 from utils.training.gate_metrics import choose_threshold, classification_metrics, fit_temperature
@@ -43,7 +44,7 @@ def gate_rain_dirs(config: dict, split: str) -> tuple[list[str] | str, list[str]
         return config["COCO_RAIN_DIR"], []
     kept, held_out = split_by_family(rain_variant_dirs(config["COCO_RAIN_DIR"], split), holdout)
     if not kept:
-        raise ValueError(f"HOLDOUT_FAMILY={holdout!r} leaves no rain variant of "
+        raise DataError(f"HOLDOUT_FAMILY={holdout!r} leaves no rain variant of "
                          f"COCO_RAIN_DIR={config['COCO_RAIN_DIR']!r} to train on")
     return kept, held_out
 
@@ -59,7 +60,7 @@ def gate_loader(config: dict, split: str, train: bool, coco_rain_dir, device: to
         return_clean_pair=train and config["RANDOM_RAIN"] > 0,
     )
     if len(dataset) == 0:
-        raise ValueError(f"{setting}={config[setting]} leaves no {split} image of COCO_DIR={config['COCO_DIR']!r}: "
+        raise DataError(f"{setting}={config[setting]} leaves no {split} image of COCO_DIR={config['COCO_DIR']!r}: "
                          f"raise {setting}")
     diversity = {"blur": config["AUGMENT_BLUR"], "jpeg": config["AUGMENT_JPEG"], "jitter": config["AUGMENT_JITTER"],
                  "noise": config["AUGMENT_NOISE"]}
@@ -77,7 +78,7 @@ def build_gate_data(config: dict, device: torch.device, id2label: dict | None = 
     """The gate's loaders (``gate_loader``) with HOLDOUT_FAMILY's variants kept apart."""
     holdout = config["HOLDOUT_FAMILY"]
     if holdout is not None and holdout not in FAMILIES:
-        raise ValueError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {holdout!r}")
+        raise SettingError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {holdout!r}")
     train_rain, _ = gate_rain_dirs(config, "train")
     val_rain, held_out_rain = gate_rain_dirs(config, "val")
     train = gate_loader(config, "train", True, train_rain, device, id2label)
@@ -162,14 +163,15 @@ class GateRun:
                 "epoch_shuffle": self.epoch_shuffle, "rng": rng_states(), "config": dict(self.config)}
 
     def resume(self) -> None:
-        checkpoint = load_weights_file(self.checkpoint_path, "RESUME")
+        checkpoint, path = load_checkpoint(self.checkpoint_path, self.config["KEEP_CHECKPOINTS"], "RESUME",
+                                           ("model", "optimizer"))
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.state, self.best = TrainState(**checkpoint["state"]), checkpoint["best"]
         self.epoch_shuffle = checkpoint["epoch_shuffle"]
         restore_rng_states(checkpoint["rng"])
-        print(f"resumed from {self.checkpoint_path}: epoch {self.state.epoch + 1}, step {self.state.step}", flush=True)
+        print(f"resumed from {path}: epoch {self.state.epoch + 1}, step {self.state.step}", flush=True)
 
     def batches(self):
         """This epoch's batches from where the state stands (the shuffle replayed from the epoch's start)."""
@@ -226,8 +228,10 @@ def fit_gate(run: GateRun, loss_of_batch, log_name: str, what: str) -> dict:
     if config["RESUME"]:
         run.resume()
     trainer = Trainer(log_path=os.path.join(config["OUTPUT_DIR"], log_name), checkpoint_path=run.checkpoint_path,
-                      make_checkpoint=run.checkpoint, fresh_log=not config["RESUME"])
-    settings = LoopSettings(1, None, "fp32", MAX_NONFINITE_IN_A_ROW, config["LOG_EVERY_STEPS"])
+                      make_checkpoint=run.checkpoint, fresh_log=not config["RESUME"],
+                      keep_checkpoints=config["KEEP_CHECKPOINTS"])
+    settings = LoopSettings(1, None, "fp32", MAX_NONFINITE_IN_A_ROW, config["LOG_EVERY_STEPS"],
+                            auto_micro_batch=config["AUTO_MICRO_BATCH"])
     stop = StopRequested().install()
     try:
         while run.state.epoch < config["GATE_NUM_EPOCHS"]:

@@ -22,6 +22,7 @@ import torch
 
 from utils.runtime.checkpoint import check_finite, load_weights_file
 from utils.runtime.device import check_precision
+from utils.runtime.errors import MissingFileError, UserError
 from utils.models.conditional import ConditionalModel
 from utils.models.detector import load_detector
 from utils.models.integrated_model import IntegratedModel
@@ -34,7 +35,7 @@ GATE_FILE = "rain_detector.pt"  # the rain gate, its threshold and calibration (
 UTILITY_GATE_FILE = "utility_gate.pt"  # the utility gate, in the rain gate's format (+ kind "utility", mode)
 
 
-class DetectorMismatchError(ValueError):
+class DetectorMismatchError(UserError, ValueError):
     """Adapted weights loaded in front of another detector than the one they were adapted to."""
 
 
@@ -67,7 +68,7 @@ def weights_path(config: dict, setting: str, file_name: str) -> str:
     setting when the file does not exist."""
     path = config[setting] or os.path.join(config["OUTPUT_DIR"], file_name)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{setting}: {path!r} does not exist")
+        raise MissingFileError(f"{setting}: {path!r} does not exist")
     return path
 
 
@@ -75,7 +76,7 @@ def adapted_weights_path(config: dict) -> str:
     """ADAPTED_WEIGHTS, or OUTPUT_DIR/spdnet_adapted.pt, which must exist."""
     path = config["ADAPTED_WEIGHTS"] or os.path.join(config["OUTPUT_DIR"], ADAPTED_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"ADAPTED_WEIGHTS: adapted SPDNet {path!r} does not exist: run Training_SPDNet_Adaptation.py first "
             "(with the same OUTPUT_DIR) or set ADAPTED_WEIGHTS"
         )

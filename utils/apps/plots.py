@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+
+from utils.runtime.checkpoint import write_atomically
 
 
 def read_jsonl(path: str) -> list[dict]:
     with open(path) as file:
         return [json.loads(line) for line in file if line.strip()]
+
+
+def save_figure(figure, path: str, dpi: int) -> str:
+    """A matplotlib figure written atomically (a full disk: one line naming ``path``), in the format its
+    extension names."""
+    kind = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    return write_atomically(path, lambda file: figure.savefig(file, format=kind, dpi=dpi))
 
 
 def plot_training_curves(log_path: str, png_path: str) -> str:
@@ -30,6 +40,6 @@ def plot_training_curves(log_path: str, png_path: str) -> str:
     map_axis.grid(alpha=0.3)
     map_axis.legend()
     figure.tight_layout()
-    figure.savefig(png_path, dpi=110)
+    save_figure(figure, png_path, dpi=110)
     plt.close(figure)
     return png_path

@@ -21,6 +21,7 @@ from utils.apps.demo import train_detector, train_original_spdnet
 from utils.models.detector import load_detector
 from utils.training.engine import detector_targets
 from utils.runtime.device import autocast
+from utils.runtime.errors import DataError
 from utils.models.integrated_model import IntegratedModel
 from utils.apps.pipelines import build_training_model
 
@@ -55,7 +56,7 @@ def rainy_batches(coco_dir: str, coco_rain_dir: str, detector_dir: str, image_si
                for images, targets in non_empty(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn))
                if len(images) == batch_size]
     if len(batches) < count:
-        raise ValueError(f"{coco_rain_dir}: only {len(batches)} full rainy batches of {batch_size}, {count} asked")
+        raise DataError(f"{coco_rain_dir}: only {len(batches)} full rainy batches of {batch_size}, {count} asked")
     return batches[:count]
 
 

@@ -25,6 +25,7 @@ from utils.models.detector import freeze, load_detector
 from utils.models.integrated_model import IntegratedModel, check_image_size
 from utils.runtime.checkpoint import seed_everything
 from utils.runtime.device import choose_device
+from utils.runtime.errors import SettingError
 from utils.training.engine import detector_targets
 from utils.training.gate_metrics import classification_metrics
 from utils.training.utility import gain_loss, path_losses, soft_routing_loss, utility_targets
@@ -41,7 +42,7 @@ NO_DIVERSITY = {"EPOCH_VARIANTS": False, "RANDOM_RAIN": 0.0, "AUGMENT_BLUR": 0.0
 def check_utility_config(config: dict) -> None:
     """UTILITY_MODE and IMAGE_SIZE refused in one line before any work."""
     if config["UTILITY_MODE"] not in UTILITY_MODES:
-        raise ValueError(f"UTILITY_MODE must be one of {UTILITY_MODES}, got {config['UTILITY_MODE']!r}")
+        raise SettingError(f"UTILITY_MODE must be one of {UTILITY_MODES}, got {config['UTILITY_MODE']!r}")
     check_image_size(config["IMAGE_SIZE"])
 
 

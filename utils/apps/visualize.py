@@ -7,6 +7,8 @@ from typing import Mapping, Sequence
 import torch
 from torchvision.utils import draw_bounding_boxes
 
+from utils.apps.plots import save_figure
+
 # Infer.py's pictures: detections drawn when their score reaches this (mAP itself uses every score).
 DRAW_SCORE_THRESHOLD = 0.5
 GROUND_TRUTH_COLOUR, DETECTION_COLOUR = "lime", "yellow"
@@ -65,7 +67,7 @@ def save_grid(rows: Sequence[Sequence[torch.Tensor]], column_titles: Sequence[st
     if caption:
         figure.text(0.5, 0.002, caption, ha="center", va="bottom", fontsize=9)
     figure.tight_layout(rect=(0, 0.02 if caption else 0, 1, 1))
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path, dpi=100)
     plt.close(figure)
     return path
 
@@ -93,6 +95,6 @@ def save_metric_bars(results: Mapping[str, Mapping[str, Mapping[str, float]]], m
         axis.legend(fontsize=8)
         axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
     plt.close(figure)
     return path

@@ -43,6 +43,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from utils.runtime.coco_categories import coco_label_maps
+from utils.runtime.errors import DataError, MissingFileError, SettingError
 
 SPLIT_FOLDERS = {"train": "train2017", "val": "val2017"}
 # What a broken image file raises in PIL: unidentified or truncated files are OSErrors, some
@@ -57,15 +58,15 @@ def annotation_path(coco_dir: str, split: str) -> str:
 def read_annotation_file(path: str) -> dict:
     """A COCO annotation file, checked to exist, parse, and hold images, annotations and categories."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file {path!r} does not exist")
+        raise MissingFileError(f"annotation file {path!r} does not exist")
     with open(path) as file:
         try:
             coco = json.load(file)
         except json.JSONDecodeError as error:
-            raise ValueError(f"annotation file {path!r} is not valid JSON: {error}") from error
+            raise DataError(f"annotation file {path!r} is not valid JSON: {error}") from error
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
-            raise ValueError(f"annotation file {path!r} has no {key!r} list")
+            raise DataError(f"annotation file {path!r} has no {key!r} list")
     return coco
 
 
@@ -74,7 +75,7 @@ def check_data_dirs(coco_dir: str, coco_rain_dir, splits: Sequence[str]) -> None
     checked to exist: what a run does before it loads any model."""
     for split in splits:
         if not os.path.isfile(annotation_path(coco_dir, split)):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"COCO_DIR: {coco_dir!r} has no annotations/instances_{SPLIT_FOLDERS[split]}.json "
                 "(COCO's layout: docs/data.md)"
             )
@@ -126,25 +127,25 @@ def rain_variant_dirs(coco_rain_dir: str | Sequence[str], split: str) -> list[st
         roots = list(coco_rain_dir)
     else:
         if not os.path.isdir(coco_rain_dir):
-            raise FileNotFoundError(f"COCO_RAIN_DIR {coco_rain_dir!r} does not exist")
+            raise MissingFileError(f"COCO_RAIN_DIR {coco_rain_dir!r} does not exist")
         variants = sorted(
             name for name in os.listdir(coco_rain_dir) if os.path.isdir(os.path.join(coco_rain_dir, name, folder))
         )
         direct = os.path.isdir(os.path.join(coco_rain_dir, folder))
         if direct and variants:
-            raise ValueError(
+            raise DataError(
                 f"COCO_RAIN_DIR {coco_rain_dir!r} has both its own {folder}/ and variant folders "
                 f"{variants} holding one: ambiguous; point COCO_RAIN_DIR at one of them, or list them"
             )
         if not direct and not variants:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"COCO_RAIN_DIR {coco_rain_dir!r} has neither {folder}/ nor variant folders containing {folder}/"
             )
         roots = [coco_rain_dir] if direct else [os.path.join(coco_rain_dir, name) for name in variants]
     dirs = [os.path.join(root, folder) for root in roots]
     for directory in dirs:
         if not os.path.isdir(directory):
-            raise FileNotFoundError(f"rainy image folder {directory!r} does not exist")
+            raise MissingFileError(f"rainy image folder {directory!r} does not exist")
     return dirs
 
 
@@ -212,19 +213,19 @@ class CocoRainDataset(torch.utils.data.Dataset):
         if split not in SPLIT_FOLDERS:
             raise ValueError(f"split must be one of {sorted(SPLIT_FOLDERS)}, got {split!r}")
         if not 0 < percent <= 100:
-            raise ValueError(f"percent must be in (0, 100], got {percent}")
+            raise SettingError(f"percent must be in (0, 100], got {percent}")
         if coco_ratio < 0 or rain_ratio < 0 or coco_ratio + rain_ratio <= 0:
-            raise ValueError(f"coco_ratio and rain_ratio must be >= 0 with a positive sum, got {coco_ratio}, "
-                             f"{rain_ratio}")
+            raise SettingError(f"coco_ratio and rain_ratio must be >= 0 with a positive sum, got {coco_ratio}, "
+                               f"{rain_ratio}")
         if rain_ratio > 0 and coco_rain_dir is None:
-            raise ValueError("rain_ratio > 0 needs COCO_RAIN_DIR")
+            raise SettingError("rain_ratio > 0 needs COCO_RAIN_DIR")
         self.split, self.image_size, self.train, self.seed = split, image_size, train, seed
         self.return_clean_pair = return_clean_pair
         if not os.path.isdir(coco_dir):
-            raise FileNotFoundError(f"COCO_DIR {coco_dir!r} does not exist")
+            raise MissingFileError(f"COCO_DIR {coco_dir!r} does not exist")
         self.clean_dir = os.path.join(coco_dir, SPLIT_FOLDERS[split])
         if not os.path.isdir(self.clean_dir):
-            raise FileNotFoundError(f"clean image folder {self.clean_dir!r} does not exist")
+            raise MissingFileError(f"clean image folder {self.clean_dir!r} does not exist")
         self.annotation_file = annotation_path(coco_dir, split)
         coco = read_annotation_file(self.annotation_file)
 
@@ -308,7 +309,7 @@ class CocoRainDataset(torch.utils.data.Dataset):
                 path = os.path.join(folder, file_name)
                 if not os.path.isfile(path):
                     kind = "rainy image" if folder != self.clean_dir else "image"
-                    raise FileNotFoundError(f"{kind} {path!r} is listed in {self.annotation_file} but missing")
+                    raise MissingFileError(f"{kind} {path!r} is listed in {self.annotation_file} but missing")
 
     def set_epoch(self, epoch: int) -> None:
         """Choose this epoch's rain variants and flips. Call it before iterating the loader: it writes

@@ -52,6 +52,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils.runtime.checkpoint import atomic_write_json
+from utils.runtime.errors import NO_ROOM, DataError, FileWriteError, MissingFileError, SettingError
 from utils.data.coco import read_annotation_file
 
 # Bumped whenever the streak renderer's output changes, so a resume never mixes two renderers' rain.
@@ -196,7 +197,7 @@ def resolve_preset(preset: str | Preset) -> Preset:
     if isinstance(preset, (RainPreset, DropPreset, DownpourPreset)):
         return preset
     if preset not in PRESETS:
-        raise ValueError(f"rain preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        raise SettingError(f"rain preset must be one of {sorted(PRESETS)}, got {preset!r}")
     return PRESETS[preset]
 
 
@@ -208,7 +209,7 @@ def families_except(holdout: str | None) -> list[str]:
 def family_presets(family: str) -> list[str]:
     """The preset names of a rain family ("streaks", "drops" or "downpour")."""
     if family not in FAMILIES:
-        raise ValueError(f"rain family must be one of {FAMILIES}, got {family!r}")
+        raise SettingError(f"rain family must be one of {FAMILIES}, got {family!r}")
     return [name for name, preset in PRESETS.items() if preset.family == family]
 
 
@@ -376,7 +377,7 @@ def variant_names(presets: Sequence[str], variants_per_preset: int) -> list[str]
     for preset in presets:
         resolve_preset(preset)
     if variants_per_preset < 1:
-        raise ValueError(f"variants per preset must be >= 1, got {variants_per_preset}")
+        raise SettingError(f"variants per preset must be >= 1, got {variants_per_preset}")
     return [f"{preset}_v{k}" for preset in presets for k in range(variants_per_preset)]
 
 
@@ -399,7 +400,7 @@ def variant_family(root: str) -> str:
     """The rain family of a variant folder (the one holding ``{split}2017/``), from its rain_settings.json."""
     path = os.path.join(root, SETTINGS_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{root!r} has no {SETTINGS_FILE}, so its rain family is unknown: render it with Make_COCO_Rain.py"
         )
     with open(path) as file:
@@ -431,14 +432,14 @@ def claim_variant_root(root: str, name: str, seed: int, split_folder: str) -> No
         with open(path) as file:
             existing = json.load(file)
         if existing != settings:
-            raise ValueError(
+            raise DataError(
                 f"{root!r} holds rain rendered with {existing}, this run asks for {settings}: "
                 "choose another COCO_RAIN_DIR, or delete that folder to render it again"
             )
         return
     images = os.path.join(root, split_folder)
     if os.path.isdir(images) and os.listdir(images):
-        raise ValueError(
+        raise DataError(
             f"{images!r} already holds files but {root!r} has no {SETTINGS_FILE}, so their rain is unknown: "
             "choose another COCO_RAIN_DIR, or delete that folder"
         )
@@ -451,8 +452,13 @@ def copy_if_changed(source: str, destination: str) -> None:
         src, dst = os.stat(source), os.stat(destination)
         if (src.st_size, src.st_mtime_ns) == (dst.st_size, dst.st_mtime_ns):
             return
-    shutil.copy2(source, destination + ".tmp")
-    os.replace(destination + ".tmp", destination)
+    try:
+        shutil.copy2(source, destination + ".tmp")
+        os.replace(destination + ".tmp", destination)
+    except OSError as error:
+        if os.path.exists(destination + ".tmp"):
+            os.remove(destination + ".tmp")
+        raise FileWriteError.of(destination, error) from None
 
 
 def render_file(job: tuple) -> tuple[str, str | None]:
@@ -468,7 +474,11 @@ def render_file(job: tuple) -> tuple[str, str | None]:
         Image.fromarray(rainy).save(temporary, format="JPEG", quality=quality)
         os.replace(temporary, destination)
         return "written", None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except OSError as error:
+        if error.errno in NO_ROOM:  # the disk, not the source image: nothing else will be written either
+            raise FileWriteError.of(destination, error) from None
+        return "failed", f"{source}: {type(error).__name__}: {error}"
+    except (SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return "failed", f"{source}: {type(error).__name__}: {error}"
     finally:
         if os.path.exists(temporary):
@@ -496,7 +506,7 @@ def prepare_rain_jobs(source_dir: str, coco_rain_dir: str, split_folder: str, an
         for image in images:
             source = os.path.join(source_dir, image["file_name"])
             if not os.path.isfile(source):
-                raise FileNotFoundError(f"image {source!r} is listed in {annotation_file} but missing")
+                raise MissingFileError(f"image {source!r} is listed in {annotation_file} but missing")
             destination = os.path.join(root, split_folder, image["file_name"])
             jobs.append((source, destination, preset, seed, image["id"], name, quality))
     return jobs
@@ -549,12 +559,12 @@ def make_rainy_split(
     """
     source_dir = os.path.join(coco_dir, split_folder)
     if not os.path.isdir(source_dir):
-        raise FileNotFoundError(f"image folder {source_dir!r} does not exist")
+        raise MissingFileError(f"image folder {source_dir!r} does not exist")
     images = read_annotation_file(annotation_file)["images"][:limit]
     names = variant_names(presets, variants_per_preset)
     single_there = any(os.path.exists(os.path.join(coco_rain_dir, entry)) for entry in (SETTINGS_FILE, split_folder))
     if len(names) > 1 and single_there:
-        raise ValueError(
+        raise DataError(
             f"{coco_rain_dir!r} holds one rain variant itself; several variants go into sub-directories, "
             "which the loader could not tell apart from it: choose another COCO_RAIN_DIR"
         )

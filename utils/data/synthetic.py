@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from utils.runtime.checkpoint import atomic_write_json
+from utils.runtime.errors import SettingError
 from utils.data.rain import make_rainy_split, renderer_versions
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
@@ -33,7 +34,7 @@ WORLD_FILE = "world.json"
 def world_id2label(num_classes: int = len(SHAPES)) -> dict[int, str]:
     """The labels of a world drawing only the first ``num_classes`` shapes: its detector's id2label."""
     if not 1 <= num_classes <= len(SHAPES):
-        raise ValueError(f"num_classes must be in 1..{len(SHAPES)}, got {num_classes}")
+        raise SettingError(f"num_classes must be in 1..{len(SHAPES)}, got {num_classes}")
     return dict(enumerate(SHAPES[:num_classes]))
 
 

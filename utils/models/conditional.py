@@ -21,6 +21,7 @@ from torch import nn
 
 from utils.models.integrated_model import IntegratedModel
 from utils.models.rain_gate import RainDetector
+from utils.runtime.errors import SettingError
 
 
 @dataclass
@@ -100,5 +101,5 @@ class ConditionalModel(nn.Module):
 
 def check_routing(routing: str) -> str:
     if routing not in ROUTINGS:
-        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        raise SettingError(f"routing must be one of {ROUTINGS}, got {routing!r}")
     return routing

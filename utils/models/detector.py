@@ -20,6 +20,7 @@ from transformers import (
 
 from utils.models.detector_adapters import ADAPTER_ATTRIBUTE, adapter_class, adapter_of, read_processor_config
 from utils.runtime.coco_categories import COCO_ID2LABEL
+from utils.runtime.errors import MissingFileError, SettingError
 
 DEFAULT_DETECTOR = "PekingU/rtdetr_r18vd"
 SMALL_CONFIGS = {"rt_detr": RTDetrConfig, "rt_detr_v2": RTDetrV2Config}  # small_rtdetr_config's families
@@ -53,8 +54,8 @@ def rtdetr_r18vd_config(id2label: Mapping[int, str] | None = None):
 def check_small_family(family: str) -> None:
     """Refuse, in one line naming DEMO_DETECTOR_FAMILY, a family ``small_rtdetr_config`` cannot build."""
     if family not in SMALL_CONFIGS:
-        raise ValueError(f"DEMO_DETECTOR_FAMILY: {family!r} has no small demo configuration; use one of "
-                         f"{sorted(SMALL_CONFIGS)}")
+        raise SettingError(f"DEMO_DETECTOR_FAMILY: {family!r} has no small demo configuration; use one of "
+                           f"{sorted(SMALL_CONFIGS)}")
 
 
 def small_rtdetr_config(
@@ -131,9 +132,9 @@ def load_detector(source) -> nn.Module:
     source = os.fspath(source)
     looks_local = os.path.isabs(source) or source.startswith(".") or os.path.exists(source)
     if looks_local and not os.path.isdir(source):
-        raise FileNotFoundError(f"DETECTOR: directory {source!r} does not exist")
+        raise MissingFileError(f"DETECTOR: directory {source!r} does not exist")
     if looks_local and not os.path.isfile(os.path.join(source, "config.json")):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"DETECTOR: directory {source!r} has no config.json: point DETECTOR at a folder written by "
             "save_pretrained (config.json plus model.safetensors)"
         )
@@ -142,7 +143,7 @@ def load_detector(source) -> nn.Module:
         model = AutoModelForObjectDetection.from_pretrained(source)
     except OSError as error:
         detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"DETECTOR: could not load {source!r}: it is not a local directory, and the hub could not "
             "be reached or has no such model. Download it once where there is a network "
             f"(`hf download {source} --local-dir ./weights/{source.split('/')[-1]}`) and set DETECTOR to that "

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import ConditionalDetrImageProcessor, DetrImageProcessor, RTDetrImageProcessor
 
 from utils.runtime.coco_categories import coco_label_maps, placeholder_labels
-from utils.runtime.config import UserError
+from utils.runtime.errors import UserError
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 # COCO scores at most 100 detections per image (COCOeval's maxDets); also Conditional DETR's top_k.

@@ -17,6 +17,7 @@ from torch import nn
 
 from utils.models.detector import detector_fingerprint, freeze
 from utils.models.detector_adapters import DetectorAdapter, adapter_of
+from utils.runtime.errors import SettingError
 
 # RT-DETR's backbone downsamples by 32 and its encoder needs whole feature-map cells; the image size
 # every script checks (IMAGE_SIZE), whatever the family (an adapter may accept more: size_multiple).
@@ -27,7 +28,9 @@ def check_image_size(image_size: int) -> None:
     """IMAGE_SIZE refused in one line unless it is a multiple of SIZE_MULTIPLE (every script that sizes
     the detector's input checks it before any work)."""
     if image_size % SIZE_MULTIPLE:
-        raise ValueError(f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} (the detector's input), got {image_size}")
+        raise SettingError(
+            f"IMAGE_SIZE must be a multiple of {SIZE_MULTIPLE} (the detector's input), got {image_size}"
+        )
 
 
 def check_detector_input_size(pixel_values: torch.Tensor, multiple: int = SIZE_MULTIPLE,

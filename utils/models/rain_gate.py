@@ -19,6 +19,7 @@ import torchvision
 from torch import nn
 
 from utils.runtime.checkpoint import load_weights_file
+from utils.runtime.errors import DataError, SettingError
 
 ARCHITECTURES = ("small_cnn", "mobilenet_v3_small", "resnet18")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -39,10 +40,10 @@ def build_backbone(architecture: str, imagenet_weights: str | None = None) -> nn
     """A one-logit classifier; torchvision models may start from ImageNet weights in a local file."""
     if architecture == "small_cnn":
         if imagenet_weights:
-            raise ValueError("small_cnn has no ImageNet weights; use mobilenet_v3_small or resnet18")
+            raise SettingError("small_cnn has no ImageNet weights; use mobilenet_v3_small or resnet18")
         return small_cnn()
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"rain detector architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        raise SettingError(f"rain detector architecture must be one of {ARCHITECTURES}, got {architecture!r}")
     model = getattr(torchvision.models, architecture)(weights=None)
     if imagenet_weights:
         state_dict = load_weights_file(imagenet_weights, "IMAGENET_WEIGHTS")
@@ -50,8 +51,8 @@ def build_backbone(architecture: str, imagenet_weights: str | None = None) -> nn
             model.load_state_dict(state_dict)
         except (RuntimeError, TypeError) as error:
             detail = str(error).strip().splitlines()[0]
-            raise ValueError(f"IMAGENET_WEIGHTS: {imagenet_weights!r} is not a torchvision {architecture} state dict "
-                             f"({detail})") from None
+            raise DataError(f"IMAGENET_WEIGHTS: {imagenet_weights!r} is not a torchvision {architecture} state dict "
+                            f"({detail})") from None
     if architecture == "resnet18":
         model.fc = nn.Linear(model.fc.in_features, 1)
     else:
@@ -102,8 +103,8 @@ def load_rain_detector(path: str) -> RainDetector:
     checkpoint = load_weights_file(path, "RAIN_DETECTOR_WEIGHTS")
     missing = [key for key in ("state_dict", "architecture", "input_size", "threshold") if key not in checkpoint]
     if missing:
-        raise ValueError(f"RAIN_DETECTOR_WEIGHTS: {path} is not a rain detector checkpoint: "
-                         f"missing {', '.join(missing)}")
+        raise DataError(f"RAIN_DETECTOR_WEIGHTS: {path} is not a rain detector checkpoint: "
+                        f"missing {', '.join(missing)}")
     model = RainDetector(checkpoint["architecture"], checkpoint["input_size"], checkpoint["threshold"],
                          temperature=checkpoint.get("temperature", 1.0))
     model.load_state_dict(checkpoint["state_dict"])

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from utils.runtime.checkpoint import load_weights_file
+from utils.runtime.errors import SettingError, UserError
 
 HAAR = 1.0 / math.sqrt(2.0)
 # pytorch_wavelets' buffers: analysis filters reversed for conv2d's correlation, synthesis as is.
@@ -339,7 +340,7 @@ class SPDNet(nn.Module):
     def __init__(self, n_feats: int = 32, n_resblocks: int = 3, gradient_checkpointing: bool = False):
         super().__init__()
         if n_feats < 2 or n_feats % 2:
-            raise ValueError(f"n_feats must be an even number >= 2, got {n_feats}")
+            raise SettingError(f"n_feats must be an even number >= 2, got {n_feats}")
         n = n_feats
         self.n_feats, self.n_resblocks = n_feats, n_resblocks
         self.conv_init1 = ReflectConvReLU(3, n // 2, 3, 1)
@@ -405,7 +406,7 @@ class SPDNet(nn.Module):
 # Loading weights
 
 
-class SPDNetCheckpointError(ValueError):
+class SPDNetCheckpointError(UserError, ValueError):
     """A checkpoint that does not fit the model: names the missing, unexpected or mis-shaped keys."""
 
 

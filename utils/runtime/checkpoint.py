@@ -1,44 +1,155 @@
-"""Checkpoints that survive crashes: atomic writes, RNG states, weights-only loading."""
+"""Files that survive crashes and full disks: atomic, durable writes; the last checkpoints kept and the
+newest usable one chosen; RNG states; weights-only loading."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import random
 import re
-import tempfile
+import secrets
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 import torch
 
+from utils.runtime.errors import FileWriteError, MissingFileError, SettingError, UserError
 
-def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a crash never leaves half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".pt")
-    os.close(handle)
+
+def _fsync_directory(directory: str) -> None:
+    """Flush a folder's entries (a rename in it) to disk; a no-op where folders cannot be opened."""
     try:
-        torch.save(obj, temporary)
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the file itself was flushed
+    finally:
+        os.close(handle)
+
+
+def write_atomically(path: str, write: Callable[[BinaryIO], None],
+                     before_rename: Callable[[], None] = lambda: None) -> str:
+    """The project's one way to write a file: ``write(file)`` into a temporary file beside ``path``,
+    flushed to disk, renamed over ``path``, the folder flushed too. A crash or a power cut leaves the
+    old file or the new one, never half of one; the new file gets the mode the user's umask gives
+    (0644 under 022), like any other file. A write that fails (a full disk, a quota, a file-size
+    limit, no permission) removes the temporary file, leaves ``path`` as it was and raises a
+    FileWriteError naming ``path`` and the cause. ``before_rename`` runs once the new file is complete
+    on disk (``save_checkpoint`` moves the older checkpoints there). Returns ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(directory, f".tmp_{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        before_rename()
         os.replace(temporary, path)
-    except BaseException:
+        _fsync_directory(directory)
+    except OSError as error:
+        raise FileWriteError.of(path, error) from None
+    finally:
         if os.path.exists(temporary):
             os.remove(temporary)
-        raise
-
-
-def atomic_write_json(path: str, content, indent: int | None = 2) -> str:
-    """Write JSON to a temporary name beside ``path`` (its folder made if need be), then rename: a
-    reader never sees half a file. The one JSON writer of the project; returns ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as file:
-        json.dump(content, file, indent=indent)
-    os.replace(path + ".tmp", path)
     return path
 
 
-class NonFiniteTensorError(ValueError):
+def atomic_save(obj, path: str, before_rename: Callable[[], None] = lambda: None) -> str:
+    """``torch.save`` through ``write_atomically``. The bytes are made in memory first, so that a full
+    disk surfaces as the operating system's error (torch's own writer would only say "unexpected pos")."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_atomically(path, lambda file: file.write(buffer.getbuffer()), before_rename)
+
+
+def atomic_write_json(path: str, content, indent: int | None = 2) -> str:
+    """JSON through ``write_atomically`` (its folder made if need be): the one JSON writer of the
+    project; returns ``path``."""
+    text = json.dumps(content, indent=indent)
+    return write_atomically(path, lambda file: file.write(text.encode()))
+
+
+def append_line(path: str, line: str) -> None:
+    """Append ``line`` and a newline to a log file (JSONL). A write that fails is cut back to the
+    file's previous end, so that no half line is left, and raises a FileWriteError naming the file."""
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+        with open(path, "a") as file:
+            file.write(line + "\n")
+    except OSError as error:
+        if os.path.exists(path):
+            os.truncate(path, size)
+        raise FileWriteError.of(path, error) from None
+
+
+def checkpoint_paths(path: str, keep: int) -> list[str]:
+    """``path`` and the ``keep - 1`` older checkpoints kept beside it, newest first:
+    checkpoint.pt, checkpoint.1.pt, checkpoint.2.pt, ..."""
+    stem, suffix = os.path.splitext(path)
+    return [path] + [f"{stem}.{index}{suffix}" for index in range(1, keep)]
+
+
+def save_checkpoint(obj, path: str, keep: int, rotate: bool = True) -> str:
+    """``atomic_save`` to ``path``, the checkpoint it replaces kept as ``path``'s ``.1`` and so on: the
+    last ``keep`` checkpoints stay on disk (``checkpoint_paths``). The new file is complete on disk
+    before any older one moves; a crash between the renames leaves every checkpoint but the new one
+    under some name, and ``load_checkpoint`` takes the newest usable one. ``rotate=False`` replaces
+    ``path`` alone (a later checkpoint of the same step)."""
+    if keep < 1:
+        raise SettingError(f"KEEP_CHECKPOINTS must be a positive integer, got {keep!r}")
+    paths = checkpoint_paths(path, keep if rotate else 1)
+
+    def move_older() -> None:
+        for older, newer in zip(reversed(paths[1:]), reversed(paths[:-1])):
+            if os.path.exists(newer):
+                os.replace(newer, older)
+
+    return atomic_save(obj, path, move_older)
+
+
+def load_checkpoint(path: str, keep: int, setting: str, finite_keys: Sequence[str] = ()) -> tuple[dict, str]:
+    """The newest usable checkpoint of ``checkpoint_paths(path, keep)``, and its path.
+
+    A checkpoint is usable when it loads weights-only and the tensors under ``finite_keys`` are finite.
+    When the newest is not, the next older one is taken with a warning that names both; when none is,
+    one WeightsFileError (a missing ``path`` with nothing older: MissingFileError) names what was tried.
+    """
+    problems, unusable = [], []
+    for candidate in checkpoint_paths(path, max(keep, 1)):
+        if not os.path.exists(candidate):
+            continue
+        try:
+            checkpoint = load_weights_file(candidate, setting)
+            missing = [key for key in finite_keys if not isinstance(checkpoint, dict) or key not in checkpoint]
+            if missing:
+                raise WeightsFileError(f"{setting}: {candidate!r} is not a training checkpoint (no {missing[0]!r})")
+            check_finite({key: checkpoint[key] for key in finite_keys}, f"checkpoint {candidate}")
+        except (WeightsFileError, NonFiniteTensorError) as error:
+            problems.append(str(error))
+            unusable.append(candidate)
+            continue
+        if problems or candidate != path:
+            # The unusable files move aside (kept for a post-mortem), so that the next saves rotate
+            # usable checkpoints only.
+            for name in unusable:
+                os.replace(name, name + ".unusable")
+            newest = problems[0] if problems else f"{setting}: {path!r} does not exist"
+            moved = f" (moved to {unusable[0]}.unusable)" if unusable else ""
+            print(f"warning: {newest}{moved}; resuming from the previous checkpoint {candidate} instead", flush=True)
+        return checkpoint, candidate
+    if not problems:
+        raise MissingFileError(f"{setting}: {path!r} does not exist")
+    raise WeightsFileError(f"no usable checkpoint to resume from: {'; '.join(problems)}")
+
+
+class NonFiniteTensorError(UserError, ValueError):
     """A weights or checkpoint file holding a NaN or inf: names the file and the tensor."""
 
 
@@ -63,7 +174,7 @@ def check_finite(value, source: str) -> None:
         raise NonFiniteTensorError(f"{source}: tensor {shown} holds NaN or inf values; these weights cannot be used")
 
 
-class WeightsFileError(ValueError):
+class WeightsFileError(UserError, ValueError):
     """A weights or checkpoint file that cannot be read: names the setting and the file."""
 
 
@@ -76,7 +187,7 @@ def load_weights_file(path: str, setting: str):
     file carries).
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{setting}: {path!r} does not exist")
+        raise MissingFileError(f"{setting}: {path!r} does not exist")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

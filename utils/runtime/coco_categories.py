@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
+from utils.runtime.errors import DataError
+
 COCO_CATEGORIES = [
     {"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}, {"id": 3, "name": "car"},
     {"id": 4, "name": "motorcycle"}, {"id": 5, "name": "airplane"}, {"id": 6, "name": "bus"},
@@ -76,10 +78,10 @@ def coco_label_maps(
     name_to_category: dict[str, int] = {}
     for category in categories:
         if "id" not in category or "name" not in category:
-            raise ValueError(f"category entry {category!r} needs both 'id' and 'name'")
+            raise DataError(f"category entry {category!r} needs both 'id' and 'name'")
         key = _normalise_name(category["name"])
         if key in name_to_category:
-            raise ValueError(f"category name {category['name']!r} appears twice in the annotation categories")
+            raise DataError(f"category name {category['name']!r} appears twice in the annotation categories")
         name_to_category[key] = int(category["id"])
 
     label_to_category_id: dict[int, int] = {}
@@ -95,13 +97,13 @@ def coco_label_maps(
             label_to_category_id[label] = category_id
     if unmatched:
         known = ", ".join(repr(c["name"]) for c in categories[:10])
-        raise ValueError(
+        raise DataError(
             f"detector labels with no dataset category of the same name: {', '.join(unmatched)}. "
             f"The annotation categories are {known}{', ...' if len(categories) > 10 else ''}. "
             "Use a detector trained on these classes, or annotations whose category names match it."
         )
     labels = sorted(int(label) for label in id2label)
     if labels != list(range(len(labels))):
-        raise ValueError(f"detector labels must be contiguous 0..{len(labels) - 1}, got {labels}")
+        raise DataError(f"detector labels must be contiguous 0..{len(labels) - 1}, got {labels}")
     category_id_to_label = {category_id: label for label, category_id in label_to_category_id.items()}
     return category_id_to_label, label_to_category_id

@@ -25,9 +25,10 @@ import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from utils.runtime.demo_settings import demo_defaults
+from utils.runtime.errors import SettingError, UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingError):
     """A config file or --KEY=value that names an unknown key or gives a value of the wrong type."""
 
 
@@ -56,6 +57,7 @@ PROJECT_SETTINGS = frozenset({
     "GRADIENT_CHECKPOINTING", "CHANNELS_LAST", "COMPILE", "DEVICE", "CPU_THREADS", "DATALOADER_WORKERS", "SEED",
     "OUTPUT_DIR", "PREPARE_DEMO", "RESUME", "CHECKPOINT_EVERY_STEPS", "LOG_EVERY_STEPS", "EVAL_BEFORE_TRAINING",
     "DETECTION_LOSS_WEIGHT", "FEATURE_LOSS_WEIGHT", "PIXEL_LOSS_WEIGHT", "HOLDOUT_FAMILY", "RANDOM_RAIN",
+    "KEEP_CHECKPOINTS", "AUTO_MICRO_BATCH",
     # Eval_SPDNet_Adaptation.py
     "EVAL_CLEAN", "IMAGE_QUALITY", "ADAPTED_WEIGHTS", "NUM_EXAMPLES",
     # Eval_conditional.py
@@ -193,17 +195,11 @@ def load_config(
     return config
 
 
-class UserError(Exception):
-    """A setting, file or input a run cannot use; ``command_line`` ends the run with its message."""
-
-
-# What a script's command line reports in one line: the errors that name a setting, a file or an input.
-USER_ERRORS = (UserError, ValueError, FileNotFoundError)
-
-
 def command_line(main: Callable[[], Any]) -> Any:
-    """``main()`` for the shell: an error of USER_ERRORS ends the run with one line and exit code 1."""
+    """``main()`` for the shell: a UserError (utils/runtime/errors.py: a setting, a path, the data, a
+    full disk) ends the run with one line and exit code 1; any other exception is a bug and keeps its
+    traceback."""
     try:
         return main()
-    except USER_ERRORS as error:
+    except UserError as error:
         raise SystemExit(f"error: {error}") from None

@@ -15,6 +15,8 @@ import time
 
 import torch
 
+from utils.runtime.errors import SettingError
+
 
 def choose_device(name: str) -> torch.device:
     """``"auto"`` picks CUDA when available; anything else is taken as a torch device string."""
@@ -30,7 +32,7 @@ def set_cpu_threads(threads: int | None) -> None:
     if threads is None:
         return
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"CPU_THREADS must be a positive integer or None, got {threads!r}")
+        raise SettingError(f"CPU_THREADS must be a positive integer or None, got {threads!r}")
     torch.set_num_threads(threads)
 
 
@@ -48,7 +50,7 @@ COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "max-autotune",
 def check_compile(setting: str) -> str:
     """COMPILE, refused in one line unless it is "off" or one of torch.compile's modes."""
     if setting not in COMPILE_MODES:
-        raise ValueError(f"COMPILE must be one of {COMPILE_MODES}, got {setting!r}")
+        raise SettingError(f"COMPILE must be one of {COMPILE_MODES}, got {setting!r}")
     return setting
 
 
@@ -119,13 +121,13 @@ PRECISIONS = ("fp32", "bf16", "auto")
 def check_precision(precision: str, fp16: bool = False) -> None:
     """Refuse fp16 with the reason, and unknown precisions."""
     if fp16 or precision == "fp16":
-        raise ValueError(
+        raise SettingError(
             "FP16 is refused: SPDNet works on 0-255 inputs with unnormalised activations that overflow "
             "fp16's largest value (65,504) and give NaN losses and gradients. Use PRECISION='bf16' "
             "(fp32's exponent range at half the bytes) or 'fp32'."
         )
     if precision not in PRECISIONS:
-        raise ValueError(f"PRECISION must be one of {PRECISIONS}, got {precision!r}")
+        raise SettingError(f"PRECISION must be one of {PRECISIONS}, got {precision!r}")
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:

@@ -23,3 +23,8 @@ EVAL_DATALOADER_WORKERS = 4  # data loading processes of the evaluation scripts 
 SEED = 42  # seeds a run's subsets, data order, rain variants and initialisation
 # ---- output
 OUTPUT_DIR = "./outputs_spdnet_adaptation"  # where the scripts write weights, logs and results, and read each other's
+# ---- surviving a real machine (the training scripts)
+KEEP_CHECKPOINTS = 2  # checkpoints kept (checkpoint.pt, checkpoint.1.pt, ...): RESUME falls back to the previous
+#   one when the newest is unreadable or holds NaN/inf
+AUTO_MICRO_BATCH = True  # on out of memory in a training step, halve the micro-batch and double the accumulation
+#   (same effective batch and schedule) and replay the window; False: the error ends the run

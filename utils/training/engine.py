@@ -21,9 +21,10 @@ from torch import nn
 from tqdm import tqdm
 
 from utils.data.coco import non_empty
-from utils.runtime.checkpoint import atomic_save
-from utils.runtime.config import UserError
+from utils.runtime.checkpoint import append_line, save_checkpoint
 from utils.runtime.device import autocast, memory_in_use_gb
+from utils.runtime.errors import FileWriteError, UserError
+from utils.runtime.memory import free_cached_memory, in_parts, more_parts, part_size, split_batch
 from utils.runtime.distributed import all_gather_objects, all_reduce_mean_, all_reduce_sum_, distributed_world
 from utils.training.coco_eval import CocoEvaluator, coco_metrics
 
@@ -81,6 +82,7 @@ class TrainState:
     best_epoch: int = -1
     epochs_without_improvement: int = 0
     nonfinite_micro_batches: int = 0
+    micro_batch_parts: int = 1  # each loader batch runs as this many micro-batches (AUTO_MICRO_BATCH after OOM)
     history: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -103,12 +105,13 @@ class LoopSettings:
     max_steps: int | None = None  # MAX_STEPS
     terms: Sequence[str] = ()  # the names of the loss terms logged beside the loss
     nonfinite_what: str = "loss"  # what the non-finite error says went wrong
+    auto_micro_batch: bool = True  # AUTO_MICRO_BATCH
 
     @classmethod
     def from_config(cls, config: Mapping, terms: Sequence[str] = ()) -> "LoopSettings":
         return cls(config["GRADIENT_ACCUMULATION_STEPS"], config["GRAD_CLIP_NORM"], config["PRECISION"],
                    config["MAX_NONFINITE_IN_A_ROW"], config["LOG_EVERY_STEPS"], config["MAX_STEPS"], tuple(terms),
-                   "SPDNet output or loss")
+                   "SPDNet output or loss", config["AUTO_MICRO_BATCH"])
 
 
 class WindowStats:
@@ -118,8 +121,8 @@ class WindowStats:
     row (which spans windows)."""
 
     def __init__(self, device: torch.device, terms: Sequence[str] = ()):
-        self.loss, self.finite, self.nonfinite, self.in_a_row, self.worst_in_a_row = (
-            torch.zeros((), device=device) for _ in range(5))
+        self.loss, self.finite, self.nonfinite, self.in_a_row, self.worst_in_a_row, self.in_a_row_at_start = (
+            torch.zeros((), device=device) for _ in range(6))
         self.terms = {term: torch.zeros((), device=device) for term in terms}
 
     def add(self, loss: torch.Tensor, finite: torch.Tensor, terms: Mapping[str, torch.Tensor]) -> None:
@@ -136,11 +139,17 @@ class WindowStats:
         run's sum is an upper bound); starts the next window."""
         stats = torch.stack((self.loss, self.finite, self.nonfinite, self.worst_in_a_row, *self.terms.values()))
         all_reduce_sum_(stats, world_size)
-        self.loss.zero_(), self.finite.zero_(), self.nonfinite.zero_(), self.worst_in_a_row.copy_(self.in_a_row)
-        for total in self.terms.values():
-            total.zero_()
+        self.in_a_row_at_start.copy_(self.in_a_row)
+        self.restart()
         values = stats.tolist()
         return values[:4], dict(zip(self.terms, values[4:]))
+
+    def restart(self) -> None:
+        """Forget this window's micro-batches (its start: after ``read``, or a replay after OOM)."""
+        self.loss.zero_(), self.finite.zero_(), self.nonfinite.zero_()
+        self.in_a_row.copy_(self.in_a_row_at_start), self.worst_in_a_row.copy_(self.in_a_row_at_start)
+        for total in self.terms.values():
+            total.zero_()
 
 
 class MetricLogger:
@@ -222,6 +231,12 @@ def train_one_epoch(
     boundary, when ``should_stop()`` says so or ``max_steps`` optimizer steps are reached before the
     epoch's end (at its end, the epoch is complete: not stopped).
 
+    Each loader batch runs as ``state.micro_batch_parts`` micro-batches, each weighted by its share
+    of the batch. Out of memory (``settings.auto_micro_batch``): the parts double (half the images per
+    micro-batch, twice the accumulation: the same effective batch, schedule and steps), the window's
+    gradients are dropped and its batches replayed from the last optimizer step; one log line and a
+    JSONL record ("type": "out_of_memory") say so, and the checkpoint keeps the choice.
+
     Returns:
         {"loss": mean finite loss of the epoch's steps run here (None: no step), "images": images seen,
         "stopped": bool}
@@ -233,10 +248,20 @@ def train_one_epoch(
     counter = StepCounter(state.micro_batches_done, settings.accumulation_steps, micro_batches_in_epoch)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    stopped = False
+    stopped, window_batches = False, []  # the window's loader batches so far (replayed after OOM)
     progress = tqdm(total=micro_batches_in_epoch, initial=counter.micro_index, disable=rank != 0 or not show_progress,
                     dynamic_ncols=True,
                     desc=description or f"epoch {state.epoch + 1}", unit="batch")
+
+    def backward(batches) -> None:
+        for images, targets in batches:
+            for part_images, part_targets in split_batch(images, targets, state.micro_batch_parts):
+                with autocast(device, settings.precision):
+                    loss, terms = loss_of_batch(part_images, part_targets)
+                finite = guard.set_loss(loss)
+                (loss / (counter.window_size() * len(images) / len(part_images))).backward()
+                window.add(loss, finite, terms)
+
     try:
         for batch in loader:
             if should_stop():
@@ -245,15 +270,24 @@ def train_one_epoch(
                 stopped = True
                 break
             if batch is not None:
-                with autocast(device, settings.precision):
-                    loss, terms = loss_of_batch(*batch)
-                finite = guard.set_loss(loss)
-                (loss / counter.window_size()).backward()
-                window.add(loss, finite, terms)
+                window_batches.append(batch)
+                replay = [batch]
+                while replay:
+                    try:
+                        backward(replay)
+                        replay = []
+                    except torch.OutOfMemoryError:
+                        if not settings.auto_micro_batch:
+                            raise
+                        replay = window_batches  # out of the handler first: its traceback holds the tensors
+                    if replay:
+                        fewer_images_per_micro_batch(state, settings, len(batch[0]), device, optimizer, window,
+                                                     on_log)
                 metrics.add_images(len(batch[0]))
             progress.update(1)
             if not counter.advance():
                 continue
+            window_batches = []
             state.micro_batches_done = counter.micro_index
             worst = optimizer_step(model, parameters, optimizer, scheduler, window, metrics, state, settings,
                                    device, progress, on_log, after_step)
@@ -270,6 +304,27 @@ def train_one_epoch(
         progress.close()
         guard.remove()
     return {"loss": metrics.mean("loss", "epoch"), "images": metrics.images["epoch"] * world_size, "stopped": stopped}
+
+
+def fewer_images_per_micro_batch(state: TrainState, settings: LoopSettings, batch_size: int, device,
+                                 optimizer, window: WindowStats, on_log) -> None:
+    """After out of memory: twice the parts (``more_parts``: at one image, OutOfMemoryAtOneImageError),
+    the window's gradients and statistics dropped for its replay, one line and one log record."""
+    optimizer.zero_grad(set_to_none=True)
+    window.restart()
+    free_cached_memory(device)
+    before = part_size(batch_size, state.micro_batch_parts)
+    state.micro_batch_parts = more_parts(state.micro_batch_parts, batch_size, device, "training")
+    record = {"type": "out_of_memory", "epoch": state.epoch + 1, "step": state.step,
+              "micro_batch": part_size(batch_size, state.micro_batch_parts),
+              "gradient_accumulation_steps": settings.accumulation_steps * state.micro_batch_parts,
+              "effective_batch": settings.accumulation_steps * batch_size}
+    print(f"out of memory with {before} images per micro-batch after step {state.step}: now {record['micro_batch']} "
+          f"images per micro-batch and {record['gradient_accumulation_steps']} accumulation steps (the same "
+          f"{record['effective_batch']} images per optimizer step); the window restarts from step {state.step}",
+          flush=True)
+    if on_log is not None:
+        on_log(record)
 
 
 def optimizer_step(model, parameters, optimizer, scheduler, window: WindowStats, metrics: MetricLogger,
@@ -319,29 +374,51 @@ class Trainer:
     loss), so that a run stopped by non-finite losses saves the weights that still worked.
 
     ``make_checkpoint(state)`` gives the dict a checkpoint holds (None: the run keeps no checkpoint);
-    ``check(when)`` runs before anything is saved (SPDNet adaptation checks the frozen detector there).
-    Only the main process (``is_main``) writes files.
+    the last ``keep_checkpoints`` checkpoints stay on disk (``save_checkpoint``); ``check(when)`` runs
+    before anything is saved (SPDNet adaptation checks the frozen detector there). Only the main
+    process (``is_main``) writes files.
     """
 
     def __init__(self, *, log_path: str | None, checkpoint_path: str | None,
                  make_checkpoint: Callable[[TrainState], dict] | None, checkpoint_every_steps: int | None = None,
-                 check: Callable[[str], None] = lambda when: None, is_main: bool = True, fresh_log: bool = True):
+                 check: Callable[[str], None] = lambda when: None, is_main: bool = True, fresh_log: bool = True,
+                 keep_checkpoints: int = 2):
         self.log_path, self.checkpoint_path, self.make_checkpoint = log_path, checkpoint_path, make_checkpoint
         self.checkpoint_every_steps, self.check, self.is_main = checkpoint_every_steps, check, is_main
+        self.keep_checkpoints, self.written_step = keep_checkpoints, None
         self.latest = self.good = None
         if fresh_log and is_main and log_path and os.path.exists(log_path):
             os.remove(log_path)
 
     def log(self, record: dict) -> None:
         if self.is_main and self.log_path:
-            with open(self.log_path, "a") as file:
-                file.write(json.dumps(record) + "\n")
+            append_line(self.log_path, json.dumps(record))
+
+    def write(self, checkpoint: dict) -> None:
+        """The checkpoint on disk; the older ones move down (``save_checkpoint``) unless the newest
+        holds the same step (an epoch's end, a stop), which it replaces."""
+        step = checkpoint["state"]["step"]
+        if self.is_main:
+            save_checkpoint(checkpoint, self.checkpoint_path, self.keep_checkpoints, rotate=step != self.written_step)
+        self.written_step = step
 
     def save(self, state: TrainState) -> None:
         """Checkpoint ``state`` now (atomically)."""
         self.check(f"at step {state.step}")
-        if self.is_main and self.make_checkpoint is not None:
-            atomic_save(self.make_checkpoint(state), self.checkpoint_path)
+        if self.make_checkpoint is not None:
+            self.write(self.make_checkpoint(state))
+
+    def save_latest(self) -> None:
+        """After an error that is not the user's (a bug, or out of memory at one image): the last
+        completed step's checkpoint written, as on SIGTERM, before the error goes on."""
+        if self.latest is None:
+            return
+        step = self.latest["state"]["step"]
+        self.check(f"at step {step}")
+        self.write(self.latest)
+        if self.is_main:
+            print(f"saved step {step}, the last completed one, to {self.checkpoint_path}: once the cause below is "
+                  "fixed, continue with --RESUME=True", flush=True)
 
     def remember(self, state: TrainState) -> None:
         """Keep ``state``'s checkpoint in memory as the latest step's."""
@@ -362,8 +439,7 @@ class Trainer:
                     "the starting weights (or the resumed checkpoint) and the learning rate.")
         step = self.good["state"]["step"]
         self.check(f"at step {step}")
-        if self.is_main:
-            atomic_save(self.good, self.checkpoint_path)
+        self.write(self.good)
         return (f"{self.checkpoint_path} holds step {step}, the last whose weights gave a finite loss: continue "
                 "from it with --RESUME=True and a lower --LEARNING_RATE (honoured on resume: the schedule "
                 "continues from that step at the new rate) or PRECISION='fp32'.")
@@ -372,13 +448,18 @@ class Trainer:
               micro_batches_in_epoch: int, device: torch.device, should_stop: Callable[[], bool],
               description: str | None = None) -> dict:
         """``train_one_epoch`` with this run's log and checkpoints; NonFiniteLossError after saving the
-        last good step."""
+        last good step; any other error but a failed write after saving the last completed step."""
         try:
             return train_one_epoch(model, loss_of_batch, optimizer, scheduler, loader, state, settings,
                                    micro_batches_in_epoch=micro_batches_in_epoch, device=device, on_log=self.log,
                                    after_step=self.after_step, should_stop=should_stop, description=description)
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"{error} {self.save_last_good()}") from None
+        except FileWriteError:
+            raise  # the disk is full: the checkpoint on disk is the last one that could be written
+        except Exception:
+            self.save_latest()
+            raise
 
 
 @torch.inference_mode()
@@ -404,15 +485,15 @@ def evaluate(
 
     Returns:
         AP, AP50, AP75, APs, APm, APl (per_class_AP on request), ``ms_per_image`` (model time only,
-        synchronised per batch) and ``images``.
+        synchronised per batch) and ``images``. Out of memory: the batches are split (``in_parts``).
     """
     rank, world_size = distributed_world()
     model.eval()
     evaluator = CocoEvaluator(coco_gt, label_to_category_id, model.adapter)
-    model_seconds, images_seen = 0.0, 0
-    for images, targets in non_empty(tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True,
-                                          leave=False)):
-        images = images.to(device, non_blocking=True)
+    model_seconds, images_seen, parts = 0.0, 0, 1
+
+    def score(images, targets) -> None:
+        nonlocal model_seconds, images_seen
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -426,6 +507,10 @@ def evaluate(
             outputs.logits, outputs.pred_boxes,
             [int(t["image_id"]) for t in targets], torch.stack([torch.as_tensor(t["orig_size"]) for t in targets]),
         )
+
+    for images, targets in non_empty(tqdm(loader, desc=description, disable=rank != 0, dynamic_ncols=True,
+                                          leave=False)):
+        parts = in_parts(score, images.to(device, non_blocking=True), targets, parts, device, description)
     results, image_ids = evaluator.results, evaluator.image_ids
     if world_size > 1:
         gathered = all_gather_objects((results, image_ids, model_seconds, images_seen), world_size)

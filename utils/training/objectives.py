@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.models.detector_adapters import adapter_of
+from utils.runtime.errors import SettingError
 
 LOSS_TERMS = ("detection", "feature", "pixel")
 
@@ -51,11 +52,11 @@ class Objective:
             key = f"{term.upper()}_LOSS_WEIGHT"
             value = config[key]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
+                raise SettingError(f"{key} must be a finite number >= 0, got {value!r}")
             weights[term] = float(value)
         if not any(weights.values()):
-            raise ValueError("DETECTION_LOSS_WEIGHT, FEATURE_LOSS_WEIGHT and PIXEL_LOSS_WEIGHT are all 0: "
-                             "nothing to train")
+            raise SettingError("DETECTION_LOSS_WEIGHT, FEATURE_LOSS_WEIGHT and PIXEL_LOSS_WEIGHT are all 0: "
+                               "nothing to train")
         return cls(**weights)
 
     @property
