@@ -10,7 +10,7 @@ from __future__ import annotations
 from utils.runtime import settings  # the shared defaults (utils/runtime/settings.py)
 
 COCO_DIR = settings.COCO_DIR  # clean COCO: {train,val}2017/ and annotations/
-COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO (a directory, a directory of variants, or a list)
+COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO (a directory, a directory of variants, or several joined by ":")
 SPLITS = ["val", "train"]  # the splits to check
 CHECK = True  # fully decode every clean and rainy file and compare sizes with the annotations
 BENCHMARK_IMAGES = 100  # images decoded and resized to time one loader worker (0: no benchmark)

@@ -18,7 +18,8 @@ from utils.runtime import settings  # the shared defaults (utils/runtime/setting
 
 # ---- data
 COCO_DIR = settings.COCO_DIR  # clean COCO: train2017/, val2017/, annotations/instances_{train,val}2017.json
-COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout; a list of such directories = rain variants
+COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout; several such folders joined by ":"
+#   (os.pathsep) = rain variants
 PERCENT_DATASET = 10.0  # percent of the training images used (10 -> ~11,800 on COCO train2017; 0.5 -> ~590)
 COCO_RATIO = 0.5  # fraction of the chosen training images also used clean (teaches SPDNet to leave clean images alone)
 RAIN_RATIO = 1.0  # fraction of the chosen training images used rainy

@@ -272,6 +272,25 @@ def test_out_of_memory_halves_the_micro_batch_and_trains_as_batch_1_with_twice_t
     assert_same_weights(weights(tmp_path / "batch_1" / "checkpoint.pt"), weights(tmp_path / "halved" / "checkpoint.pt"))
 
 
+def test_out_of_memory_in_the_middle_of_a_window_replays_the_window_from_the_last_step(tiny_world, tmp_path,
+                                                                                       monkeypatch):
+    reference = train(tiny_world, tmp_path / "batch_1", "--NUM_EPOCHS=1", "--BATCH_SIZE=1",
+                      "--GRADIENT_ACCUMULATION_STEPS=4")
+    forward, calls = SPDNet.forward, []
+
+    def runs_out_later(self, x):  # step 1's window: its first batch of 2 fits, its second does not
+        calls.append(len(x))
+        if len(x) > 1 and len(calls) > 1:
+            raise torch.OutOfMemoryError("out of memory in the middle of a window")
+        return forward(self, x)
+
+    monkeypatch.setattr(SPDNet, "forward", runs_out_later)
+    halved = train(tiny_world, tmp_path / "halved", "--NUM_EPOCHS=1")
+    assert calls[:2] == [2, 2] and calls[2:6] == [1, 1, 1, 1]  # the first batch replayed in halves, then the second
+    assert halved["state"]["step"] == reference["state"]["step"] == 4
+    assert_same_weights(weights(tmp_path / "batch_1" / "checkpoint.pt"), weights(tmp_path / "halved" / "checkpoint.pt"))
+
+
 def test_the_halved_micro_batch_is_kept_in_the_checkpoint_and_a_resume_uses_it(tiny_world, tmp_path, memory_for):
     settings = ["--NUM_EPOCHS=2", "--CHECKPOINT_EVERY_STEPS=1"]
     train(tiny_world, tmp_path / "straight", *settings, "--BATCH_SIZE=1", "--GRADIENT_ACCUMULATION_STEPS=4")

@@ -1,7 +1,7 @@
 """The README's demo table: adaptation seeds x demo worlds, mean and spread, and which orderings hold.
 
     python tools/demo_table.py                                   # worlds 0 and 1, seeds 42 7 123
-                                                                 # (~50 min on 2 cores)
+                                                                 # (~41 min on 2 cores, README)
     python tools/demo_table.py --worlds 0 --seeds 42 --jobs 1    # one run
     python tools/demo_table.py --collect-only                    # tabulate the runs already on disk
     python tools/demo_table.py --detector rt_detr_v2 --worlds 0 --seeds 42 7   # the RT-DETRv2 stand-in

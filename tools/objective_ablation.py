@@ -1,14 +1,15 @@
 """The objectives ablation on the demo world: which loss terms and how many clean images serve users best.
 
     python tools/objective_ablation.py                      # 5 objectives x COCO_RATIO {0, 0.5} x seeds 42 7: 20 runs,
-                                                            # ~3 min each alone
+                                                            # two at a time (times: docs/objectives.md)
     python tools/objective_ablation.py --seeds 42 --jobs 1  # one seed
     python tools/objective_ablation.py --collect-only       # tabulate the runs already on disk
 
 Every objective is a subset of one weighted sum, DETECTION 1 + FEATURE 10 + PIXEL 100: weights that
-make each term about as large as the detection loss at the start (measured on the demo world's rainy
-training images with the original SPDNet: detection 10.6, feature 1.36, pixel 0.091; each weight is
-the power of ten nearest to detection / term). Each run is the real training script, as a user runs it:
+make each term about as large as the detection loss at the start, each the power of ten nearest to
+detection / term (the starting terms, measured with the original SPDNet on the demo world's rainy
+training images, and the command that measures them: docs/objectives.md). Each run is the real
+training script, as a user runs it:
 
     Training_SPDNet_Adaptation.py configs/demo.py --DETECTION_LOSS_WEIGHT=.. --FEATURE_LOSS_WEIGHT=..
         --PIXEL_LOSS_WEIGHT=.. --COCO_RATIO=r --SEED=s --OUTPUT_DIR=<ablation>/<objective>_coco<r>_seed<s>

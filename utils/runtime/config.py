@@ -24,8 +24,10 @@ import runpy
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
+from utils.runtime import demo_settings
 from utils.runtime.demo_settings import demo_defaults
 from utils.runtime.errors import SettingError, UserError
+from utils.runtime.settings_help import DEMO_SETTINGS_TITLE, SETTING_NAME, help_text
 
 
 class ConfigError(SettingError):
@@ -40,7 +42,7 @@ def script_defaults(namespace: Mapping[str, Any]) -> dict[str, Any]:
     return {
         key: value
         for key, value in namespace.items()
-        if re.fullmatch(r"[A-Z][A-Z0-9_]*", key) and isinstance(value, _CONFIG_VALUE_TYPES)
+        if SETTING_NAME.fullmatch(key) and isinstance(value, _CONFIG_VALUE_TYPES)
     }
 
 
@@ -171,22 +173,23 @@ def format_config(config: Mapping[str, Any]) -> str:
 
 def load_config(
     namespace: Mapping[str, Any], argv: Sequence[str] | None = None, quiet: bool = False,
-    extra_defaults: Mapping[str, Any] | None = None,
+    extra_defaults: Mapping[str, Any] | None = None, extra_source: str | None = None,
+    extra_title: str = DEMO_SETTINGS_TITLE,
 ) -> dict[str, Any]:
     """What a script calls: its constants, overridden from the command line, printed, returned.
 
     ``extra_defaults``: settings the script takes besides its own constants (the demo's, for the
     scripts that can prepare it); they are printed only where they differ from their defaults.
-    ``--help`` prints the settings and their defaults and exits.
+    ``--help`` prints each setting's default and the comment beside it in its source (the script's,
+    ``namespace["__file__"]``), grouped as there, then the extra settings under ``extra_title``,
+    explained by ``extra_source`` (None: utils/runtime/demo_settings.py), and exits.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     own = script_defaults(namespace)
     extra = dict(extra_defaults or {})
     defaults = {**extra, **own}
     if any(argument in ("-h", "--help") for argument in argv):
-        script = os.path.basename(str(namespace.get("__file__", "script.py")))
-        print(f"usage: python {script} [configs/NAME.py ...] [--KEY=value ...]\n\nsettings (defaults):")
-        print(format_config(defaults))
+        print(help_text(namespace, own, extra, extra_source or demo_settings.__file__, extra_title))
         raise SystemExit(0)
     config = resolve_config(defaults, argv)
     if not quiet:

@@ -10,7 +10,8 @@ data's RAIN_SEED and WORLD_SEED, ...).
 
 # ---- data
 COCO_DIR = "./data/coco"  # clean COCO: {train,val}2017/ and annotations/instances_{train,val}2017.json
-COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout and file names (a folder of rain variants or a list)
+COCO_RAIN_DIR = "./data/coco_rain"  # rainy COCO in the same layout and file names (a folder of rain variants, or
+#   several folders joined by os.pathsep, ":" on Linux)
 # ---- the detector's input
 IMAGE_SIZE = 640  # square size (multiple of 32) the SPDNet / detector scripts resize every image to
 # ---- device and threads
