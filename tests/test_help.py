@@ -12,24 +12,14 @@ import ast
 import importlib
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from utils.runtime.config import load_config
+from tests.test_errors import run_script
 from utils.runtime.settings_help import declared_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Runs a script as `python SCRIPT ARGS...` would, then says whether torch had been imported (as tests/test_errors.py).
-PROBE = (
-    "import runpy, sys\n"
-    "sys.argv = sys.argv[1:]\n"
-    "try:\n"
-    "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-    "finally:\n"
-    "    print('torch imported' if 'torch' in sys.modules else 'torch not imported')\n"
-)
 SCRIPTS = [
     "Training_SPDNet_Adaptation.py", "Eval_SPDNet_Adaptation.py", "Eval_conditional.py", "Infer.py",
     "Training_Rain_Detector.py", "Training_Utility_Gate.py", "Check_Data.py", "Make_COCO_Rain.py",
@@ -39,11 +29,6 @@ BENCHMARKS = ["benchmarks.bench", "benchmarks.bench_objectives", "benchmarks.ben
 DEMO_SOURCE = os.path.join("utils", "runtime", "demo_settings.py")
 SETTING_LINE = re.compile(r"([A-Z][A-Z0-9_]*) = (.*)")
 KEY_LINE = re.compile(r"  ([A-Z][A-Z0-9_]*) = ")
-
-
-def run_script(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", PROBE, *arguments], capture_output=True, text=True, cwd=ROOT,
-                          timeout=120)
 
 
 def read_source(path: str) -> tuple[list[tuple[str, str, str, str]], list[str]]:
