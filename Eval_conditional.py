@@ -10,7 +10,7 @@ frozen detector's detections. With HOLDOUT_FAMILY or HOLDOUT_RAIN_DIR also on ra
 (splits heldout and heldout_mixed); with SOFT_ROUTING the soft-routed model too, and a hard vs soft
 table (docs/rain_gate.md); with ORACLE_REPORT how often the gate's decision agrees with the oracle (per
 image, the path with the lower detector loss). Writes OUTPUT_DIR/conditional_results.json. The gate is
-RAIN_DETECTOR_WEIGHTS: a rain gate (rain_detector.pt) or a utility gate (utility_gate.pt).
+GATE_WEIGHTS: a rain gate (rain_detector.pt) or a utility gate (utility_gate.pt).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32)
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
 ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
-RAIN_DETECTOR_WEIGHTS = None  # the gate (None: OUTPUT_DIR/rain_detector.pt); a utility gate routes the same:
+GATE_WEIGHTS = None  # the gate (None: OUTPUT_DIR/rain_detector.pt); a utility gate routes the same:
 #   OUTPUT_DIR/utility_gate.pt (Training_Utility_Gate.py)
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it

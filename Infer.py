@@ -20,7 +20,7 @@ IMAGE_SIZE = settings.IMAGE_SIZE  # the model's square input size (multiple of 3
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
 ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
-RAIN_DETECTOR_WEIGHTS = None  # the gate (None: OUTPUT_DIR/rain_detector.pt); a utility gate routes the same:
+GATE_WEIGHTS = None  # the gate (None: OUTPUT_DIR/rain_detector.pt); a utility gate routes the same:
 #   OUTPUT_DIR/utility_gate.pt (Training_Utility_Gate.py)
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it

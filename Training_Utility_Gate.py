@@ -12,7 +12,7 @@ sigmoid, end to end (gradients reach the gate only). Either way the gate is the 
 after every epoch its threshold and calibration are chosen on val against the oracle (per image, the
 path with the lower detector loss), accuracy, precision and recall against it are printed, and the
 most accurate epoch is saved as OUTPUT_DIR/utility_gate.pt in the rain gate's format. Give it to
-Eval_conditional.py or Infer.py as --RAIN_DETECTOR_WEIGHTS=OUTPUT_DIR/utility_gate.pt (docs/rain_gate.md).
+Eval_conditional.py or Infer.py as --GATE_WEIGHTS=OUTPUT_DIR/utility_gate.pt (docs/rain_gate.md).
 
 Logs to OUTPUT_DIR/utility_gate_log.jsonl; Ctrl-C (or SIGTERM) saves OUTPUT_DIR/utility_gate_checkpoint.pt,
 which --RESUME=True continues. It never writes a file the demo made and recorded (Make_Demo.py).

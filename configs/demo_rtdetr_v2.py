@@ -10,4 +10,4 @@ DEMO_DIR = "./outputs_spdnet_adaptation/demo_rtdetr_v2"
 OUTPUT_DIR = DEMO_DIR
 COCO_DIR = DEMO_DIR + "/data/coco"
 COCO_RAIN_DIR = DEMO_DIR + "/data/coco_rain"
-RAIN_DETECTOR_WEIGHTS = DEMO_DIR + "/rain_detector.pt"
+GATE_WEIGHTS = DEMO_DIR + "/rain_detector.pt"

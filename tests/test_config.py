@@ -184,3 +184,14 @@ def test_a_shared_setting_has_one_default_taken_from_utils_runtime_settings():
             declared_by.setdefault(key, []).append(script)
     assert set(declared_by) == shared - {"EVAL_DATALOADER_WORKERS"}  # each is someone's
     assert len(declared_by["IMAGE_SIZE"]) == 6 and len(declared_by["SEED"]) == 5 and len(declared_by["COCO_DIR"]) == 7
+
+
+def test_an_old_setting_name_in_a_config_file_is_one_line_with_its_new_name(tmp_path):
+    import Eval_conditional
+
+    old = tmp_path / "old.py"
+    old.write_text('RAIN_DETECTOR_WEIGHTS = "./my_gate.pt"\n')
+    with pytest.raises(ConfigError, match=f"config file {old}: RAIN_DETECTOR_WEIGHTS is now called GATE_WEIGHTS"):
+        load_config(vars(Eval_conditional), [str(old)], quiet=True)
+    assert load_config(vars(Eval_conditional), ["--GATE_WEIGHTS=./my_gate.pt"], quiet=True)["GATE_WEIGHTS"] == (
+        "./my_gate.pt")

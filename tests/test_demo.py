@@ -30,7 +30,7 @@ def smoke_config(tmp_path, **changes) -> str:
         "DEMO_WORKERS": 0, "DEMO_DEVICE": "cpu",
         "OUTPUT_DIR": root, "COCO_DIR": root + "/data/coco", "COCO_RAIN_DIR": root + "/data/coco_rain",
         "DETECTOR": weights + "/detector", "SPDNET_WEIGHTS": weights + "/spdnet_original.pt",
-        "RAIN_DETECTOR_WEIGHTS": root + "/rain_detector.pt", "IMAGE_SIZE": 64, "PERCENT_DATASET": 50,
+        "GATE_WEIGHTS": root + "/rain_detector.pt", "IMAGE_SIZE": 64, "PERCENT_DATASET": 50,
         "NUM_EPOCHS": 1, "DATALOADER_WORKERS": 0, "DEVICE": "cpu", "GATE_IMAGE_SIZE": 64, "INPUT_SIZE": 64,
         "GATE_NUM_EPOCHS": 1,
     }

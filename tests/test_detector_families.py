@@ -363,7 +363,7 @@ def test_conditional_evaluation_and_inference_run_on_every_family(tiny_world, ch
     if output is None:  # the training test did not run first (selected alone): a two-step run of its own
         output = tmp_path / "run"
         run(tiny_world, output, "--DETECTOR=" + checkpoints[family], *SHORT_RUN)
-    models = [f"--DETECTOR={checkpoints[family]}", f"--OUTPUT_DIR={output}", f"--RAIN_DETECTOR_WEIGHTS={tiny_gate}"]
+    models = [f"--DETECTOR={checkpoints[family]}", f"--OUTPUT_DIR={output}", f"--GATE_WEIGHTS={tiny_gate}"]
     results = Eval_conditional.main([o for o in tiny_world["overrides"] if "SPDNET_N" not in o] + models + [
         "--VAL_PERCENT=34", "--BATCH_SIZE=2"])
     assert json.load(open(output / "conditional_results.json")) == json.loads(json.dumps(results))

@@ -58,6 +58,8 @@ def one_line_error(main, argv) -> str:
         (["Training_Rain_Detector.py", "--NUM_EPOCHS=3"],
          "unknown config key 'NUM_EPOCHS'. Did you mean GATE_NUM_EPOCHS"),
         (["Make_Demo.py", "--DEMO_SEED=one"], "DEMO_SEED must be int"),
+        (["Infer.py", "--RAIN_DETECTOR_WEIGHTS=gate.pt"],
+         "command line: RAIN_DETECTOR_WEIGHTS is now called GATE_WEIGHTS: set GATE_WEIGHTS instead"),
     ],
 )
 def test_config_errors_are_one_line_before_torch_is_imported(arguments, expected):
@@ -115,9 +117,9 @@ def test_bad_adapted_weights(tiny_world, bad_files, tmp_path, name, problem):
 @pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)
 def test_bad_rain_detector_weights(tiny_world, bad_files, tmp_path, name, problem):
     message = one_line_error(Eval_conditional.main, tiny_world["overrides"] + [
-        f"--ADAPTED_WEIGHTS={bad_files / 'adapted.pt'}", f"--RAIN_DETECTOR_WEIGHTS={bad_files / name}",
+        f"--ADAPTED_WEIGHTS={bad_files / 'adapted.pt'}", f"--GATE_WEIGHTS={bad_files / name}",
         f"--OUTPUT_DIR={tmp_path}"])
-    assert f"RAIN_DETECTOR_WEIGHTS: '{bad_files / name}' {problem}" in message
+    assert f"GATE_WEIGHTS: '{bad_files / name}' {problem}" in message
 
 
 @pytest.mark.parametrize("name, problem", WEIGHTS_PROBLEMS)

@@ -334,7 +334,7 @@ def test_the_conditional_evaluation_splits_its_batches_on_out_of_memory(tiny_wor
     adapted = tmp_path / "adapted"
     train(tiny_world, adapted, "--NUM_EPOCHS=1")
     common = tiny_world["overrides"] + [f"--ADAPTED_WEIGHTS={adapted / 'spdnet_adapted.pt'}",
-                                        f"--RAIN_DETECTOR_WEIGHTS={tiny_gate}"]
+                                        f"--GATE_WEIGHTS={tiny_gate}"]
     one = Eval_conditional.main(common + ["--BATCH_SIZE=1", f"--OUTPUT_DIR={tmp_path / 'one'}"])
     memory_for(IntegratedModel, 1)
     split = Eval_conditional.main(common + ["--BATCH_SIZE=4", f"--OUTPUT_DIR={tmp_path / 'split'}"])

@@ -174,7 +174,7 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
             for gate, weights, oracle in (("rain_gate", rain_gate, "False"), ("utility_gate", utility_gate, "True")):
                 jobs.append(job(f"cond_{gate}", family, seed, "Eval_conditional.py", f"{base}/cond_{gate}", holdout,
                                 f"--ORACLE_REPORT={oracle}", f"--ADAPTED_WEIGHTS={diverse}",
-                                f"--RAIN_DETECTOR_WEIGHTS={weights}", needs=(diverse, weights)))
+                                f"--GATE_WEIGHTS={weights}", needs=(diverse, weights)))
     return jobs
 
 

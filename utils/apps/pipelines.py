@@ -4,7 +4,7 @@
     vanilla          image -> RT-DETR
     original         image -> original SPDNet (SPDNET_WEIGHTS) -> RT-DETR
     adapted          image -> adapted SPDNet (ADAPTED_WEIGHTS: spdnet_adapted.pt) -> RT-DETR
-    conditional      image -> rain gate (RAIN_DETECTOR_WEIGHTS: rain_detector.pt, or the utility gate's
+    conditional      image -> rain gate (GATE_WEIGHTS: rain_detector.pt, or the utility gate's
                      utility_gate.pt) -> adapted or vanilla
 
 The saved-file contract: the names of the files a run writes in OUTPUT_DIR, what ``spdnet_adapted.pt``
@@ -161,6 +161,6 @@ def build_conditional_model(config: dict, device: torch.device, routing: str = "
     ``routing``: "hard" or "soft" (utils.models.conditional)."""
     check_precision(config["PRECISION"])
     adapted_weights_path(config)
-    gate_path = weights_path(config, "RAIN_DETECTOR_WEIGHTS", GATE_FILE)
+    gate_path = weights_path(config, "GATE_WEIGHTS", GATE_FILE)
     integrated = load_adapted_spdnet(config, load_detector(config["DETECTOR"]))
     return ConditionalModel(load_rain_detector(gate_path), integrated, routing).to(device).eval()

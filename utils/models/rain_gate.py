@@ -100,10 +100,10 @@ class RainDetector(nn.Module):
 def load_rain_detector(path: str) -> RainDetector:
     """A RainDetector saved by Training_Rain_Detector.py, in eval mode, with its chosen threshold and
     calibration temperature (1, no calibration, for files saved before calibration existed)."""
-    checkpoint = load_weights_file(path, "RAIN_DETECTOR_WEIGHTS")
+    checkpoint = load_weights_file(path, "GATE_WEIGHTS")
     missing = [key for key in ("state_dict", "architecture", "input_size", "threshold") if key not in checkpoint]
     if missing:
-        raise DataError(f"RAIN_DETECTOR_WEIGHTS: {path} is not a rain detector checkpoint: "
+        raise DataError(f"GATE_WEIGHTS: {path} is not a rain detector checkpoint: "
                         f"missing {', '.join(missing)}")
     model = RainDetector(checkpoint["architecture"], checkpoint["input_size"], checkpoint["threshold"],
                          temperature=checkpoint.get("temperature", 1.0))

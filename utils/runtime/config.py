@@ -63,7 +63,7 @@ PROJECT_SETTINGS = frozenset({
     # Eval_SPDNet_Adaptation.py
     "EVAL_CLEAN", "IMAGE_QUALITY", "ADAPTED_WEIGHTS", "NUM_EXAMPLES",
     # Eval_conditional.py
-    "MIXED_RAIN_FRACTION", "HOLDOUT_FAMILY", "HOLDOUT_RAIN_DIR", "RAIN_DETECTOR_WEIGHTS", "SOFT_ROUTING",
+    "MIXED_RAIN_FRACTION", "HOLDOUT_FAMILY", "HOLDOUT_RAIN_DIR", "GATE_WEIGHTS", "SOFT_ROUTING",
     "ORACLE_REPORT",
     # Infer.py
     "INPUT", "OUTPUT", "SCORE_THRESHOLD", "ROUTING",
@@ -77,6 +77,13 @@ PROJECT_SETTINGS = frozenset({
     "SPLITS", "CHECK", "BENCHMARK_IMAGES", "PRESETS", "VARIANTS_PER_PRESET", "WORKERS", "JPEG_QUALITY", "LIMIT",
     "RAIN_SEED", "WORLD_DIR", "NUM_TRAIN", "NUM_VAL", "MAX_OBJECTS", "WORLD_IMAGE_SIZE", "WORLD_SEED",
 })
+
+
+# Settings that have a new name: the old one, on the command line or in a config file, is refused in one
+# line that gives the new name.
+RENAMED_SETTINGS = {
+    "RAIN_DETECTOR_WEIGHTS": "GATE_WEIGHTS",  # it takes a rain gate or a utility gate; "detector" is the frozen one
+}
 
 
 def shared_setting_names() -> frozenset[str]:
@@ -116,6 +123,9 @@ def parse_cli_value(text: str) -> Any:
 
 
 def _unknown_key_error(key: str, defaults: Mapping[str, Any], source: str) -> ConfigError:
+    if key in RENAMED_SETTINGS:
+        return ConfigError(f"{source}: {key} is now called {RENAMED_SETTINGS[key]}: set {RENAMED_SETTINGS[key]} "
+                           "instead (same meaning)")
     close = difflib.get_close_matches(key, list(defaults), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ConfigError(f"{source}: unknown config key {key!r}.{hint} Known keys: {', '.join(sorted(defaults))}")
