@@ -11,7 +11,6 @@ import torch
 
 import Training_SPDNet_Adaptation as training_script
 from utils.apps import adaptation as training
-from utils.training import engine
 from utils.runtime.config import ConfigError
 from utils.runtime.config import command_line
 from utils.data.rain import FAMILIES
@@ -92,7 +91,7 @@ def test_resumed_run_ends_with_the_same_weights(tiny_world, tmp_path):
 
 
 def test_a_changed_detector_aborts_before_saving(tiny_world, tmp_path, monkeypatch):
-    original = engine.train_one_epoch
+    original = training.train_one_epoch
 
     def tamper(model, *args, **kwargs):
         result = original(model, *args, **kwargs)
@@ -100,7 +99,7 @@ def test_a_changed_detector_aborts_before_saving(tiny_world, tmp_path, monkeypat
             next(model.detector.parameters()).view(-1)[0] += 0.01
         return result
 
-    monkeypatch.setattr(engine, "train_one_epoch", tamper)
+    monkeypatch.setattr(training, "train_one_epoch", tamper)
     with pytest.raises(training.DetectorChangedError, match="the frozen detector changed"):
         run(tiny_world, tmp_path, "--NUM_EPOCHS=1")
     assert not os.path.exists(tmp_path / "spdnet_adapted.pt")

@@ -28,7 +28,8 @@ from utils.runtime.signals import StopRequested  # noqa: F401  (the script insta
 from utils.runtime.distributed import (ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed,
                                        init_distributed)
 from utils.runtime.errors import DataError, SettingError, UserError
-from utils.training.engine import LoopSettings, Trainer, TrainState, clean_pairs, detector_targets, evaluate
+from utils.training.engine import (LoopSettings, Trainer, TrainState, clean_pairs, detector_targets, evaluate,
+                                   train_one_epoch)
 from utils.training.objectives import LOSS_TERMS, Objective, adaptation_loss
 
 LOG_NAME = "training_log.jsonl"
@@ -425,9 +426,10 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
         data.train_sampler.set_epoch(state.epoch, start=state.micro_batches_done * config["BATCH_SIZE"])
         data.train_dataset.set_epoch(state.epoch)
         epoch_start = time.perf_counter()
-        result = trainer.epoch(model, loss_of_batch, optimizer, scheduler, data.train_loader, state, settings,
-                               micro_batches_in_epoch=data.micro_batches_per_epoch, device=run.device,
-                               should_stop=should_stop)
+        with trainer.saving_on_error():
+            result = train_one_epoch(model, loss_of_batch, optimizer, scheduler, data.train_loader, state, settings,
+                                     micro_batches_in_epoch=data.micro_batches_per_epoch, device=run.device,
+                                     on_log=trainer.log, after_step=trainer.after_step, should_stop=should_stop)
         if result["stopped"]:
             trainer.save(state)
             reached = max_steps is not None and state.step >= max_steps

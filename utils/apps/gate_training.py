@@ -20,7 +20,7 @@ from utils.runtime.checkpoint import atomic_save, load_checkpoint, restore_rng_s
 from utils.runtime.device import choose_device
 from utils.runtime.errors import DataError, SettingError
 from utils.runtime.signals import StopRequested
-from utils.training.engine import LoopSettings, Trainer, TrainState
+from utils.training.engine import LoopSettings, Trainer, TrainState, train_one_epoch
 from utils.training.gate_metrics import choose_threshold, classification_metrics, fit_temperature
 
 
@@ -221,8 +221,9 @@ def train_rain_detector(config: dict) -> dict:
 
 
 def fit_gate(run: GateRun, loss_of_batch, log_name: str, what: str) -> dict:
-    """The gates' epoch loop (``engine.Trainer``): resume when RESUME, train GATE_NUM_EPOCHS epochs
-    minimising ``loss_of_batch``, ``run.end_epoch`` after each, log to OUTPUT_DIR/``log_name``.
+    """The gates' epoch loop (``train_one_epoch``, an ``engine.Trainer`` for the log and checkpoints):
+    resume when RESUME, train GATE_NUM_EPOCHS epochs minimising ``loss_of_batch``, ``run.end_epoch``
+    after each, log to OUTPUT_DIR/``log_name``.
     Returns the best epoch's metrics, plus ``stopped`` when a signal ended the run early."""
     config, device = run.config, run.device
     if config["RESUME"]:
@@ -237,9 +238,11 @@ def fit_gate(run: GateRun, loss_of_batch, log_name: str, what: str) -> dict:
         while run.state.epoch < config["GATE_NUM_EPOCHS"]:
             if config.get("EPOCH_VARIANTS", False):
                 run.data.train.dataset.set_epoch(run.state.epoch)
-            result = trainer.epoch(run.model, loss_of_batch, run.optimizer, run.scheduler, run.batches(),
-                                   run.state, settings, micro_batches_in_epoch=len(run.data.train), device=device,
-                                   should_stop=stop, description=f"{what} epoch {run.state.epoch + 1}")
+            with trainer.saving_on_error():
+                result = train_one_epoch(run.model, loss_of_batch, run.optimizer, run.scheduler, run.batches(),
+                                         run.state, settings, micro_batches_in_epoch=len(run.data.train),
+                                         device=device, on_log=trainer.log, after_step=trainer.after_step,
+                                         should_stop=stop, description=f"{what} epoch {run.state.epoch + 1}")
             if result["stopped"]:
                 trainer.save(run.state)
                 print(f"stopped at step {run.state.step}; continue with --RESUME=True ({run.checkpoint_path})",

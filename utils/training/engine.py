@@ -9,6 +9,7 @@ Precision is one code path (utils/runtime/device.autocast), so there is no secon
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -93,7 +94,7 @@ class NonFiniteLossError(UserError, RuntimeError):
     """Too many micro-batches in a row with a non-finite loss (MAX_NONFINITE_IN_A_ROW)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoopSettings:
     """How ``train_one_epoch`` steps (Training_SPDNet_Adaptation.py's names in the comments)."""
 
@@ -181,27 +182,6 @@ class MetricLogger:
         self.sums["interval"], self.images["interval"], self.interval_start = {}, 0, time.perf_counter()
 
 
-class StepCounter:
-    """Where the epoch stands inside its accumulation windows: ``micro_index`` counts the epoch's
-    micro-batches, windows of ``accumulation_steps`` are counted from the epoch's start and the last
-    one may be shorter."""
-
-    def __init__(self, start: int, accumulation_steps: int, micro_batches_in_epoch: int):
-        self.micro_index, self.accumulation_steps, self.total = start, accumulation_steps, micro_batches_in_epoch
-
-    def window_start(self) -> int:
-        return (self.micro_index // self.accumulation_steps) * self.accumulation_steps
-
-    def window_size(self) -> int:
-        return min(self.accumulation_steps, self.total - self.window_start())
-
-    def advance(self) -> bool:
-        """Count one micro-batch; True when it completed its window."""
-        end = self.window_start() + self.window_size()
-        self.micro_index += 1
-        return self.micro_index >= end
-
-
 def train_one_epoch(
     model: nn.Module,
     loss_of_batch: LossOfBatch,
@@ -219,91 +199,106 @@ def train_one_epoch(
     description: str | None = None,
     show_progress: bool = True,
 ) -> dict:
-    """One epoch of training, from ``state.micro_batches_done`` to the end of the epoch.
+    """One epoch of training from micro-batch ``state.micro_batches_done``: forward, loss, non-finite
+    guard, backward; at each window's end the gradient averaged over ranks, clipped, one optimizer and
+    scheduler step, a log record every ``log_every_steps`` steps and ``after_step``.
 
-    ``loader`` yields ``(images (B, 3, H, W), targets)`` micro-batches (or None: every image of it was
-    unreadable; it still takes its place in the window), starting at micro-batch
-    ``state.micro_batches_done`` of the epoch. Each window's losses are divided by its size and summed
-    (``StepCounter``), the gradient is averaged over ranks, clipped, and one optimizer and scheduler
-    step is taken. A micro-batch whose loss is not finite contributes nothing; a window with no finite
-    micro-batch takes no step and is not counted as one. After ``max_nonfinite_in_a_row`` non-finite
-    micro-batches in a row, NonFiniteLossError (read at the window's end). Stops early, at a window
-    boundary, when ``should_stop()`` says so or ``max_steps`` optimizer steps are reached before the
-    epoch's end (at its end, the epoch is complete: not stopped).
-
-    Each loader batch runs as ``state.micro_batch_parts`` micro-batches, each weighted by its share
-    of the batch. Out of memory (``settings.auto_micro_batch``): the parts double (half the images per
-    micro-batch, twice the accumulation: the same effective batch, schedule and steps), the window's
-    gradients are dropped and its batches replayed from the last optimizer step; one log line and a
-    JSONL record ("type": "out_of_memory") say so, and the checkpoint keeps the choice.
-
-    Returns:
-        {"loss": mean finite loss of the epoch's steps run here (None: no step), "images": images seen,
-        "stopped": bool}
+    ``loader`` yields ``(images (B, 3, H, W), targets)`` (None: every image unreadable; it still takes
+    its place). Windows of ``accumulation_steps`` micro-batches count from the epoch's start, the last
+    may be shorter; each loss is divided by its window's size. A non-finite loss contributes nothing
+    (``NonFiniteGuard``); a window without a finite one takes no step; ``max_nonfinite_in_a_row`` in a
+    row raise NonFiniteLossError. ``should_stop()`` or ``max_steps`` stop at a window's end. Each loader
+    batch runs as ``state.micro_batch_parts`` micro-batches; out of memory doubles them and replays the
+    window (``fewer_images_per_micro_batch``). Returns {"loss": the epoch's mean finite loss (None: no
+    step), "images": images seen, "stopped": bool}.
     """
     rank, world_size = distributed_world()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    guard = NonFiniteGuard(parameters)
-    window, metrics = WindowStats(device, settings.terms), MetricLogger()
-    counter = StepCounter(state.micro_batches_done, settings.accumulation_steps, micro_batches_in_epoch)
+    guard, window, metrics = NonFiniteGuard(parameters), WindowStats(device, settings.terms), MetricLogger()
+    index, accumulation, total = state.micro_batches_done, settings.accumulation_steps, micro_batches_in_epoch
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    stopped, window_batches = False, []  # the window's loader batches so far (replayed after OOM)
-    progress = tqdm(total=micro_batches_in_epoch, initial=counter.micro_index, disable=rank != 0 or not show_progress,
-                    dynamic_ncols=True,
+    stopped, window_batches = False, []  # the window's loader batches so far (replayed after out of memory)
+    progress = tqdm(total=total, initial=index, disable=rank != 0 or not show_progress, dynamic_ncols=True,
                     desc=description or f"epoch {state.epoch + 1}", unit="batch")
-
-    def backward(batches) -> None:
-        for images, targets in batches:
-            for part_images, part_targets in split_batch(images, targets, state.micro_batch_parts):
-                with autocast(device, settings.precision):
-                    loss, terms = loss_of_batch(part_images, part_targets)
-                finite = guard.set_loss(loss)
-                (loss / (counter.window_size() * len(images) / len(part_images))).backward()
-                window.add(loss, finite, terms)
-
     try:
         for batch in loader:
-            if should_stop():
-                # The partial window is dropped: the state still points at the last complete window,
-                # so a resume replays exactly these micro-batches.
+            if should_stop():  # the partial window is dropped: a resume replays exactly its micro-batches
                 stopped = True
                 break
-            if batch is not None:
-                window_batches.append(batch)
-                replay = [batch]
-                while replay:
-                    try:
-                        backward(replay)
-                        replay = []
-                    except torch.OutOfMemoryError:
-                        if not settings.auto_micro_batch:
-                            raise
-                        replay = window_batches  # out of the handler first: its traceback holds the tensors
-                    if replay:
-                        fewer_images_per_micro_batch(state, settings, len(batch[0]), device, optimizer, window,
-                                                     on_log)
-                metrics.add_images(len(batch[0]))
+            window_end = min(index // accumulation * accumulation + accumulation, total)
+            window_size = window_end - index // accumulation * accumulation
+            replay = [batch] if batch is not None else []
+            window_batches += replay
+            while replay:
+                try:
+                    for images, targets in replay:
+                        for part, part_targets in split_batch(images, targets, state.micro_batch_parts):
+                            with autocast(device, settings.precision):
+                                loss, terms = loss_of_batch(part, part_targets)
+                            finite = guard.set_loss(loss)
+                            (loss / (window_size * len(images) / len(part))).backward()
+                            window.add(loss, finite, terms)
+                    replay = []
+                except torch.OutOfMemoryError:
+                    if not settings.auto_micro_batch:
+                        raise
+                    replay = window_batches  # out of the handler first: its traceback holds the tensors
+                if replay:
+                    fewer_images_per_micro_batch(state, settings, len(batch[0]), device, optimizer, window, on_log)
+            metrics.add_images(len(batch[0]) if batch is not None else 0)
             progress.update(1)
-            if not counter.advance():
+            index += 1
+            if index < window_end:
                 continue
-            window_batches = []
-            state.micro_batches_done = counter.micro_index
-            worst = optimizer_step(model, parameters, optimizer, scheduler, window, metrics, state, settings,
-                                   device, progress, on_log, after_step)
+            state.micro_batches_done, window_batches = index, []
+            (loss_sum, finite_count, nonfinite_count, worst), term_sums = window.read(world_size)
+            all_reduce_mean_([p.grad for p in parameters if p.grad is not None], world_size)
+            state.nonfinite_micro_batches += int(nonfinite_count)
+            if finite_count == 0:  # not a step: AdamW would move on stale moments, the schedule would count it
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                grad_norm = (None if settings.clip_grad_norm is None else
+                             float(torch.nn.utils.clip_grad_norm_(parameters, settings.clip_grad_norm)))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step_lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                state.step += 1
+                metrics.update(loss=loss_sum / finite_count,
+                               **{f"loss_{t}": value / finite_count for t, value in term_sums.items()})
+                if state.step % settings.log_every_steps == 0:
+                    log_step(state, settings, metrics, step_lr, grad_norm, device, progress, on_log)
+                if after_step is not None:
+                    after_step(state)
             if worst >= settings.max_nonfinite_in_a_row:
                 raise NonFiniteLossError(
-                    f"{worst} micro-batches in a row had a non-finite {settings.nonfinite_what} (limit "
-                    f"MAX_NONFINITE_IN_A_ROW={settings.max_nonfinite_in_a_row}); stopping."
-                )
-            if (settings.max_steps is not None and state.step >= settings.max_steps
-                    and counter.micro_index < micro_batches_in_epoch):
+                    f"{int(worst)} micro-batches in a row had a non-finite {settings.nonfinite_what} (limit "
+                    f"MAX_NONFINITE_IN_A_ROW={settings.max_nonfinite_in_a_row}); stopping.")
+            if settings.max_steps is not None and state.step >= settings.max_steps and index < total:
                 stopped = True
                 break
     finally:
         progress.close()
         guard.remove()
     return {"loss": metrics.mean("loss", "epoch"), "images": metrics.images["epoch"] * world_size, "stopped": stopped}
+
+
+def log_step(state: TrainState, settings: LoopSettings, metrics: MetricLogger, lr: float, grad_norm: float | None,
+             device, progress, on_log) -> None:
+    """The step's log record (means since the last one) to ``on_log`` and the progress bar."""
+    _, world_size = distributed_world()
+    record = {
+        "type": "train", "epoch": state.epoch + 1, "step": state.step, "loss": metrics.mean("loss"),
+        **{f"loss_{term}": metrics.mean(f"loss_{term}") for term in settings.terms},
+        "lr": lr, "grad_norm": grad_norm, "images_per_s": world_size * metrics.images_per_second(),
+        "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
+    }
+    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                         img_s=f"{record['images_per_s']:.1f}", mem=f"{record['memory_gb']:.1f}G")
+    if on_log is not None:
+        on_log(record)
+    metrics.next_interval()
 
 
 def fewer_images_per_micro_batch(state: TrainState, settings: LoopSettings, batch_size: int, device,
@@ -325,47 +320,6 @@ def fewer_images_per_micro_batch(state: TrainState, settings: LoopSettings, batc
           flush=True)
     if on_log is not None:
         on_log(record)
-
-
-def optimizer_step(model, parameters, optimizer, scheduler, window: WindowStats, metrics: MetricLogger,
-                   state: TrainState, settings: LoopSettings, device, progress, on_log, after_step) -> int:
-    """A complete window's end: one synchronisation, then one optimizer step (none when every
-    micro-batch of the window was non-finite), the log line every ``log_every_steps`` steps and
-    ``after_step``. Returns the longest run of non-finite micro-batches seen."""
-    _, world_size = distributed_world()
-    (loss_sum, finite_count, nonfinite_count, worst), term_sums = window.read(world_size)
-    all_reduce_mean_([p.grad for p in parameters if p.grad is not None], world_size)
-    state.nonfinite_micro_batches += int(nonfinite_count)
-    if finite_count == 0:
-        # A window of nothing but non-finite losses is not a step: AdamW would still move the
-        # weights on stale moments and weight decay, and the schedule and checkpoints would count it.
-        optimizer.zero_grad(set_to_none=True)
-        return int(worst)
-    grad_norm = None
-    if settings.clip_grad_norm is not None:
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, settings.clip_grad_norm))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    step_lr = optimizer.param_groups[0]["lr"]
-    scheduler.step()
-    state.step += 1
-    metrics.update(loss=loss_sum / finite_count,
-                   **{f"loss_{t}": total / finite_count for t, total in term_sums.items()})
-    if state.step % settings.log_every_steps == 0:
-        record = {
-            "type": "train", "epoch": state.epoch + 1, "step": state.step, "loss": metrics.mean("loss"),
-            **{f"loss_{term}": metrics.mean(f"loss_{term}") for term in settings.terms},
-            "lr": step_lr, "grad_norm": grad_norm, "images_per_s": world_size * metrics.images_per_second(),
-            "memory_gb": memory_in_use_gb(device), "nonfinite_total": state.nonfinite_micro_batches,
-        }
-        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                             img_s=f"{record['images_per_s']:.1f}", mem=f"{record['memory_gb']:.1f}G")
-        if on_log is not None:
-            on_log(record)
-        metrics.next_interval()
-    if after_step is not None:
-        after_step(state)
-    return int(worst)
 
 
 class Trainer:
@@ -444,15 +398,12 @@ class Trainer:
                 "from it with --RESUME=True and a lower --LEARNING_RATE (honoured on resume: the schedule "
                 "continues from that step at the new rate) or PRECISION='fp32'.")
 
-    def epoch(self, model, loss_of_batch, optimizer, scheduler, loader, state: TrainState, settings: LoopSettings, *,
-              micro_batches_in_epoch: int, device: torch.device, should_stop: Callable[[], bool],
-              description: str | None = None) -> dict:
-        """``train_one_epoch`` with this run's log and checkpoints; NonFiniteLossError after saving the
-        last good step; any other error but a failed write after saving the last completed step."""
+    @contextlib.contextmanager
+    def saving_on_error(self):
+        """Around ``train_one_epoch``: NonFiniteLossError after saving the last good step; any other
+        error but a failed write after saving the last completed step."""
         try:
-            return train_one_epoch(model, loss_of_batch, optimizer, scheduler, loader, state, settings,
-                                   micro_batches_in_epoch=micro_batches_in_epoch, device=device, on_log=self.log,
-                                   after_step=self.after_step, should_stop=should_stop, description=description)
+            yield
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"{error} {self.save_last_good()}") from None
         except FileWriteError:
