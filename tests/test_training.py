@@ -334,7 +334,8 @@ def training_data(tiny_world, output_dir, *extra):
     config = load_config(vars(training_script), script_arguments(tiny_world, output_dir) + list(extra), quiet=True,
                          extra_defaults=demo_defaults())
     training.check_config(config)
-    run_info = training.Run(device=torch.device("cpu"), rank=0, world_size=1, output_dir=str(output_dir))
+    run_info = training.Run(device=torch.device("cpu"), rank=0, world_size=1, output_dir=str(output_dir),
+                            precision="fp32")
     return training.build_data(config, dict(enumerate(SHAPES)), run_info)
 
 
@@ -434,3 +435,21 @@ def test_diverse_rain_trains_through_the_script_and_resumes_bit_for_bit(tiny_wor
     resumed_weights = spdnet_state(tmp_path / "resumed" / "checkpoint.pt")
     for name, tensor in straight_weights.items():
         assert torch.equal(tensor, resumed_weights[name]), name
+
+
+def test_settings_are_resolved_into_the_run_and_never_rewritten(tiny_world, tmp_path):
+    """PRECISION="auto" resolves into Run.precision; the settings dict stays as loaded, and what a
+    checkpoint records is the settings as the run applied them."""
+    from utils.runtime.config import load_config
+    from utils.runtime.demo_settings import demo_defaults
+    from utils.runtime.device import resolve_precision
+
+    config = load_config(vars(training_script), script_arguments(tiny_world, tmp_path) + ["--PRECISION=auto"],
+                         quiet=True, extra_defaults=demo_defaults())
+    loaded = dict(config)
+    run_info = training.setup_run(config)
+    assert config == loaded and config["PRECISION"] == "auto"
+    assert run_info.precision == resolve_precision("auto", torch.device("cpu"))[0]
+    recorded = run_info.resolved(config)
+    assert recorded["PRECISION"] == run_info.precision and recorded["COMPILE"] == "off"
+    assert config["PRECISION"] == "auto"  # resolved() makes a copy

@@ -38,10 +38,18 @@ PLOT_NAME = "training_curves.png"
 
 @dataclass
 class Run:
+    """Where and how this run executes, resolved once from the settings (which are never rewritten)."""
+
     device: torch.device
     rank: int
     world_size: int
     output_dir: str
+    precision: str  # PRECISION resolved for the device ("auto" -> "bf16" or "fp32")
+    compile: str = "off"  # COMPILE as it runs ("off" where the compiler cannot)
+
+    def resolved(self, config: dict) -> dict:
+        """The settings as this run applies them: what checkpoints and weights files record."""
+        return dict(config, PRECISION=self.precision, COMPILE=self.compile)
 
     @property
     def is_main(self) -> bool:
@@ -115,8 +123,7 @@ def setup_run(config: dict) -> Run:
     precision, reason = resolve_precision(config["PRECISION"], device)
     if rank == 0:
         print(f"PRECISION={config['PRECISION']!r} -> {precision} ({reason})", flush=True)
-    config["PRECISION"] = precision
-    return Run(device=device, rank=rank, world_size=world_size, output_dir=config["OUTPUT_DIR"])
+    return Run(device=device, rank=rank, world_size=world_size, output_dir=config["OUTPUT_DIR"], precision=precision)
 
 
 def compile_for_training(config: dict, model: IntegratedModel, run: Run) -> None:
@@ -124,8 +131,8 @@ def compile_for_training(config: dict, model: IntegratedModel, run: Run) -> None
     timed apart from training (or eager, said in one line, where the compiler cannot run)."""
     mode = compile_spdnet(model.spdnet, config["COMPILE"], run.device)
     shape = (config["BATCH_SIZE"], 3, config["IMAGE_SIZE"], config["IMAGE_SIZE"])
-    seconds = warm_up_compiled(model, mode, shape, config["PRECISION"], run.device)
-    config["COMPILE"] = mode if seconds is not None else "off"
+    seconds = warm_up_compiled(model, mode, shape, run.precision, run.device)
+    run.compile = mode if seconds is not None else "off"
     if seconds is not None and run.is_main:
         print(f"COMPILE={mode!r}: SPDNet compiled for {shape} in {seconds:.1f} s (first forward and backward)",
               flush=True)
@@ -217,6 +224,7 @@ def build_optimizer(config: dict, model: IntegratedModel, steps_per_epoch: int):
 
 
 def training_checkpoint(config, model, optimizer, scheduler, state: TrainState, fingerprint: str) -> dict:
+    """``config``: the settings as the run applies them (``Run.resolved``)."""
     return {
         "spdnet": model.spdnet.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -322,7 +330,7 @@ def adaptation_trainer(config, model, optimizer, scheduler, run: Run) -> Trainer
     fingerprint = model.detector_fingerprint()
 
     def checkpoint(state: TrainState) -> dict:
-        return training_checkpoint(config, model, optimizer, scheduler, state, fingerprint)
+        return training_checkpoint(run.resolved(config), model, optimizer, scheduler, state, fingerprint)
 
     return Trainer(log_path=run.path(LOG_NAME), checkpoint_path=run.path(CHECKPOINT_FILE), make_checkpoint=checkpoint,
                    checkpoint_every_steps=config["CHECKPOINT_EVERY_STEPS"],
@@ -330,22 +338,23 @@ def adaptation_trainer(config, model, optimizer, scheduler, run: Run) -> Trainer
                    fresh_log=not config["RESUME"], keep_checkpoints=config["KEEP_CHECKPOINTS"])
 
 
-def adaptation_step(config, model: IntegratedModel, device: torch.device):
+def adaptation_step(config, model: IntegratedModel, run: Run):
     """The loss of one micro-batch: ``adaptation_loss`` of SPDNet's derained images (the objective's terms)."""
-    objective = Objective.from_config(config)
+    objective, device = Objective.from_config(config), run.device
 
     def loss_of_batch(images, targets):
         clean = clean_pairs(targets, device) if objective.needs_clean_pair else None
         return adaptation_loss(model, images.to(device, non_blocking=True), detector_targets(targets, device), clean,
                                objective)
 
-    return loss_of_batch, LoopSettings.from_config(config, [t for t in LOSS_TERMS if getattr(objective, t)])
+    terms = [t for t in LOSS_TERMS if getattr(objective, t)]
+    return loss_of_batch, LoopSettings.from_config(config, terms, run.precision)
 
 
 def score(config, model, data: TrainingData, run: Run, label: str) -> dict:
     """Rainy-val COCO metrics of the model as it stands."""
     return evaluate(model, data.val_loader, data.val_annotation_file, data.label_to_category_id, device=run.device,
-                    precision=config["PRECISION"], derain=True, description=f"rainy val {label}")
+                    precision=run.precision, derain=True, description=f"rainy val {label}")
 
 
 def score_before_training(config, model, data: TrainingData, state: TrainState, trainer: Trainer, run: Run) -> None:
@@ -370,7 +379,7 @@ def end_epoch(config, model, data: TrainingData, state: TrainState, trainer: Tra
         state.best_map, state.best_epoch, state.epochs_without_improvement = metrics["AP"], epoch_number, 0
         trainer.check(f"in epoch {epoch_number}")
         if run.is_main:
-            atomic_save(adapted_weights(config, model, epoch_number, metrics), run.path(ADAPTED_FILE))
+            atomic_save(adapted_weights(run.resolved(config), model, epoch_number, metrics), run.path(ADAPTED_FILE))
     else:
         state.epochs_without_improvement += 1
     trainer.log({
@@ -416,7 +425,7 @@ def fit(config, model, optimizer, scheduler, data: TrainingData, state: TrainSta
     checkpoint.pt is set to the last step whose weights went on to give a finite loss.
     """
     trainer = adaptation_trainer(config, model, optimizer, scheduler, run)
-    loss_of_batch, settings = adaptation_step(config, model, run.device)
+    loss_of_batch, settings = adaptation_step(config, model, run)
     score_before_training(config, model, data, state, trainer, run)
     trainer.remember(state)
     max_steps = config["MAX_STEPS"]
