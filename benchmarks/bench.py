@@ -394,9 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
         time_configurations(config, report, device)
     report["bench_seconds"] = time.perf_counter() - started
     print_report(report, config)
-    os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
-    path = os.path.join(config["OUTPUT_DIR"], "bench.json")
-    atomic_write_json(path, report)
+    path = atomic_write_json(os.path.join(config["OUTPUT_DIR"], "bench.json"), report)  # makes the folder
     print(f"wrote {path} ({report['bench_seconds']:.0f} s in all)")
     return report
 

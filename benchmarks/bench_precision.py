@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         del row["gradient_fp32"]
     report = {"config": config, "batches": rows, "seconds": time.perf_counter() - started}
     print_report(report)
-    os.makedirs(config["OUTPUT_DIR"], exist_ok=True)
-    path = os.path.join(config["OUTPUT_DIR"], "bench_precision.json")
-    atomic_write_json(path, report)
+    path = atomic_write_json(os.path.join(config["OUTPUT_DIR"], "bench_precision.json"), report)  # makes the folder
     print(f"wrote {path} ({report['seconds']:.0f} s in all)")
     return report
 
