@@ -383,3 +383,14 @@ def test_a_plain_value_error_is_a_bug_and_a_setting_mistake_is_one_line(tiny_wor
     message = one_line(lambda: train(tiny_world, tmp_path, "--KEEP_CHECKPOINTS=0"))
     assert message == "error: KEEP_CHECKPOINTS must be a positive integer, got 0"
     assert isinstance(FileWriteError("x"), OSError)
+
+
+def test_the_gates_refuse_a_bad_keep_checkpoints_before_training(tiny_world, tmp_path):
+    import Training_Rain_Detector
+
+    message = one_line(lambda: Training_Rain_Detector.main([
+        f"--COCO_DIR={tiny_world['coco_dir']}", f"--COCO_RAIN_DIR={tiny_world['coco_rain_dir']}", "--DEVICE=cpu",
+        "--DATALOADER_WORKERS=0", "--GATE_IMAGE_SIZE=64", "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100",
+        "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64", "--KEEP_CHECKPOINTS=0", f"--OUTPUT_DIR={tmp_path}"]))
+    assert message == "error: KEEP_CHECKPOINTS must be a positive integer, got 0"
+    assert not os.listdir(tmp_path)  # no step was taken, nothing written

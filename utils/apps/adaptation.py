@@ -28,6 +28,7 @@ from utils.runtime.signals import StopRequested  # noqa: F401  (the script insta
 from utils.runtime.distributed import (ResumableSampler, ShardSampler, all_gather_objects, destroy_distributed,
                                        init_distributed)
 from utils.runtime.errors import DataError, SettingError, UserError
+from utils.runtime.memory import part_size
 from utils.training.engine import (LoopSettings, Trainer, TrainState, clean_pairs, detector_targets, evaluate,
                                    train_one_epoch)
 from utils.training.objectives import LOSS_TERMS, Objective, adaptation_loss
@@ -293,7 +294,7 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
             f"step {state.step}, best mAP {state.best_map:.4f}; "
             f"learning rate now {optimizer.param_groups[0]['lr']:.3g} "
             f"(LEARNING_RATE={config['LEARNING_RATE']:g})"
-            + (f"; {math.ceil(config['BATCH_SIZE'] / state.micro_batch_parts)} images per micro-batch, as chosen "
+            + (f"; {part_size(config['BATCH_SIZE'], state.micro_batch_parts)} images per micro-batch, as chosen "
                "after an out-of-memory error (AUTO_MICRO_BATCH)" if state.micro_batch_parts > 1 else ""),
             flush=True,
         )

@@ -39,6 +39,7 @@ from utils.training.engine import LoopSettings, TrainState, detector_targets, ev
 from utils.apps.evaluation import image_quality
 from utils.apps.pipelines import build_detector_only, build_spdnet
 from utils.runtime.device import choose_device
+from utils.runtime import settings as shared_settings
 from utils.runtime.errors import MissingFileError, SettingError
 from utils.models.spdnet import SPDNet
 from utils.data.synthetic import build_synthetic_world, world_id2label
@@ -210,7 +211,8 @@ def gate_settings(config: dict, paths: dict[str, str]) -> dict:
         "GATE_NUM_EPOCHS": config["DEMO_GATE_EPOCHS"], "GATE_BATCH_SIZE": 32, "GATE_LEARNING_RATE": 1e-3,
         "DEVICE": config["DEMO_DEVICE"], "CPU_THREADS": None, "DATALOADER_WORKERS": workers,
         "SEED": config["DEMO_SEED"], "OUTPUT_DIR": config["DEMO_DIR"], "RESUME": False, "LOG_EVERY_STEPS": 10,
-        "KEEP_CHECKPOINTS": 2, "AUTO_MICRO_BATCH": True,
+        "KEEP_CHECKPOINTS": shared_settings.KEEP_CHECKPOINTS,
+        "AUTO_MICRO_BATCH": shared_settings.AUTO_MICRO_BATCH,
     }
 
 

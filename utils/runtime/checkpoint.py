@@ -15,7 +15,7 @@ from typing import BinaryIO, Callable, Sequence
 import numpy as np
 import torch
 
-from utils.runtime.errors import FileWriteError, MissingFileError, SettingError, UserError
+from utils.runtime.errors import FileWriteError, MissingFileError, UserError
 
 
 def _fsync_directory(directory: str) -> None:
@@ -102,8 +102,6 @@ def save_checkpoint(obj, path: str, keep: int, rotate: bool = True) -> str:
     before any older one moves; a crash between the renames leaves every checkpoint but the new one
     under some name, and ``load_checkpoint`` takes the newest usable one. ``rotate=False`` replaces
     ``path`` alone (a later checkpoint of the same step)."""
-    if keep < 1:
-        raise SettingError(f"KEEP_CHECKPOINTS must be a positive integer, got {keep!r}")
     paths = checkpoint_paths(path, keep if rotate else 1)
 
     def move_older() -> None:

@@ -33,13 +33,18 @@ def part_size(batch_size: int, parts: int) -> int:
     return math.ceil(batch_size / parts)
 
 
-def split_batch(images: torch.Tensor, targets: Sequence, parts: int) -> list[tuple[torch.Tensor, list]]:
+def batch_part(images: torch.Tensor, targets: Sequence, start: int, size: int) -> tuple[torch.Tensor, Sequence]:
+    """Images ``start`` to ``start + size`` of a batch and their targets; the batch itself when that is all of it."""
+    if start == 0 and size >= len(images):
+        return images, targets
+    return images[start:start + size], list(targets[start:start + size])
+
+
+def split_batch(images: torch.Tensor, targets: Sequence, parts: int) -> list[tuple[torch.Tensor, Sequence]]:
     """(B, 3, H, W) images and their B targets as ``parts`` consecutive parts (the last may be smaller);
     ``parts == 1`` gives the batch itself."""
-    if parts == 1:
-        return [(images, targets)]
     size = part_size(len(images), parts)
-    return [(images[start:start + size], list(targets[start:start + size])) for start in range(0, len(images), size)]
+    return [batch_part(images, targets, start, size) for start in range(0, len(images), size)]
 
 
 def more_parts(parts: int, batch_size: int, device: torch.device, what: str) -> int:
@@ -61,10 +66,8 @@ def in_parts(process: Callable[[torch.Tensor, list], None], images: torch.Tensor
     done, batch_size = 0, len(images)
     while done < batch_size:
         size = part_size(batch_size, parts)
-        whole = size == batch_size
         try:
-            process(images if whole else images[done:done + size],
-                    targets if whole else list(targets[done:done + size]))
+            process(*batch_part(images, targets, done, size))
             done += size
             continue
         except torch.OutOfMemoryError:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from utils.data.coco import non_empty
 from utils.runtime.checkpoint import append_line, save_checkpoint
 from utils.runtime.device import autocast, memory_in_use_gb
-from utils.runtime.errors import FileWriteError, UserError
+from utils.runtime.errors import FileWriteError, SettingError, UserError
 from utils.runtime.memory import free_cached_memory, in_parts, more_parts, part_size, split_batch
 from utils.runtime.distributed import all_gather_objects, all_reduce_mean_, all_reduce_sum_, distributed_world
 from utils.training.coco_eval import CocoEvaluator, coco_metrics
@@ -227,8 +227,9 @@ def train_one_epoch(
             if should_stop():  # the partial window is dropped: a resume replays exactly its micro-batches
                 stopped = True
                 break
-            window_end = min(index // accumulation * accumulation + accumulation, total)
-            window_size = window_end - index // accumulation * accumulation
+            window_start = index // accumulation * accumulation
+            window_end = min(window_start + accumulation, total)
+            window_size = window_end - window_start
             replay = [batch] if batch is not None else []
             window_batches += replay
             while replay:
@@ -338,6 +339,8 @@ class Trainer:
                  make_checkpoint: Callable[[TrainState], dict] | None, checkpoint_every_steps: int | None = None,
                  check: Callable[[str], None] = lambda when: None, is_main: bool = True, fresh_log: bool = True,
                  keep_checkpoints: int = 2):
+        if not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
+            raise SettingError(f"KEEP_CHECKPOINTS must be a positive integer, got {keep_checkpoints!r}")
         self.log_path, self.checkpoint_path, self.make_checkpoint = log_path, checkpoint_path, make_checkpoint
         self.checkpoint_every_steps, self.check, self.is_main = checkpoint_every_steps, check, is_main
         self.keep_checkpoints, self.written_step = keep_checkpoints, None
@@ -357,6 +360,13 @@ class Trainer:
             save_checkpoint(checkpoint, self.checkpoint_path, self.keep_checkpoints, rotate=step != self.written_step)
         self.written_step = step
 
+    def write_checked(self, checkpoint: dict) -> int:
+        """``write`` once ``check`` passed; returns the checkpoint's step."""
+        step = checkpoint["state"]["step"]
+        self.check(f"at step {step}")
+        self.write(checkpoint)
+        return step
+
     def save(self, state: TrainState) -> None:
         """Checkpoint ``state`` now (atomically)."""
         self.check(f"at step {state.step}")
@@ -368,9 +378,7 @@ class Trainer:
         completed step's checkpoint written, as on SIGTERM, before the error goes on."""
         if self.latest is None:
             return
-        step = self.latest["state"]["step"]
-        self.check(f"at step {step}")
-        self.write(self.latest)
+        step = self.write_checked(self.latest)
         if self.is_main:
             print(f"saved step {step}, the last completed one, to {self.checkpoint_path}: once the cause below is "
                   "fixed, continue with --RESUME=True", flush=True)
@@ -392,9 +400,7 @@ class Trainer:
         if self.good is None:
             return ("No step gave a finite loss since the start of this run, so nothing was saved: check "
                     "the starting weights (or the resumed checkpoint) and the learning rate.")
-        step = self.good["state"]["step"]
-        self.check(f"at step {step}")
-        self.write(self.good)
+        step = self.write_checked(self.good)
         return (f"{self.checkpoint_path} holds step {step}, the last whose weights gave a finite loss: continue "
                 "from it with --RESUME=True and a lower --LEARNING_RATE (honoured on resume: the schedule "
                 "continues from that step at the new rate) or PRECISION='fp32'.")
