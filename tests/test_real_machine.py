@@ -394,3 +394,20 @@ def test_the_gates_refuse_a_bad_keep_checkpoints_before_training(tiny_world, tmp
         "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64", "--KEEP_CHECKPOINTS=0", f"--OUTPUT_DIR={tmp_path}"]))
     assert message == "error: KEEP_CHECKPOINTS must be a positive integer, got 0"
     assert not os.listdir(tmp_path)  # no step was taken, nothing written
+
+
+def test_the_annotation_copy_keeps_the_source_mtime_and_skips_an_identical_copy(tmp_path):
+    from utils.data.rain import copy_if_changed
+
+    source, destination = tmp_path / "instances.json", tmp_path / "copy" / "instances.json"
+    source.write_text('{"images": []}')
+    destination.parent.mkdir()
+    copy_if_changed(str(source), str(destination))
+    assert destination.read_text() == source.read_text()
+    assert destination.stat().st_mtime_ns == source.stat().st_mtime_ns
+    inode = destination.stat().st_ino
+    copy_if_changed(str(source), str(destination))
+    assert destination.stat().st_ino == inode  # identical: not copied again
+    source.write_text('{"images": [1]}')
+    copy_if_changed(str(source), str(destination))
+    assert destination.read_text() == '{"images": [1]}' and os.listdir(destination.parent) == ["instances.json"]

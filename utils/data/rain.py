@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from utils.runtime.checkpoint import atomic_write_json
+from utils.runtime.checkpoint import atomic_write_json, write_atomically
 from utils.runtime.errors import NO_ROOM, DataError, FileWriteError, MissingFileError, SettingError
 from utils.data.coco import read_annotation_file
 
@@ -452,13 +452,9 @@ def copy_if_changed(source: str, destination: str) -> None:
         src, dst = os.stat(source), os.stat(destination)
         if (src.st_size, src.st_mtime_ns) == (dst.st_size, dst.st_mtime_ns):
             return
-    try:
-        shutil.copy2(source, destination + ".tmp")
-        os.replace(destination + ".tmp", destination)
-    except OSError as error:
-        if os.path.exists(destination + ".tmp"):
-            os.remove(destination + ".tmp")
-        raise FileWriteError.of(destination, error) from None
+    with open(source, "rb") as original:
+        write_atomically(destination, lambda file: shutil.copyfileobj(original, file))
+    shutil.copystat(source, destination)  # the mtime compared above (a crash before it: copied again next time)
 
 
 def render_file(job: tuple) -> tuple[str, str | None]:
