@@ -36,26 +36,22 @@ DATALOADER_WORKERS = settings.EVAL_DATALOADER_WORKERS  # data loading processes
 NUM_EXAMPLES = 4  # rows of the qualitative picture
 SEED = settings.SEED  # the validation subset when VAL_PERCENT < 100
 OUTPUT_DIR = settings.OUTPUT_DIR  # where spdnet_adapted.pt is and results go
-PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
 from utils.runtime.config import command_line, load_config  # noqa: E402
-from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    config = load_config(globals(), argv)
     # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     import os
 
     from utils.apps import evaluation
     from utils.runtime.checkpoint import atomic_write_json
     from utils.data.coco import check_data_dirs
-    from utils.apps.demo import prepare_demo_if_asked
     from utils.apps.pipelines import build_three_pipelines
     from utils.runtime.device import choose_device, set_cpu_threads
 
     set_cpu_threads(config["CPU_THREADS"])
-    prepare_demo_if_asked(config)
     check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["val"])
     device = choose_device(config["DEVICE"])
     pipelines = build_three_pipelines(config, device)

@@ -29,10 +29,8 @@ ROUTING = "hard"  # "hard": gated-rainy images see SPDNet(x); "soft": g * SPDNet
 PRECISION = "fp32"  # "fp32" or "bf16" (SPDNet in bf16 autocast; the detector always runs in fp32)
 DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...
 OUTPUT_DIR = settings.OUTPUT_DIR  # where the trained weights are
-PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 
 from utils.runtime.config import command_line, load_config  # noqa: E402
-from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 from utils.runtime.errors import DataError, MissingFileError  # noqa: E402
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -60,7 +58,7 @@ def list_images(path: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    config = load_config(globals(), argv)
     # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     import os
 
@@ -71,12 +69,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from tqdm import tqdm
 
     from utils.runtime.checkpoint import atomic_write_json, write_atomically
-    from utils.apps.demo import prepare_demo_if_asked
     from utils.apps.pipelines import build_conditional_model
     from utils.runtime.device import autocast, choose_device
     from utils.apps.visualize import draw_detections
 
-    prepare_demo_if_asked(config)
     files = list_images(config["INPUT"])
     output = config["OUTPUT"] or os.path.join(config["OUTPUT_DIR"], "inference")
     device = choose_device(config["DEVICE"])

@@ -1,20 +1,16 @@
 """Train the rain gate: a small classifier telling rainy images from clean ones.
 
     python Training_Rain_Detector.py                   # COCO vs COCO_rain
-    python Training_Rain_Detector.py configs/demo.py \
-        --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate   # the CPU demo world
+    python Training_Rain_Detector.py configs/demo.py   # the CPU demo world (after python Make_Demo.py)
 
 Chooses its decision threshold on the validation split (best accuracy), fits a calibration
 temperature there (soft routing's P(rain); no decision changes), reports accuracy, precision and
 recall of "rainy", and saves OUTPUT_DIR/rain_detector.pt. It logs to OUTPUT_DIR/rain_detector_log.jsonl;
 Ctrl-C (or SIGTERM) saves OUTPUT_DIR/rain_detector_checkpoint.pt, which --RESUME=True continues bit for bit.
 
-With configs/demo.py it first builds or reuses the demo world and the demo's own gate (as the other
-scripts do), then trains a gate with the demo gate's recipe (the GATE_* settings, ARCHITECTURE and
-INPUT_SIZE there; with --SEED=0, the demo's DEMO_SEED, it repeats bit for bit the demo's gate as the
-demo commands make it, on one thread). It never writes the demo's own gate, DEMO_DIR/rain_detector.pt,
-which Make_Demo.py makes, records and reuses: without another OUTPUT_DIR (configs/demo.py's is
-DEMO_DIR) it stops in one line saying so.
+With configs/demo.py it trains a gate on the demo world with the demo gate's recipe (the GATE_*
+settings, ARCHITECTURE and INPUT_SIZE there; with --SEED=0 it repeats bit for bit the demo's own
+gate, which Make_Demo.py keeps in DEMO_DIR/demo_gate/).
 
 For a gate that holds on rain it has never seen (docs/rain_gate.md):
 
@@ -62,8 +58,7 @@ CPU_THREADS = settings.CPU_THREADS  # PyTorch's CPU threads (None: its default, 
 DATALOADER_WORKERS = settings.DATALOADER_WORKERS  # data loading processes
 SEED = settings.SEED  # subsets, order and initialisation
 # ---- output
-OUTPUT_DIR = settings.OUTPUT_DIR  # rain_detector.pt goes here (never DEMO_DIR's, which the demo manages)
-PREPARE_DEMO = False  # first build or reuse the CPU demo world and its gate (configs/demo.py sets it; see Make_Demo.py)
+OUTPUT_DIR = settings.OUTPUT_DIR  # rain_detector.pt goes here
 RESUME = False  # continue from OUTPUT_DIR/rain_detector_checkpoint.pt
 LOG_EVERY_STEPS = 10  # optimizer steps per line in rain_detector_log.jsonl
 KEEP_CHECKPOINTS = settings.KEEP_CHECKPOINTS  # checkpoints kept; RESUME falls back to the previous one when the
@@ -71,37 +66,16 @@ KEEP_CHECKPOINTS = settings.KEEP_CHECKPOINTS  # checkpoints kept; RESUME falls b
 AUTO_MICRO_BATCH = settings.AUTO_MICRO_BATCH  # on out of memory: halve the micro-batch, double the accumulation
 #   (same effective batch and schedule), replay the window; False: the error ends the run
 
-from utils.runtime.config import UserError, command_line, load_config  # noqa: E402
-from utils.runtime.demo_settings import demo_defaults  # noqa: E402
-
-
-def refuse_the_demos_gate(config: dict) -> None:
-    """Stop in one line rather than overwrite the demo's gate, which Make_Demo.py makes, records
-    (rain_detector.pt.json beside it) and reuses: DEMO_DIR's when PREPARE_DEMO, or any recorded one."""
-    # Imported here, after the settings are checked (see main).
-    import os
-
-    from utils.apps.demo import demo_file_in_the_way
-    from utils.apps.pipelines import GATE_FILE
-
-    target = demo_file_in_the_way(config, [GATE_FILE])
-    if target is not None:
-        raise UserError(
-            f"OUTPUT_DIR: {target} is the demo's own gate, which Make_Demo.py makes, records and reuses; "
-            f"train this one elsewhere, e.g. --OUTPUT_DIR={os.path.join(config['OUTPUT_DIR'], 'gate')}"
-        )
+from utils.runtime.config import command_line, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    config = load_config(globals(), argv)
     # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
-    from utils.apps.demo import prepare_demo_if_asked
     from utils.apps.gate_training import train_rain_detector
     from utils.runtime.device import set_cpu_threads
 
-    refuse_the_demos_gate(config)
     set_cpu_threads(config["CPU_THREADS"])
-    prepare_demo_if_asked(config)
     return train_rain_detector(config)
 
 

@@ -70,7 +70,6 @@ DATALOADER_WORKERS = settings.DATALOADER_WORKERS  # data loading processes per G
 SEED = settings.SEED  # seeds the subset, the data order, the rain variants and the initialisation
 # ---- output
 OUTPUT_DIR = settings.OUTPUT_DIR  # checkpoints, spdnet_adapted.pt, logs and plots
-PREPARE_DEMO = False  # first build or reuse the CPU demo world (configs/demo.py sets it; see Make_Demo.py)
 RESUME = False  # continue from OUTPUT_DIR/checkpoint.pt
 CHECKPOINT_EVERY_STEPS = 200  # also checkpoint every this many optimizer steps (None: per epoch only)
 KEEP_CHECKPOINTS = settings.KEEP_CHECKPOINTS  # checkpoints kept; RESUME falls back to the previous one when the
@@ -81,23 +80,20 @@ LOG_EVERY_STEPS = 10  # optimizer steps per line in training_log.jsonl
 EVAL_BEFORE_TRAINING = True  # score the starting SPDNet first, as the "epoch 0" baseline
 
 from utils.runtime.config import command_line, load_config  # noqa: E402  (the constants above come first, as users read them)
-from utils.runtime.demo_settings import demo_defaults  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     quiet = int(os.environ.get("RANK", "0")) != 0  # rank 0 alone prints the config
-    config = load_config(globals(), argv, quiet=quiet, extra_defaults=demo_defaults())
+    config = load_config(globals(), argv, quiet=quiet)
     # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
     from utils.apps import adaptation as training
     from utils.data.coco import check_data_dirs
-    from utils.apps.demo import prepare_demo_if_asked
     from utils.models.detector import model_state_lines
     from utils.apps.pipelines import build_training_model
     from utils.runtime.device import set_cpu_threads
 
     training.check_config(config)
     set_cpu_threads(config["CPU_THREADS"])
-    prepare_demo_if_asked(config)
     check_data_dirs(config["COCO_DIR"], config["COCO_RAIN_DIR"], ["train", "val"])
     training.training_rain_dirs(config)  # HOLDOUT_FAMILY leaves something rainy to train on
     run = training.setup_run(config)

@@ -2,7 +2,7 @@
 
     python Training_Utility_Gate.py                          # after Training_SPDNet_Adaptation.py
     python Training_Utility_Gate.py --UTILITY_MODE=soft      # end-to-end soft routing instead
-    python Training_Utility_Gate.py configs/demo.py          # the CPU demo world (after the demo's adaptation)
+    python Training_Utility_Gate.py configs/demo.py          # the CPU demo world (after its adaptation)
 
 The rain gate answers "is this the rain I was trained on?"; the gated model needs "will SPDNet help
 the detector on this image?". UTILITY_MODE="gain" labels each training image 1 when the adapted SPDNet
@@ -15,7 +15,7 @@ most accurate epoch is saved as OUTPUT_DIR/utility_gate.pt in the rain gate's fo
 Eval_conditional.py or Infer.py as --GATE_WEIGHTS=OUTPUT_DIR/utility_gate.pt (docs/rain_gate.md).
 
 Logs to OUTPUT_DIR/utility_gate_log.jsonl; Ctrl-C (or SIGTERM) saves OUTPUT_DIR/utility_gate_checkpoint.pt,
-which --RESUME=True continues. It never writes a file the demo made and recorded (Make_Demo.py).
+which --RESUME=True continues.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ DATALOADER_WORKERS = settings.DATALOADER_WORKERS  # data loading processes
 SEED = settings.SEED  # subsets, order and initialisation
 # ---- output
 OUTPUT_DIR = settings.OUTPUT_DIR  # utility_gate.pt goes here (and ADAPTED_WEIGHTS is read from here)
-PREPARE_DEMO = False  # first build or reuse the CPU demo world and its gate (configs/demo.py sets it; see Make_Demo.py)
 RESUME = False  # continue from OUTPUT_DIR/utility_gate_checkpoint.pt
 LOG_EVERY_STEPS = 10  # optimizer steps per line in utility_gate_log.jsonl
 KEEP_CHECKPOINTS = settings.KEEP_CHECKPOINTS  # checkpoints kept; RESUME falls back to the previous one when the
@@ -65,38 +64,17 @@ KEEP_CHECKPOINTS = settings.KEEP_CHECKPOINTS  # checkpoints kept; RESUME falls b
 AUTO_MICRO_BATCH = settings.AUTO_MICRO_BATCH  # on out of memory: halve the micro-batch, double the accumulation
 #   (same effective batch and schedule), replay the window; False: the error ends the run
 
-from utils.runtime.config import UserError, command_line, load_config  # noqa: E402
-from utils.runtime.demo_settings import demo_defaults  # noqa: E402
-
-
-def refuse_the_demos_files(config: dict) -> None:
-    """Stop in one line rather than overwrite a file of the demo's (DEMO_DIR's world, gate and quality
-    record when PREPARE_DEMO, or any file Make_Demo.py recorded with a .json beside it)."""
-    # Imported here, after the settings are checked (see main).
-    import os
-
-    from utils.apps.demo import demo_file_in_the_way
-    from utils.apps.pipelines import UTILITY_GATE_FILE
-    from utils.apps.utility_gate import UTILITY_CHECKPOINT_FILE, UTILITY_LOG_NAME
-
-    target = demo_file_in_the_way(config, [UTILITY_GATE_FILE, UTILITY_CHECKPOINT_FILE, UTILITY_LOG_NAME])
-    if target is not None:
-        elsewhere = os.path.join(config["OUTPUT_DIR"], "utility")
-        raise UserError(f"OUTPUT_DIR: {target} is the demo's own file, which Make_Demo.py makes and records; "
-                        f"train this gate elsewhere, e.g. --OUTPUT_DIR={elsewhere}")
+from utils.runtime.config import command_line, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    config = load_config(globals(), argv, extra_defaults=demo_defaults())
+    config = load_config(globals(), argv)
     # The library (and torch) loads only now, after the settings are checked: a bad one fails at once.
-    from utils.apps.demo import prepare_demo_if_asked
     from utils.apps.utility_gate import check_utility_config, train_utility_gate
     from utils.runtime.device import set_cpu_threads
 
     check_utility_config(config)
-    refuse_the_demos_files(config)
     set_cpu_threads(config["CPU_THREADS"])
-    prepare_demo_if_asked(config)
     return train_utility_gate(config)
 
 

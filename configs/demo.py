@@ -1,12 +1,12 @@
-# The CPU demo: every script on the synthetic world that Make_Demo.py builds (or reuses) first.
+# The CPU demo: every script on the synthetic world that Make_Demo.py builds (or reuses).
+#   python Make_Demo.py   (the world, its rain gate and the kept stand-ins' quality on it; this file's DEMO_*
+#     settings are its own: `python Make_Demo.py configs/demo.py` is the same)
 #   python Training_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_conditional.py configs/demo.py
-#   python Training_Rain_Detector.py configs/demo.py --OUTPUT_DIR=./outputs_spdnet_adaptation/demo/gate
-#     (a gate with the demo gate's recipe; OUTPUT_DIR below holds the demo's own,
-#     which that script refuses to overwrite)
+#   python Training_Rain_Detector.py configs/demo.py  (a gate with the demo gate's recipe: DEMO_DIR/rain_detector.pt)
 #   python Training_Utility_Gate.py configs/demo.py  (after the adaptation above: DEMO_DIR/utility_gate.pt)
-PREPARE_DEMO = True  # build or reuse the world and rain gate, measure the kept stand-ins on it (Make_Demo.py)
+# Every script takes the keys it has and skips the others' (DEMO_* are Make_Demo.py's).
 DEMO_DIR = "./outputs_spdnet_adaptation/demo"
 DEMO_WEIGHTS_DIR = "./demo_weights"  # kept in the repository, made by `python Make_Demo.py --DEMO_PRETRAIN=True`
 OUTPUT_DIR = DEMO_DIR  # adapted SPDNet, logs, results and pictures next to the world
@@ -14,7 +14,7 @@ COCO_DIR = DEMO_DIR + "/data/coco"
 COCO_RAIN_DIR = DEMO_DIR + "/data/coco_rain"
 DETECTOR = DEMO_WEIGHTS_DIR + "/detector"  # stands in for PekingU/rtdetr_r18vd
 SPDNET_WEIGHTS = DEMO_WEIGHTS_DIR + "/spdnet_original.pt"  # stands in for the official SPDNet weights
-GATE_WEIGHTS = DEMO_DIR + "/rain_detector.pt"  # the gate Make_Demo.py trains
+GATE_WEIGHTS = DEMO_DIR + "/demo_gate/rain_detector.pt"  # the gate Make_Demo.py trains
 SPDNET_N_FEATS = 16  # the demo SPDNet's size (also recorded in its weights file)
 SPDNET_N_RESBLOCKS = 1
 IMAGE_SIZE = 128

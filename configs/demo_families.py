@@ -7,4 +7,4 @@ DEMO_DIR = "./outputs_spdnet_adaptation/demo_families"
 OUTPUT_DIR = DEMO_DIR
 COCO_DIR = DEMO_DIR + "/data/coco"
 COCO_RAIN_DIR = DEMO_DIR + "/data/coco_rain"
-GATE_WEIGHTS = DEMO_DIR + "/rain_detector.pt"
+GATE_WEIGHTS = DEMO_DIR + "/demo_gate/rain_detector.pt"

@@ -1,5 +1,7 @@
 """The strict configurator: overrides from config files and --KEY=value, type checks, clear errors."""
 
+import os
+
 import pytest
 
 from utils.runtime.config import ConfigError, load_config, resolve_config, script_defaults
@@ -93,33 +95,35 @@ def test_load_config_prints_and_help_exits(capsys):
 def test_shared_config_file_skips_other_scripts_settings_but_not_typos(tmp_path):
     config_file = tmp_path / "shared.py"
     config_file.write_text("BATCH_SIZE = 4\nMIXED_RAIN_FRACTION = 0.3\n")
-    config = resolve_config(DEFAULTS, [str(config_file)], other_scripts_keys={"MIXED_RAIN_FRACTION"})
+    others = {"MIXED_RAIN_FRACTION": "Eval_conditional.py"}
+    config = resolve_config(DEFAULTS, [str(config_file)], others)
     assert config["BATCH_SIZE"] == 4 and "MIXED_RAIN_FRACTION" not in config
+    with pytest.raises(ConfigError, match="MIXED_RAIN_FRACTION is a setting of Eval_conditional.py, not of this"):
+        resolve_config(DEFAULTS, ["--MIXED_RAIN_FRACTION=0.3"], others)
     with pytest.raises(ConfigError, match="unknown config key 'MIXED_RAIN_FRACTION'"):
-        resolve_config(DEFAULTS, ["--MIXED_RAIN_FRACTION=0.3"], other_scripts_keys={"MIXED_RAIN_FRACTION"})
+        resolve_config(DEFAULTS, [str(config_file)])
 
 
-def test_project_settings_are_every_scripts_constants_and_no_more():
-    """PROJECT_SETTINGS (what a shared config file may set) matches the scripts in the root."""
+def test_sibling_settings_are_what_the_scripts_beside_one_assign_at_their_top(tmp_path):
+    """Read without running them: the UPPER_CASE names each script assigns at module level (not inside a
+    function, not lower case), each with its script; the asking script's own are left out."""
     import importlib
-    import os
 
-    from utils.runtime.config import PROJECT_SETTINGS
+    from utils.runtime.config import sibling_settings
 
+    (tmp_path / "A.py").write_text("X = 1\nY: int = 2\nlower = 3\ndef f():\n    Z = 4\n")
+    (tmp_path / "B.py").write_text("import sys\nW = [1]  # a comment\nsys.exit(1)\n")
+    (tmp_path / "notes.txt").write_text("V = 1\n")
+    assert sibling_settings(str(tmp_path / "B.py")) == {"X": "A.py", "Y": "A.py"}
+    assert sibling_settings(str(tmp_path / "C.py")) == {"X": "A.py", "Y": "A.py", "W": "B.py"}
+    assert sibling_settings(None) == {}
+    # The project: every setting of every script in the root, as the scripts' modules hold them.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    scripts = [name[:-3] for name in os.listdir(root) if name.endswith(".py")]
     declared = set()
-    for script in scripts:
-        declared |= set(script_defaults(vars(importlib.import_module(script))))
-    assert declared == PROJECT_SETTINGS
-
-
-def test_extra_defaults_are_taken_and_printed_only_when_changed(capsys):
-    namespace = dict(DEFAULTS, __file__="Train.py")
-    config = load_config(namespace, ["--DEMO_SEED=1"], extra_defaults={"DEMO_SEED": 0, "DEMO_DIR": "d"})
-    assert config["DEMO_SEED"] == 1 and config["DEMO_DIR"] == "d" and config["BATCH_SIZE"] == 2
-    printed = capsys.readouterr().out
-    assert "DEMO_SEED" in printed and "DEMO_DIR" not in printed
+    for name in os.listdir(root):
+        if name.endswith(".py"):
+            declared |= set(script_defaults(vars(importlib.import_module(name[:-3]))))
+    assert set(sibling_settings(os.path.join(root, "nothing_here.py"))) == declared
 
 
 def test_cpu_threads_sets_pytorchs_thread_count_and_none_leaves_it():
@@ -172,7 +176,7 @@ def test_a_shared_setting_has_one_default_taken_from_utils_runtime_settings():
 
     from utils.runtime import settings
 
-    shared = {key for key in vars(settings) if key.isupper()}
+    shared = {key for key in vars(settings) if key.isupper()} - {"RETIRED_SETTINGS"}  # a table, not a setting
     declared_by = {}
     for script, path in _root_scripts().items():
         defaults, bindings = script_defaults(vars(importlib.import_module(script))), _bindings(path)

@@ -1,4 +1,5 @@
-"""The demo's real path at smoke size: configs/demo.py builds the world, then every script runs on it."""
+"""The demo's real path at smoke size: Make_Demo.py builds the world, then every script runs on it
+with configs/demo.py."""
 
 import json
 import os
@@ -30,7 +31,7 @@ def smoke_config(tmp_path, **changes) -> str:
         "DEMO_WORKERS": 0, "DEMO_DEVICE": "cpu",
         "OUTPUT_DIR": root, "COCO_DIR": root + "/data/coco", "COCO_RAIN_DIR": root + "/data/coco_rain",
         "DETECTOR": weights + "/detector", "SPDNET_WEIGHTS": weights + "/spdnet_original.pt",
-        "GATE_WEIGHTS": root + "/rain_detector.pt", "IMAGE_SIZE": 64, "PERCENT_DATASET": 50,
+        "GATE_WEIGHTS": root + "/demo_gate/rain_detector.pt", "IMAGE_SIZE": 64, "PERCENT_DATASET": 50,
         "NUM_EPOCHS": 1, "DATALOADER_WORKERS": 0, "DEVICE": "cpu", "GATE_IMAGE_SIZE": 64, "INPUT_SIZE": 64,
         "GATE_NUM_EPOCHS": 1,
     }
@@ -44,10 +45,10 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
     smoke = smoke_config(tmp_path)
     root, weights = str(tmp_path / "demo"), str(tmp_path / "weights")
     Make_Demo.main([smoke, "--DEMO_PRETRAIN=True"])  # the repository keeps these; the test makes tiny ones
-    # The demo's settings on the script's own command line, parsed once with its own (world 1 here).
-    summary = Training_SPDNet_Adaptation.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1"])
+    Make_Demo.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1"])  # world 1 here
+    summary = Training_SPDNet_Adaptation.main([DEMO_CONFIG, smoke])
     for name in ("data/coco/annotations/instances_train2017.json", "data/coco_rain/val2017", "demo_quality.json",
-                 "rain_detector.pt", "spdnet_adapted.pt"):
+                 "demo_gate/rain_detector.pt", "spdnet_adapted.pt"):
         assert os.path.exists(os.path.join(root, name)), name
     # The stand-in "pretrained" detector loads through the path PekingU checkpoints take, with the
     # world's labels, in fp32 although it is kept in fp16, and stays frozen through the adaptation.
@@ -62,24 +63,23 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
     assert set(quality["spdnet_rainy_val"]) == {"rainy_psnr_db", "derained_psnr_db", "rainy_ssim", "derained_ssim"}
     assert set(quality["detector_clean_val"]) == {"AP", "AP50", "AP75"}
 
-    with open(os.path.join(root, "rain_detector.pt.json")) as file:
+    with open(os.path.join(root, "demo_gate", "rain_detector.pt.json")) as file:
         assert json.load(file)["settings"]["seed"] == 1
-    results = Eval_SPDNet_Adaptation.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1"])
+    results = Eval_SPDNet_Adaptation.main([DEMO_CONFIG, smoke])
     assert set(results["rainy"]) == {"vanilla", "original", "adapted"}
     for name in ("eval_results.json", "eval_examples.png"):
         assert os.path.isfile(os.path.join(root, name)), name
-    conditional = Eval_conditional.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1"])
+    conditional = Eval_conditional.main([DEMO_CONFIG, smoke])
     assert set(conditional) >= {"clean", "rainy", "mixed"}
     clean = conditional["clean"]["clean_guarantee"]
     assert clean["identical_to_detector"] == clean["images_gated_clean"]
-    # The gate script on the demo: the demo's gate recipe, into its own folder; with the demo's seed it
-    # makes the demo's gate again, bit for bit, and leaves the demo's own file alone.
-    demo_gate = os.path.join(root, "rain_detector.pt")
+    # The gate script on the demo: the demo's gate recipe, into OUTPUT_DIR (DEMO_DIR); with the demo's seed
+    # it makes the demo's gate again, bit for bit, and leaves the demo's own file (in demo_gate/) alone.
+    demo_gate = os.path.join(root, "demo_gate", "rain_detector.pt")
     stamp = os.stat(demo_gate).st_mtime_ns
-    Training_Rain_Detector.main([DEMO_CONFIG, smoke, "--DEMO_SEED=1", "--SEED=1", f"--OUTPUT_DIR={root}/gate"])
+    Training_Rain_Detector.main([DEMO_CONFIG, smoke, "--SEED=1"])
     assert os.stat(demo_gate).st_mtime_ns == stamp
-    ours, demos = (torch.load(path, weights_only=True)
-                   for path in (os.path.join(root, "gate", "rain_detector.pt"), demo_gate))
+    ours, demos = (torch.load(path, weights_only=True) for path in (os.path.join(root, "rain_detector.pt"), demo_gate))
     assert ours["state_dict"].keys() == demos["state_dict"].keys()
     assert all(torch.equal(ours["state_dict"][key], demos["state_dict"][key]) for key in demos["state_dict"])
     assert (ours["threshold"], ours["temperature"]) == (demos["threshold"], demos["temperature"])
@@ -92,7 +92,7 @@ def test_a_second_detector_family_is_kept_beside_the_first_and_the_scripts_run_o
     kept = os.stat(weights / "detector" / "model.safetensors").st_mtime_ns
     # (RT-DETRv2 of transformers 5.24 cannot save a one-layer decoder: it ties bbox_embed.0 to later layers)
     family = ["--DEMO_DETECTOR_FAMILY=rt_detr_v2", "--DEMO_DETECTOR_DECODER_LAYERS=2"]
-    v2 = [*family, f"--DETECTOR={weights / 'detector_rt_detr_v2'}"]  # the scripts' (configs/demo_rtdetr_v2.py's)
+    v2 = [f"--DETECTOR={weights / 'detector_rt_detr_v2'}"]  # the scripts' (configs/demo_rtdetr_v2.py's)
     with pytest.raises(FileNotFoundError, match="--DEMO_PRETRAIN=True --DEMO_DETECTOR_FAMILY=rt_detr_v2`"):
         Make_Demo.main([smoke, *family])
     Make_Demo.main([smoke, "--DEMO_PRETRAIN=True", *family])
@@ -102,6 +102,7 @@ def test_a_second_detector_family_is_kept_beside_the_first_and_the_scripts_run_o
         record = json.load(file)
     assert record["settings"]["family"] == "rt_detr_v2"
     assert record["command"] == "python Make_Demo.py --DEMO_PRETRAIN=True --DEMO_DETECTOR_FAMILY=rt_detr_v2"
+    Make_Demo.main([DEMO_CONFIG, smoke, *family])
     summary = Training_SPDNet_Adaptation.main([DEMO_CONFIG, smoke, *v2])
     assert summary["state"]["epoch"] == 1 and not summary["stopped"]
     with open(tmp_path / "demo" / "demo_quality.json") as file:
@@ -116,13 +117,16 @@ def test_the_gate_script_takes_the_demo_gates_recipe_from_configs_demo():
     the SPDNet scripts' IMAGE_SIZE, PERCENT_DATASET, NUM_EPOCHS, ...), but the run's seed, threads and
     log lines; and the demo's gate settings are every setting of that script."""
     from utils.runtime.config import load_config, script_defaults
-    from utils.runtime.demo_settings import demo_defaults
 
-    config = load_config(vars(Training_Rain_Detector), [DEMO_CONFIG], quiet=True, extra_defaults=demo_defaults())
-    demos = gate_settings(demo_defaults(), world_paths(config["DEMO_DIR"]))
-    own = set(script_defaults(vars(Training_Rain_Detector))) - {"PREPARE_DEMO"}
+    config = load_config(vars(Training_Rain_Detector), [DEMO_CONFIG], quiet=True)
+    demo = load_config(vars(Make_Demo), [DEMO_CONFIG], quiet=True)
+    demos = gate_settings(demo, world_paths(demo["DEMO_DIR"]))
+    own = set(script_defaults(vars(Training_Rain_Detector)))
     assert own <= set(demos)
-    assert {key for key in own if config[key] != demos[key]} == {"SEED", "CPU_THREADS", "LOG_EVERY_STEPS"}
+    # OUTPUT_DIR: the demo's own gate is kept in DEMO_DIR/demo_gate/, where this script does not write
+    assert {key for key in own if config[key] != demos[key]} == {"SEED", "CPU_THREADS", "LOG_EVERY_STEPS",
+                                                                 "OUTPUT_DIR"}
+    assert demos["OUTPUT_DIR"] == os.path.join(config["OUTPUT_DIR"], "demo_gate")
     assert (config["SEED"], demos["SEED"], demos["GATE_IMAGE_SIZE"], demos["GATE_NUM_EPOCHS"]) == (42, 0, 128, 2)
 
 
@@ -137,7 +141,7 @@ def test_each_stage_is_reused_and_rebuilt_only_when_its_settings_change(tmp_path
     Make_Demo.main([smoke, "--DEMO_PRETRAIN=True"])
     Make_Demo.main([smoke])
     files = {"detector": weights / "detector/model.safetensors", "spdnet": weights / "spdnet_original.pt",
-             "gate": root / "rain_detector.pt", "quality": root / "demo_quality.json"}
+             "gate": root / "demo_gate" / "rain_detector.pt", "quality": root / "demo_quality.json"}
     stamps = {name: os.stat(path).st_mtime_ns for name, path in files.items()}
     capsys.readouterr()
     Make_Demo.main([smoke, "--DEMO_PRETRAIN=True"])

@@ -5,8 +5,8 @@ the project's configurable scripts (``python SCRIPT.py``, ``python -m benchmarks
 ``.venv/bin/python ...``, ``torchrun [its options] SCRIPT.py``, or a bare ``SCRIPT.py configs/...`` in
 prose) have their config files and ``--KEY=value`` items run through
 ``utils.runtime.config.resolve_config`` with the defaults the script's own ``load_config`` uses
-(``script_defaults`` of its module, plus ``demo_defaults()`` where it passes
-``extra_defaults=demo_defaults()``). No model is loaded: the scripts' defaults are read in one fresh
+(``script_defaults`` of its module, and ``sibling_settings`` of its file: the other scripts' keys a
+config file may set). No model is loaded: the scripts' defaults are read in one fresh
 process, which also checks that importing a root script does not import torch.
 
 Skipped: other programs (pytest, pip, tools/*.py with their own argparse), ``--help`` and other
@@ -29,8 +29,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from utils.runtime.config import ConfigError, resolve_config
-from utils.runtime.demo_settings import demo_defaults
+from utils.runtime.config import ConfigError, resolve_config, sibling_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md"] + sorted(os.path.relpath(path, ROOT) for path in glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -266,11 +265,8 @@ def script_settings() -> dict[str, dict]:
     probed = json.loads(result.stdout)
     settings = {}
     for script, module in zip(scripts, modules):
-        with open(_script_path(script), encoding="utf-8") as file:
-            takes_demo = "extra_defaults=demo_defaults()" in file.read()
-        own = ast.literal_eval(probed[module]["defaults"])
-        settings[script] = {"defaults": {**(demo_defaults() if takes_demo else {}), **own},
-                            "torch": probed[module]["torch"]}
+        settings[script] = {"defaults": ast.literal_eval(probed[module]["defaults"]),
+                            "others": sibling_settings(_script_path(script)), "torch": probed[module]["torch"]}
     return settings
 
 
@@ -290,7 +286,8 @@ def test_root_scripts_import_without_torch(script_settings):
 def test_documented_command_passes_the_configurator(command: DocCommand, script_settings, monkeypatch):
     monkeypatch.chdir(ROOT)  # config files are given relative to the repository root
     try:
-        resolve_config(script_settings[command.script]["defaults"], list(command.argv))
+        settings = script_settings[command.script]
+        resolve_config(settings["defaults"], list(command.argv), settings["others"])
         problem = None
     except ConfigError as error:
         problem = str(error)

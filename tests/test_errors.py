@@ -14,6 +14,7 @@ import torch
 import Eval_conditional
 import Eval_SPDNet_Adaptation
 import Infer
+import Make_Demo
 import Training_Rain_Detector
 import Training_SPDNet_Adaptation
 import Training_Utility_Gate
@@ -54,12 +55,13 @@ def one_line_error(main, argv) -> str:
         (["Eval_SPDNet_Adaptation.py", "--BATCH_SIZE=big"], "BATCH_SIZE must be int"),
         (["Eval_conditional.py", "configs/nothere.py"], "config file 'configs/nothere.py' does not exist"),
         (["Infer.py", "--ROUTING"], "'--ROUTING' must be --KEY=value"),
-        (["Check_Data.py", "--DEMO_SEED=1"], "unknown config key 'DEMO_SEED'"),
+        (["Check_Data.py", "--DEMO_SEED=1"], "DEMO_SEED is a setting of Make_Demo.py, not of this script"),
+        (["Check_Data.py", "--DEMO_SEDE=1"], "unknown config key 'DEMO_SEDE'"),
         (["Training_Rain_Detector.py", "--NUM_EPOCHS=3"],
-         "unknown config key 'NUM_EPOCHS'. Did you mean GATE_NUM_EPOCHS"),
+         "NUM_EPOCHS is a setting of Training_SPDNet_Adaptation.py, not of this script. Did you mean GATE_NUM_EPOCHS"),
         (["Make_Demo.py", "--DEMO_SEED=one"], "DEMO_SEED must be int"),
         (["Infer.py", "--RAIN_DETECTOR_WEIGHTS=gate.pt"],
-         "command line: RAIN_DETECTOR_WEIGHTS is now called GATE_WEIGHTS: set GATE_WEIGHTS instead"),
+         "command line: RAIN_DETECTOR_WEIGHTS is now called GATE_WEIGHTS (same meaning"),
     ],
 )
 def test_config_errors_are_one_line_before_torch_is_imported(arguments, expected):
@@ -70,16 +72,25 @@ def test_config_errors_are_one_line_before_torch_is_imported(arguments, expected
     assert result.stdout.strip().endswith("torch not imported")
 
 
-def test_demo_settings_reach_every_script_that_prepares_the_demo():
-    """configs/demo.py then --DEMO_SEED=1 is parsed once, and the demo's settings are accepted."""
+def test_configs_demo_serves_every_script_each_taking_its_own_keys():
+    """configs/demo.py sets Make_Demo.py's DEMO_* keys and the production scripts' keys: each script takes
+    its own and skips the others'; on the command line another script's key (or a retired one) is refused in
+    one line naming it."""
     from utils.runtime.config import load_config
-    from utils.runtime.demo_settings import demo_defaults
 
+    demo = os.path.join(ROOT, "configs", "demo.py")
     for script in (Training_SPDNet_Adaptation, Eval_SPDNet_Adaptation, Eval_conditional, Infer, Training_Rain_Detector,
                    Training_Utility_Gate):
-        config = load_config(vars(script), [os.path.join(ROOT, "configs", "demo.py"), "--DEMO_SEED=1"], quiet=True,
-                             extra_defaults=demo_defaults())
-        assert config["DEMO_SEED"] == 1 and config["PREPARE_DEMO"] is True, script.__name__
+        config = load_config(vars(script), [demo], quiet=True)
+        assert not any(key.startswith("DEMO_") for key in config), script.__name__
+        assert config["OUTPUT_DIR"] == "./outputs_spdnet_adaptation/demo", script.__name__
+        message = one_line_error(script.main, [demo, "--DEMO_SEED=1"])
+        assert message == "error: command line: DEMO_SEED is a setting of Make_Demo.py, not of this script.", message
+        message = one_line_error(script.main, [demo, "--PREPARE_DEMO=True"])
+        assert message.startswith("error: command line: PREPARE_DEMO is gone: build the demo world first with")
+    config = load_config(vars(Make_Demo), [demo, os.path.join(ROOT, "configs", "demo_world1.py")], quiet=True)
+    assert config["DEMO_SEED"] == 1 and config["DEMO_DIR"] == "./outputs_spdnet_adaptation/demo_world1"
+    assert "OUTPUT_DIR" not in config
 
 
 @pytest.fixture(scope="module")
@@ -158,18 +169,6 @@ def test_missing_detector_is_named(tiny_world, tmp_path):
         f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--DETECTOR={tmp_path / 'no_detector'}",
         f"--OUTPUT_DIR={tmp_path}"])
     assert f"DETECTOR: directory '{tmp_path / 'no_detector'}' does not exist" in message
-
-
-def test_the_gate_script_never_overwrites_the_demos_gate(tmp_path):
-    """DEMO_DIR/rain_detector.pt is Make_Demo.py's (made, recorded, reused): configs/demo.py's OUTPUT_DIR
-    is refused before the demo is prepared, and so is any folder holding such a record."""
-    demo = os.path.join(ROOT, "configs", "demo.py")
-    message = one_line_error(Training_Rain_Detector.main, [demo, f"--DEMO_DIR={tmp_path}", f"--OUTPUT_DIR={tmp_path}"])
-    assert message.startswith(f"error: OUTPUT_DIR: {tmp_path / 'rain_detector.pt'} is the demo's own gate")
-    assert message.endswith(f"--OUTPUT_DIR={tmp_path / 'gate'}") and not os.listdir(tmp_path)
-    (tmp_path / "rain_detector.pt.json").write_text("{}")
-    message = one_line_error(Training_Rain_Detector.main, [f"--OUTPUT_DIR={tmp_path}"])
-    assert "is the demo's own gate, which Make_Demo.py makes, records and reuses" in message
 
 
 def test_infer_refuses_an_input_that_is_not_an_image(tmp_path):

@@ -1,5 +1,5 @@
 """``--help`` explains every setting: its default and the comment written beside it, grouped and ordered as in
-the script, the demo's settings last.
+the script, and none but the script's own (the demo's DEMO_* are Make_Demo.py's alone).
 
 The root scripts run as real command lines (``--help`` must answer before torch is imported, so these
 subprocesses are cheap). The benchmarks import torch before their settings are read (their modules import
@@ -26,7 +26,6 @@ SCRIPTS = [
     "Make_Synthetic_World.py", "Make_Demo.py",
 ]
 BENCHMARKS = ["benchmarks.bench", "benchmarks.bench_objectives", "benchmarks.bench_precision"]
-DEMO_SOURCE = os.path.join("utils", "runtime", "demo_settings.py")
 SETTING_LINE = re.compile(r"([A-Z][A-Z0-9_]*) = (.*)")
 KEY_LINE = re.compile(r"  ([A-Z][A-Z0-9_]*) = ")
 
@@ -74,11 +73,6 @@ def words(text: str) -> str:
     return " ".join(text.split())
 
 
-def takes_demo_settings(path: str) -> bool:
-    with open(os.path.join(ROOT, path), encoding="utf-8") as file:
-        return "extra_defaults=demo_defaults()" in file.read()
-
-
 def check_settings(settings, blocks, printed_keys) -> None:
     """Each setting printed with its default (when a literal) and its comment (alone when it has none),
     under its group's title, in the source's order."""
@@ -102,21 +96,12 @@ def check_help(path: str, output: str) -> None:
     settings, group_titles = read_source(path)
     printed_keys, blocks, titles = read_help(output)
     assert titles[0].startswith("usage: python "), titles[0]
-    demo = takes_demo_settings(path)
-    own = [key for key in printed_keys if not (demo and key.startswith("DEMO_"))]
-    check_settings(settings, blocks, own)
+    check_settings(settings, blocks, printed_keys)
     positions = [titles.index(f"{title}:") for title in group_titles]
     assert positions == sorted(positions), group_titles
     for line in output.splitlines():
         assert KEY_LINE.match(line) or line.startswith("usage:") or len(line) <= 100, line
-    if demo:
-        demo_settings, _ = read_source(DEMO_SOURCE)
-        demo_keys = [key for key in printed_keys if key.startswith("DEMO_")]
-        assert printed_keys == own + demo_keys  # the demo's settings after all of the script's own
-        check_settings(demo_settings, blocks, demo_keys)
-        demo_title = next(title for title in titles if title.startswith("demo settings"))
-        assert all(blocks[key][0] == demo_title for key in demo_keys)
-    else:
+    if not path.endswith("Make_Demo.py"):
         assert not any(key.startswith("DEMO_") for key in printed_keys)
 
 

@@ -97,9 +97,9 @@ def test_a_non_finite_derained_batch_gives_nan_and_never_reaches_the_detector():
 
 def test_objective_settings_are_checked():
     with pytest.raises(ValueError, match="FEATURE_LOSS_WEIGHT must be a finite number >= 0, got -1"):
-        Objective.from_config({"DETECTION_LOSS_WEIGHT": 1.0, "FEATURE_LOSS_WEIGHT": -1, "PIXEL_LOSS_WEIGHT": 0.0})
+        Objective.from_weights(1.0, -1, 0.0)
     with pytest.raises(ValueError, match="all 0: nothing to train"):
-        Objective.from_config({"DETECTION_LOSS_WEIGHT": 0.0, "FEATURE_LOSS_WEIGHT": 0.0, "PIXEL_LOSS_WEIGHT": 0})
+        Objective.from_weights(0.0, 0.0, 0)
     assert not Objective().needs_clean_pair and Objective(1.0, 0.0, 0.5).needs_clean_pair
 
 

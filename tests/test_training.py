@@ -329,13 +329,11 @@ def training_data(tiny_world, output_dir, *extra):
     """build_data of the script's settings (the tiny world's, then ``extra``), as main builds it."""
     from utils.data.synthetic import SHAPES
     from utils.runtime.config import load_config
-    from utils.runtime.demo_settings import demo_defaults
 
-    config = load_config(vars(training_script), script_arguments(tiny_world, output_dir) + list(extra), quiet=True,
-                         extra_defaults=demo_defaults())
+    config = load_config(vars(training_script), script_arguments(tiny_world, output_dir) + list(extra), quiet=True)
     training.check_config(config)
     run_info = training.Run(device=torch.device("cpu"), rank=0, world_size=1, output_dir=str(output_dir),
-                            precision="fp32")
+                            precision="fp32", objective=training.objective_of(config))
     return training.build_data(config, dict(enumerate(SHAPES)), run_info)
 
 
@@ -441,11 +439,10 @@ def test_settings_are_resolved_into_the_run_and_never_rewritten(tiny_world, tmp_
     """PRECISION="auto" resolves into Run.precision; the settings dict stays as loaded, and what a
     checkpoint records is the settings as the run applied them."""
     from utils.runtime.config import load_config
-    from utils.runtime.demo_settings import demo_defaults
     from utils.runtime.device import resolve_precision
 
     config = load_config(vars(training_script), script_arguments(tiny_world, tmp_path) + ["--PRECISION=auto"],
-                         quiet=True, extra_defaults=demo_defaults())
+                         quiet=True)
     loaded = dict(config)
     run_info = training.setup_run(config)
     assert config == loaded and config["PRECISION"] == "auto"

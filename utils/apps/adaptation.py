@@ -46,6 +46,7 @@ class Run:
     world_size: int
     output_dir: str
     precision: str  # PRECISION resolved for the device ("auto" -> "bf16" or "fp32")
+    objective: Objective  # the *_LOSS_WEIGHT settings
     compile: str = "off"  # COMPILE as it runs ("off" where the compiler cannot)
 
     def resolved(self, config: dict) -> dict:
@@ -60,11 +61,16 @@ class Run:
         return os.path.join(self.output_dir, name)
 
 
+def objective_of(config: dict) -> Objective:
+    return Objective.from_weights(config["DETECTION_LOSS_WEIGHT"], config["FEATURE_LOSS_WEIGHT"],
+                                  config["PIXEL_LOSS_WEIGHT"])
+
+
 def check_config(config: dict) -> None:
     """Settings that would fail hours in are refused now, with the reason."""
     check_precision(config["PRECISION"], config["FP16"])
     check_compile(config["COMPILE"])
-    Objective.from_config(config)
+    objective_of(config)
     check_image_size(config["IMAGE_SIZE"])
     for key in ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "NUM_EPOCHS", "MAX_NONFINITE_IN_A_ROW", "LOG_EVERY_STEPS",
                 "KEEP_CHECKPOINTS"):
@@ -124,7 +130,8 @@ def setup_run(config: dict) -> Run:
     precision, reason = resolve_precision(config["PRECISION"], device)
     if rank == 0:
         print(f"PRECISION={config['PRECISION']!r} -> {precision} ({reason})", flush=True)
-    return Run(device=device, rank=rank, world_size=world_size, output_dir=config["OUTPUT_DIR"], precision=precision)
+    return Run(device=device, rank=rank, world_size=world_size, output_dir=config["OUTPUT_DIR"], precision=precision,
+               objective=objective_of(config))
 
 
 def compile_for_training(config: dict, model: IntegratedModel, run: Run) -> None:
@@ -159,7 +166,7 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
     """The training subset (rainy and/or clean; HOLDOUT_FAMILY's variants dropped, RANDOM_RAIN of the
     rainy images rendered on the fly) and the rainy validation split (``validation_dataset``), with
     their loaders."""
-    clean_pair = Objective.from_config(config).needs_clean_pair
+    clean_pair = run.objective.needs_clean_pair
     train_dataset = build_dataset(
         config["COCO_DIR"], training_rain_dirs(config), "train", id2label, image_size=config["IMAGE_SIZE"],
         train=True, percent=config["PERCENT_DATASET"], coco_ratio=config["COCO_RATIO"],
@@ -192,7 +199,7 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
         print(
             f"data: {len(train_dataset):,} training images ({train_dataset.describe()}), "
             f"{len(val_dataset):,} rainy validation images; {micro_batches:,} micro-batches = "
-            f"{steps:,} optimizer steps per epoch; objective {Objective.from_config(config).describe()}", flush=True,
+            f"{steps:,} optimizer steps per epoch; objective {run.objective.describe()}", flush=True,
         )
     if run.is_main and config["HOLDOUT_FAMILY"] is not None:
         print(f"validation without HOLDOUT_FAMILY={config['HOLDOUT_FAMILY']!r}: {val_dataset.describe()}", flush=True)
@@ -341,7 +348,7 @@ def adaptation_trainer(config, model, optimizer, scheduler, run: Run) -> Trainer
 
 def adaptation_step(config, model: IntegratedModel, run: Run):
     """The loss of one micro-batch: ``adaptation_loss`` of SPDNet's derained images (the objective's terms)."""
-    objective, device = Objective.from_config(config), run.device
+    objective, device = run.objective, run.device
 
     def loss_of_batch(images, targets):
         clean = clean_pairs(targets, device) if objective.needs_clean_pair else None
@@ -349,7 +356,10 @@ def adaptation_step(config, model: IntegratedModel, run: Run):
                                objective)
 
     terms = [t for t in LOSS_TERMS if getattr(objective, t)]
-    return loss_of_batch, LoopSettings.from_config(config, terms, run.precision)
+    settings = LoopSettings(config["GRADIENT_ACCUMULATION_STEPS"], config["GRAD_CLIP_NORM"], run.precision,
+                            config["MAX_NONFINITE_IN_A_ROW"], config["LOG_EVERY_STEPS"], config["MAX_STEPS"],
+                            tuple(terms), "SPDNet output or loss", config["AUTO_MICRO_BATCH"])
+    return loss_of_batch, settings
 
 
 def score(config, model, data: TrainingData, run: Run, label: str) -> dict:

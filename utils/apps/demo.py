@@ -19,6 +19,7 @@ settings is reused.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -37,14 +38,15 @@ from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empt
 from utils.models.detector import check_small_family, load_detector, small_rtdetr_config
 from utils.training.engine import LoopSettings, TrainState, detector_targets, evaluate, train_one_epoch
 from utils.apps.evaluation import image_quality
-from utils.apps.pipelines import build_detector_only, build_spdnet
-from utils.runtime.device import choose_device
+from utils.apps.pipelines import GATE_FILE, build_detector_only, build_spdnet
+from utils.runtime.device import choose_device, set_cpu_threads
 from utils.runtime import settings as shared_settings
 from utils.runtime.errors import MissingFileError, SettingError
 from utils.models.spdnet import SPDNet
-from utils.data.synthetic import build_synthetic_world, world_id2label
+from utils.data.synthetic import WORLD_FILE, build_synthetic_world, world_id2label
 
 MANIFEST = "demo_settings.json"
+DEMO_GATE_DIR = "demo_gate"  # the demo's own rain gate, in a folder of DEMO_DIR that no other script writes to
 QUALITY_FILE = "demo_quality.json"
 MAX_NONFINITE_IN_A_ROW = 20  # a stand-in whose loss stays NaN this long is broken: stop with the reason
 
@@ -87,20 +89,8 @@ def world_paths(demo_dir: str) -> dict[str, str]:
     return {
         "world": os.path.join(demo_dir, "data"), "coco_dir": os.path.join(demo_dir, "data", "coco"),
         "coco_rain_dir": os.path.join(demo_dir, "data", "coco_rain"),
-        "gate": os.path.join(demo_dir, "rain_detector.pt"), "quality": os.path.join(demo_dir, QUALITY_FILE),
+        "gate": os.path.join(demo_dir, DEMO_GATE_DIR, GATE_FILE), "quality": os.path.join(demo_dir, QUALITY_FILE),
     }
-
-
-def demo_file_in_the_way(config: dict, names: Sequence[str]) -> str | None:
-    """The first OUTPUT_DIR/``name`` that is a file the demo makes, records and reuses (DEMO_DIR's world,
-    gate and quality record when PREPARE_DEMO, or any file with Make_Demo.py's .json record beside it),
-    or None: what a script that trains into OUTPUT_DIR must not overwrite."""
-    demos = {os.path.abspath(path) for path in world_paths(config["DEMO_DIR"]).values()}
-    for name in names:
-        target = os.path.join(config["OUTPUT_DIR"], name)
-        if (config["PREPARE_DEMO"] and os.path.abspath(target) in demos) or os.path.exists(target + ".json"):
-            return target
-    return None
 
 
 def world_settings(config: dict, seed: int, num_train: int) -> dict:
@@ -109,6 +99,25 @@ def world_settings(config: dict, seed: int, num_train: int) -> dict:
         "seed": seed, "rain_presets": list(config["DEMO_RAIN_PRESETS"]), "max_objects": config["DEMO_MAX_OBJECTS"],
         "num_classes": config["DEMO_NUM_CLASSES"],
     }
+
+
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
+
+
+def refuse_another_world(root: str, world: dict, demo_dir: str) -> None:
+    """Stop in one line rather than replace a demo world of another seed or other rain (and the results
+    beside it): each world has its own DEMO_DIR. A world of the same seed and rain is reused, or rebuilt
+    when another setting (its size, a renderer's version) changed."""
+    built = read_manifest(os.path.join(root, WORLD_FILE))
+    if built is None:
+        return
+    for key in ("seed", "rain_presets"):
+        if built.get(key) != world[key]:
+            raise SettingError(
+                f"DEMO_DIR: {demo_dir} holds the demo world of {key} {built.get(key)!r}, not {world[key]!r}; give "
+                "this world a folder of its own (--DEMO_DIR=..., as configs/demo_world1.py does) or delete that one")
 
 
 def build_world(world: dict, root: str) -> None:
@@ -180,19 +189,13 @@ def pretrain_spdnet(config: dict, world: dict) -> None:
     print(f"demo original SPDNet: {describe_quality(quality)}", flush=True)
 
 
-def prepare_demo_if_asked(config: dict) -> None:
-    """What the scripts that can run on the demo call: build or reuse it when PREPARE_DEMO is set
-    (configs/demo.py sets it), with the DEMO_* settings of the same config files and command line."""
-    if config["PREPARE_DEMO"]:
-        prepare_demo(config)
-
-
 def prepare_demo(config: dict) -> dict[str, str]:
     """Make_Demo.py's job: with DEMO_PRETRAIN, make the kept stand-ins; otherwise build (or reuse)
     the demo world, measure the stand-ins on it and train (or reuse) its rain gate."""
     if config["DEMO_PRETRAIN"]:
         return pretrain_stand_ins(config)
     start = time.perf_counter()
+    set_cpu_threads(config["DEMO_CPU_THREADS"])
     paths = build_demo(config)
     train_demo_gate(config, paths)
     print(f"demo world ready in {config['DEMO_DIR']} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -210,7 +213,8 @@ def gate_settings(config: dict, paths: dict[str, str]) -> dict:
         "ARCHITECTURE": "small_cnn", "IMAGENET_WEIGHTS": None, "INPUT_SIZE": size,
         "GATE_NUM_EPOCHS": config["DEMO_GATE_EPOCHS"], "GATE_BATCH_SIZE": 32, "GATE_LEARNING_RATE": 1e-3,
         "DEVICE": config["DEMO_DEVICE"], "CPU_THREADS": None, "DATALOADER_WORKERS": workers,
-        "SEED": config["DEMO_SEED"], "OUTPUT_DIR": config["DEMO_DIR"], "RESUME": False, "LOG_EVERY_STEPS": 10,
+        "SEED": config["DEMO_SEED"], "OUTPUT_DIR": os.path.dirname(paths["gate"]), "RESUME": False,
+        "LOG_EVERY_STEPS": 10,
         "KEEP_CHECKPOINTS": shared_settings.KEEP_CHECKPOINTS,
         "AUTO_MICRO_BATCH": shared_settings.AUTO_MICRO_BATCH,
     }
@@ -222,11 +226,15 @@ def train_demo_gate(config: dict, paths: dict[str, str]) -> None:
     world = world_settings(config, config["DEMO_SEED"], config["DEMO_NUM_TRAIN"])
     gate = {"world": world, "seed": config["DEMO_SEED"], "epochs": config["DEMO_GATE_EPOCHS"]}
     if is_built(paths["gate"] + ".json", gate, [paths["gate"]]):
-        print(f"demo rain gate: reused {paths['gate']}", flush=True)
-        return
+        if read_manifest(paths["gate"] + ".json").get("sha256") == file_sha256(paths["gate"]):
+            print(f"demo rain gate: reused {paths['gate']}", flush=True)
+            return
+        print(f"demo rain gate: {paths['gate']} is not the file this script recorded (written by another run?): "
+              "training the demo's own again", flush=True)
     result = train_rain_detector(gate_settings(config, paths))
     atomic_write_json(paths["gate"] + ".json", {
-        "settings": gate, "result": {k: v for k, v in result.items() if isinstance(v, (int, float, str))},
+        "settings": gate, "sha256": file_sha256(paths["gate"]),
+        "result": {k: v for k, v in result.items() if isinstance(v, (int, float, str))},
     })
 
 
@@ -248,6 +256,7 @@ def build_demo(config: dict) -> dict[str, str]:
         for key in ("image_size", "num_classes"):
             if made_on[key] != world[key]:
                 raise SettingError(f"DEMO_{key.upper()} is {world[key]} but {paths[name]} was made for {made_on[key]}")
+    refuse_another_world(paths["world"], world, config["DEMO_DIR"])
     os.makedirs(config["DEMO_DIR"], exist_ok=True)
     build_world(world, paths["world"])
 

@@ -10,8 +10,7 @@ with ``ast.literal_eval`` (so ``4``, ``1e-4``, ``True``, ``None``, ``[1, 2]``) a
 string when it is not a Python literal, never executed. Unknown keys and values whose type differs
 from the default's are errors that name the key; ``None`` is accepted for every key. One config
 file may serve several scripts (configs/demo.py does): a key in it that this script lacks is skipped
-when another script of the project declares it (``PROJECT_SETTINGS``), and an error otherwise (a typo).
-A script that can prepare the CPU demo also takes the demo's settings (``extra_defaults``).
+when a script beside it declares it (``sibling_settings`` reads them), and an error otherwise (a typo).
 """
 
 from __future__ import annotations
@@ -24,10 +23,9 @@ import runpy
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
-from utils.runtime import demo_settings
-from utils.runtime.demo_settings import demo_defaults
 from utils.runtime.errors import SettingError, UserError
-from utils.runtime.settings_help import DEMO_SETTINGS_TITLE, SETTING_NAME, help_text
+from utils.runtime.settings import RETIRED_SETTINGS
+from utils.runtime.settings_help import SETTING_NAME, help_text
 
 
 class ConfigError(SettingError):
@@ -46,49 +44,33 @@ def script_defaults(namespace: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-# Every setting of the scripts in the project's root, declared here so that a config file shared by
-# several scripts (configs/demo.py serves seven) may set a key that only some of them have: the others
-# skip it, and a key no script has is an error (a typo). tests/test_config.py checks that this
-# matches the scripts' constants; the DEMO_* settings are utils/runtime/demo_settings.py's.
-PROJECT_SETTINGS = frozenset({
-    # Training_SPDNet_Adaptation.py
-    "COCO_DIR", "COCO_RAIN_DIR", "PERCENT_DATASET", "COCO_RATIO", "RAIN_RATIO", "VAL_PERCENT", "IMAGE_SIZE",
-    "DETECTOR", "SPDNET_WEIGHTS", "SPDNET_N_FEATS", "SPDNET_N_RESBLOCKS", "NUM_EPOCHS", "BATCH_SIZE",
-    "GRADIENT_ACCUMULATION_STEPS", "LEARNING_RATE", "WEIGHT_DECAY", "WARMUP_STEPS", "MIN_LR_RATIO",
-    "GRAD_CLIP_NORM", "EARLY_STOPPING_PATIENCE", "MAX_NONFINITE_IN_A_ROW", "MAX_STEPS", "FP16", "PRECISION",
-    "GRADIENT_CHECKPOINTING", "CHANNELS_LAST", "COMPILE", "DEVICE", "CPU_THREADS", "DATALOADER_WORKERS", "SEED",
-    "OUTPUT_DIR", "PREPARE_DEMO", "RESUME", "CHECKPOINT_EVERY_STEPS", "LOG_EVERY_STEPS", "EVAL_BEFORE_TRAINING",
-    "DETECTION_LOSS_WEIGHT", "FEATURE_LOSS_WEIGHT", "PIXEL_LOSS_WEIGHT", "HOLDOUT_FAMILY", "RANDOM_RAIN",
-    "KEEP_CHECKPOINTS", "AUTO_MICRO_BATCH",
-    # Eval_SPDNet_Adaptation.py
-    "EVAL_CLEAN", "IMAGE_QUALITY", "ADAPTED_WEIGHTS", "NUM_EXAMPLES",
-    # Eval_conditional.py
-    "MIXED_RAIN_FRACTION", "HOLDOUT_FAMILY", "HOLDOUT_RAIN_DIR", "GATE_WEIGHTS", "SOFT_ROUTING",
-    "ORACLE_REPORT",
-    # Infer.py
-    "INPUT", "OUTPUT", "SCORE_THRESHOLD", "ROUTING",
-    # Training_Rain_Detector.py
-    "EPOCH_VARIANTS", "RANDOM_RAIN", "AUGMENT_BLUR", "AUGMENT_JPEG", "AUGMENT_JITTER", "AUGMENT_NOISE",
-    "ARCHITECTURE", "IMAGENET_WEIGHTS", "INPUT_SIZE", "GATE_IMAGE_SIZE", "GATE_PERCENT_DATASET", "GATE_VAL_PERCENT",
-    "GATE_NUM_EPOCHS", "GATE_BATCH_SIZE", "GATE_LEARNING_RATE",
-    # Training_Utility_Gate.py
-    "UTILITY_MODE", "UTILITY_MARGIN",
-    # Check_Data.py, Make_COCO_Rain.py, Make_Synthetic_World.py
-    "SPLITS", "CHECK", "BENCHMARK_IMAGES", "PRESETS", "VARIANTS_PER_PRESET", "WORKERS", "JPEG_QUALITY", "LIMIT",
-    "RAIN_SEED", "WORLD_DIR", "NUM_TRAIN", "NUM_VAL", "MAX_OBJECTS", "WORLD_IMAGE_SIZE", "WORLD_SEED",
-})
+def _settings_declared_in(path: str) -> set[str]:
+    """The UPPER_CASE names a script assigns at its top level (its settings), read without running it."""
+    with open(path, encoding="utf-8") as file:
+        tree = ast.parse(file.read(), path)
+    names = set()
+    for node in tree.body:
+        annotated = [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = node.targets if isinstance(node, ast.Assign) else annotated
+        names |= {target.id for target in targets
+                  if isinstance(target, ast.Name) and SETTING_NAME.fullmatch(target.id)}
+    return names
 
 
-# Settings that have a new name: the old one, on the command line or in a config file, is refused in one
-# line that gives the new name.
-RENAMED_SETTINGS = {
-    "RAIN_DETECTOR_WEIGHTS": "GATE_WEIGHTS",  # it takes a rain gate or a utility gate; "detector" is the frozen one
-}
-
-
-def shared_setting_names() -> frozenset[str]:
-    """The keys a config file may set whatever script reads it: every script's, and the demo's."""
-    return PROJECT_SETTINGS | set(demo_defaults())
+def sibling_settings(script: str | None) -> dict[str, str]:
+    """Every setting of the scripts beside ``script`` (the project's root), each with the script that
+    declares it: a config file shared by several scripts (configs/demo.py serves seven) may set a key that
+    only some of them have, the others skip it; a key that none of them has is an error (a typo).
+    ``script`` None (a namespace without ``__file__``): none."""
+    if not script:
+        return {}
+    folder, own = os.path.dirname(os.path.abspath(script)), os.path.basename(script)
+    declared: dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py") and name != own:
+            for key in _settings_declared_in(os.path.join(folder, name)):
+                declared.setdefault(key, name)
+    return declared
 
 
 def _type_name(value: Any) -> str:
@@ -122,17 +104,18 @@ def parse_cli_value(text: str) -> Any:
         return text
 
 
-def _unknown_key_error(key: str, defaults: Mapping[str, Any], source: str) -> ConfigError:
-    if key in RENAMED_SETTINGS:
-        return ConfigError(f"{source}: {key} is now called {RENAMED_SETTINGS[key]}: set {RENAMED_SETTINGS[key]} "
-                           "instead (same meaning)")
+def _unknown_key_error(key: str, defaults: Mapping[str, Any], source: str, others: Mapping[str, str]) -> ConfigError:
+    if key in RETIRED_SETTINGS:
+        return ConfigError(f"{source}: {key} {RETIRED_SETTINGS[key]}")
     close = difflib.get_close_matches(key, list(defaults), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
+    if key in others:
+        return ConfigError(f"{source}: {key} is a setting of {others[key]}, not of this script.{hint}")
     return ConfigError(f"{source}: unknown config key {key!r}.{hint} Known keys: {', '.join(sorted(defaults))}")
 
 
 def resolve_config(
-    defaults: Mapping[str, Any], argv: Sequence[str], other_scripts_keys: set[str] | None = None
+    defaults: Mapping[str, Any], argv: Sequence[str], other_scripts: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """Apply config files and ``--KEY=value`` overrides from ``argv`` to ``defaults``.
 
@@ -140,20 +123,20 @@ def resolve_config(
         defaults: the script's constants (``script_defaults(globals())``).
         argv: command-line arguments without the program name: paths of ``.py`` config files and
             ``--KEY=value`` items, applied left to right.
-        other_scripts_keys: settings of the project's other scripts, which a config file may set
-            without error (they are skipped here); None means ``shared_setting_names()``.
+        other_scripts: settings of the project's other scripts (``sibling_settings``), each with its
+            script: a config file may set them (they are skipped here), the command line may not.
 
     Returns:
         A new dict with every key of ``defaults``, overrides applied and type-checked.
     """
-    config = dict(defaults)
+    config, other_scripts = dict(defaults), dict(other_scripts or {})
     for argument in argv:
         if argument.startswith("--"):
             key, separator, text = argument[2:].partition("=")
             if not separator:
                 raise ConfigError(f"command line: {argument!r} must be --KEY=value")
             if key not in defaults:
-                raise _unknown_key_error(key, defaults, "command line")
+                raise _unknown_key_error(key, defaults, "command line", other_scripts)
             config[key] = check_value(key, parse_cli_value(text), defaults[key], "command line")
         else:
             if not argument.endswith(".py"):
@@ -167,11 +150,9 @@ def resolve_config(
                 if not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
                     continue  # imports and helper names inside a config file are not settings
                 if key not in defaults:
-                    if other_scripts_keys is None:
-                        other_scripts_keys = shared_setting_names()
-                    if key in other_scripts_keys:
+                    if key in other_scripts:
                         continue
-                    raise _unknown_key_error(key, defaults, f"config file {argument}")
+                    raise _unknown_key_error(key, defaults, f"config file {argument}", other_scripts)
                 config[key] = check_value(key, value, defaults[key], f"config file {argument}")
     return config
 
@@ -181,30 +162,21 @@ def format_config(config: Mapping[str, Any]) -> str:
     return "\n".join(f"  {key:<{width}} = {value!r}" for key, value in sorted(config.items()))
 
 
-def load_config(
-    namespace: Mapping[str, Any], argv: Sequence[str] | None = None, quiet: bool = False,
-    extra_defaults: Mapping[str, Any] | None = None, extra_source: str | None = None,
-    extra_title: str = DEMO_SETTINGS_TITLE,
-) -> dict[str, Any]:
+def load_config(namespace: Mapping[str, Any], argv: Sequence[str] | None = None, quiet: bool = False) -> dict[str, Any]:
     """What a script calls: its constants, overridden from the command line, printed, returned.
 
-    ``extra_defaults``: settings the script takes besides its own constants (the demo's, for the
-    scripts that can prepare it); they are printed only where they differ from their defaults.
-    ``--help`` prints each setting's default and the comment beside it in its source (the script's,
-    ``namespace["__file__"]``), grouped as there, then the extra settings under ``extra_title``,
-    explained by ``extra_source`` (None: utils/runtime/demo_settings.py), and exits.
+    A config file may also set the settings of the scripts beside it (``sibling_settings``), which
+    this one skips. ``--help`` prints each setting's default and the comment beside it in the
+    script's source (``namespace["__file__"]``), grouped as there, and exits.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    own = script_defaults(namespace)
-    extra = dict(extra_defaults or {})
-    defaults = {**extra, **own}
+    defaults = script_defaults(namespace)
     if any(argument in ("-h", "--help") for argument in argv):
-        print(help_text(namespace, own, extra, extra_source or demo_settings.__file__, extra_title))
+        print(help_text(namespace, defaults))
         raise SystemExit(0)
-    config = resolve_config(defaults, argv)
+    config = resolve_config(defaults, argv, sibling_settings(namespace.get("__file__")))
     if not quiet:
-        shown = {key: value for key, value in config.items() if key in own or value != extra[key]}
-        print("config:\n" + format_config(shown), flush=True)
+        print("config:\n" + format_config(config), flush=True)
     return config
 
 

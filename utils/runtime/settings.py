@@ -29,3 +29,11 @@ KEEP_CHECKPOINTS = 2  # checkpoints kept (checkpoint.pt, checkpoint.1.pt, ...): 
 #   one when the newest is unreadable or holds NaN/inf
 AUTO_MICRO_BATCH = True  # on out of memory in a training step, halve the micro-batch and double the accumulation
 #   (same effective batch and schedule) and replay the window; False: the error ends the run
+
+# Settings that are gone: given in a config file or as --KEY=value, each is refused in one line that says
+# what to do instead.
+RETIRED_SETTINGS = {
+    "RAIN_DETECTOR_WEIGHTS": "is now called GATE_WEIGHTS (same meaning: it takes a rain gate or a utility gate)",
+    "PREPARE_DEMO": "is gone: build the demo world first with `python Make_Demo.py` (configs/demo.py lists the "
+                    "demo's commands)",
+}

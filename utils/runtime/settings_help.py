@@ -1,6 +1,6 @@
 """``--help`` that explains: each setting's default and the comment its source file writes beside it,
-grouped under the source's ``# ---- title`` headers, the script's own settings first, then the extra
-ones (the demo's). The comments are read from the source with ``tokenize``; nothing is imported."""
+grouped under the source's ``# ---- title`` headers. The comments are read from the source with
+``tokenize``; nothing is imported."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 SETTING_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 
 HELP_WIDTH = 100  # columns --help wraps the comments and group titles at
-DEMO_SETTINGS_TITLE = "demo settings (configs/demo.py and Make_Demo.py set these)"
 _GROUP_HEADER = re.compile(r"#\s*-{3,}\s*(.*?)[\s-]*")  # "# ---- data" starts the group "data"
 
 
@@ -139,20 +138,8 @@ def _command(namespace: Mapping[str, Any]) -> str:
     return os.path.basename(str(namespace.get("__file__") or "script.py"))
 
 
-def help_text(
-    namespace: Mapping[str, Any], own: Mapping[str, Any], extra: Mapping[str, Any], extra_source: str | None,
-    extra_title: str,
-) -> str:
-    """What ``--help`` prints: the usage, the script's settings by group, then the extra ones."""
-    script_file = namespace.get("__file__")
+def help_text(namespace: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """What ``--help`` prints: the usage, then the script's settings by group."""
     blocks = [f"usage: python {_command(namespace)} [configs/NAME.py ...] [--KEY=value ...]",
               "settings (KEY = default, then what it does; set one with --KEY=value or in a config file):"]
-    blocks += help_sections(own, declarations_in(script_file))
-    extra_only = {key: value for key, value in extra.items() if key not in own}
-    if extra_only:
-        declarations = declarations_in(extra_source)
-        blocks.append(_format_section(extra_title, [
-            (key, extra_only[key], declarations.get(key, Declaration("", "")).comment)
-            for key, _ in _in_source_order(extra_only, declarations)
-        ]))
-    return "\n\n".join(blocks)
+    return "\n\n".join(blocks + help_sections(defaults, declarations_in(namespace.get("__file__"))))

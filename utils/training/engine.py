@@ -108,12 +108,6 @@ class LoopSettings:
     nonfinite_what: str = "loss"  # what the non-finite error says went wrong
     auto_micro_batch: bool = True  # AUTO_MICRO_BATCH
 
-    @classmethod
-    def from_config(cls, config: Mapping, terms: Sequence[str], precision: str) -> "LoopSettings":
-        """Training_SPDNet_Adaptation.py's settings, with PRECISION as resolved for the device."""
-        return cls(config["GRADIENT_ACCUMULATION_STEPS"], config["GRAD_CLIP_NORM"], precision,
-                   config["MAX_NONFINITE_IN_A_ROW"], config["LOG_EVERY_STEPS"], config["MAX_STEPS"], tuple(terms),
-                   "SPDNet output or loss", config["AUTO_MICRO_BATCH"])
 
 
 class WindowStats:

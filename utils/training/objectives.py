@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,20 +44,17 @@ class Objective:
     pixel: float = 0.0
 
     @classmethod
-    def from_config(cls, config: Mapping) -> "Objective":
-        """From DETECTION_LOSS_WEIGHT, FEATURE_LOSS_WEIGHT and PIXEL_LOSS_WEIGHT; a ValueError naming
-        the setting for a negative or non-finite weight, or when all three are 0."""
-        weights = {}
-        for term in LOSS_TERMS:
-            key = f"{term.upper()}_LOSS_WEIGHT"
-            value = config[key]
+    def from_weights(cls, detection: float, feature: float, pixel: float) -> "Objective":
+        """DETECTION_LOSS_WEIGHT, FEATURE_LOSS_WEIGHT and PIXEL_LOSS_WEIGHT checked: a SettingError
+        naming the setting for a negative or non-finite weight, or when all three are 0."""
+        weights = {"detection": detection, "feature": feature, "pixel": pixel}
+        for term, value in weights.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise SettingError(f"{key} must be a finite number >= 0, got {value!r}")
-            weights[term] = float(value)
+                raise SettingError(f"{term.upper()}_LOSS_WEIGHT must be a finite number >= 0, got {value!r}")
         if not any(weights.values()):
             raise SettingError("DETECTION_LOSS_WEIGHT, FEATURE_LOSS_WEIGHT and PIXEL_LOSS_WEIGHT are all 0: "
                                "nothing to train")
-        return cls(**weights)
+        return cls(**{term: float(value) for term, value in weights.items()})
 
     @property
     def needs_clean_pair(self) -> bool:
