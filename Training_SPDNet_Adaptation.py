@@ -28,6 +28,8 @@ HOLDOUT_FAMILY = None  # rain family kept out of every training image (one of ut
 #   draws it
 RANDOM_RAIN = 0.0  # fraction of the rainy training images re-rendered on the fly (per image and epoch) from their clean
 #   original in COCO_DIR with a randomised preset of every family but HOLDOUT_FAMILY
+LIBRARY_WEATHER = 0.0  # fraction of the clean training images shown with weather from a library instead (fog, snow,
+#   sun flare, shadow, low light, noise, blur: utils/data/library_weather.py), per image and epoch
 VAL_PERCENT = 100.0  # percent of the rainy validation images scored after every epoch (fractions allowed)
 IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32), a plain resize as RTDetrImageProcessor does
 # ---- models
@@ -35,6 +37,9 @@ DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local save_pretrained directory o
 SPDNET_WEIGHTS = "./weights/spdnet_official.pt"  # official SPDNet weights to start from (None: random init)
 SPDNET_N_FEATS = 32  # SPDNet width (32 for the official weights)
 SPDNET_N_RESBLOCKS = 3  # SPDNet residual blocks per group (3 for the official weights)
+SOFT_MIX = False  # SPDNet's output mixed with its input, x + m * (SPDNet(x) - x), m per image from a small head on
+#   the frozen detector's view of x, trained with SPDNet by the same loss (docs/unseen_rain.md)
+SOFT_MIX_LEARNING_RATE = 1e-3  # AdamW peak learning rate of the mix head (it starts from scratch)
 # ---- objective (docs/objectives.md): the weights of the loss terms, 0 switches one off
 DETECTION_LOSS_WEIGHT = 1.0  # RT-DETR's own detection loss of SPDNet's output
 FEATURE_LOSS_WEIGHT = 10.0  # frozen detector's encoder features of SPDNet's output vs of the clean original (COCO_DIR);

@@ -262,6 +262,28 @@ def test_conditional_clean_path_is_bitwise_the_detector_alone(checkpoints, famil
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_per_image_losses_from_one_batched_forward_equal_one_forward_per_image(checkpoints, family):
+    """The utility targets' losses: what IntegratedModel.per_image_losses gives for a batch (one forward
+    for the RT-DETR families) equals each image's loss as a batch of one, computed independently
+    (the detector's own forward with labels), images with one, two and three boxes mixed."""
+    torch.manual_seed(0)
+    integrated = IntegratedModel(SPDNet(n_feats=8, n_resblocks=1), load_detector(checkpoints[family])).eval()
+    (images, labels), (more_images, more_labels) = batch(integrated.detector, 1), batch(integrated.detector, 2)
+    images = torch.cat([images, more_images]).float() / 255.0
+    labels = labels + more_labels
+    labels[3] = {"class_labels": torch.tensor([real_labels(integrated.detector)[0]] * 3),
+                 "boxes": torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.5, 0.5, 0.2, 0.3], [0.8, 0.7, 0.2, 0.2]])}
+    with torch.no_grad():
+        batched = integrated.per_image_losses(images, labels)
+        alone = torch.stack([integrated.detector(**adapter_of(integrated.detector).inputs(images[i:i + 1]),
+                                                 labels=[labels[i]]).loss for i in range(len(images))])
+        whole = integrated.detect(images, labels).loss
+    assert batched.shape == (4,) and torch.isfinite(batched).all()
+    torch.testing.assert_close(batched, alone.float(), rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(batched.mean(), whole)  # the batch's own loss is normalised over its boxes
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_feature_loss_runs_and_matches_the_forwards_encoder_output(checkpoints, family):
     torch.manual_seed(0)
     model = IntegratedModel(SPDNet(n_feats=8, n_resblocks=1), load_detector(checkpoints[family])).train()

@@ -1,6 +1,7 @@
 """The utility gate: learnt from the frozen detector's loss (gain targets, soft routing), trained by
 Training_Utility_Gate.py on the tiny world, and routing in ConditionalModel like the rain gate."""
 
+import inspect
 import os
 
 import pytest
@@ -10,12 +11,14 @@ import Training_Utility_Gate as utility_script
 from utils.apps.pipelines import adapted_weights, load_adapted_spdnet
 from utils.apps.utility_gate import frozen_paths, utility_loss
 from utils.data.coco import build_dataset, collate_fn
-from utils.models.conditional import ConditionalModel
+from utils.models.conditional import ConditionalModel, ConfidenceRule
 from utils.models.detector import load_detector
+from utils.models.detector_view import detector_view
 from utils.models.integrated_model import IntegratedModel
 from utils.models.rain_gate import RainDetector, load_rain_detector
 from utils.models.spdnet import SPDNet, load_spdnet_weights
 from utils.runtime.config import command_line
+from utils.runtime.errors import SettingError
 from utils.training.engine import detector_targets
 from utils.training.utility import gain_loss
 
@@ -120,9 +123,56 @@ def failing(arguments) -> str:
     return message
 
 
-def test_a_bad_mode_or_a_demo_file_is_refused_in_one_line(tiny_world, adapted, tmp_path):
+def test_a_bad_mode_is_refused_in_one_line(tiny_world, adapted, tmp_path):
     message = failing(script_arguments(tiny_world, adapted, tmp_path, "--UTILITY_MODE=hard"))
     assert "UTILITY_MODE must be one of ('gain', 'soft'), got 'hard'" in message
-    (tmp_path / "utility_gate.pt.json").write_text("{}")
-    assert "the demo's own file" in failing(script_arguments(tiny_world, adapted, tmp_path))
     assert not os.path.exists(tmp_path / "utility_gate.pt")
+
+
+def test_the_detector_view_gate_trains_on_the_frozen_detectors_view_and_saves_its_head_only(
+        tiny_world, adapted, tmp_path):
+    """ARCHITECTURE="detector_view": the gate reads the frozen detector's encoder features (the detector is
+    neither trained nor saved with it); the conditional model routes with it, clean images bit-identical."""
+    result = utility_script.main(script_arguments(tiny_world, adapted, tmp_path, "--ARCHITECTURE=detector_view"))
+    assert result["epoch"] == 1
+    saved = torch.load(tmp_path / "utility_gate.pt", weights_only=True)
+    assert saved["architecture"] == "detector_view"
+    assert {key.split(".")[1] for key in saved["state_dict"]} == {"norm", "layers"}  # the head's, nothing else
+    with pytest.raises(SettingError, match="reads the frozen detector's view"):
+        load_rain_detector(str(tmp_path / "utility_gate.pt"))
+    integrated = load_adapted_spdnet(paths_config(tiny_world, adapted), load_detector(tiny_world["detector_dir"]))
+    fingerprint = integrated.detector_fingerprint()
+    gate = load_rain_detector(str(tmp_path / "utility_gate.pt"), integrated.detector)
+    images = a_batch(tiny_world, integrated, size=6)[0]
+    with torch.no_grad():
+        view = detector_view(integrated.adapter, integrated.detector, images)
+        assert torch.equal(gate(images), gate.backbone(view))
+    probability = gate.probability(images)
+    gate.threshold = float(probability.max()) + 1e-6  # every image clean (a random tiny detector's view hardly
+    out = ConditionalModel(gate, integrated).eval()(images)  # differs between images: test_soft_mix.py's does)
+    assert not out.derained.any()
+    with torch.inference_mode():
+        alone = integrated.detector(pixel_values=images)
+    assert torch.equal(out.logits, alone.logits) and integrated.detector_fingerprint() == fingerprint
+    gate.threshold = float(probability.min())
+    assert ConditionalModel(gate, integrated).eval()(images).derained.all()
+
+
+def test_label_free_routers_see_no_targets(tiny_world, adapted):
+    """The confidence rule routes from the images alone: its decision is "the mean of the detector's 5 best
+    scores is higher on SPDNet's image", computed here from the raw logits; no router takes labels."""
+    integrated = load_adapted_spdnet(paths_config(tiny_world, adapted), load_detector(tiny_world["detector_dir"]))
+    rule = ConfidenceRule(integrated)
+    for router in (rule, RainDetector("small_cnn", 64)):
+        assert list(inspect.signature(router.probability).parameters) == ["images", "calibrated"]
+    assert "labels" not in inspect.signature(ConditionalModel.forward).parameters
+    images = a_batch(tiny_world, integrated, size=6)[0]
+    with torch.no_grad():
+        def top5(pixels):
+            scores = torch.sigmoid(integrated.detector(pixel_values=pixels).logits).flatten(1)
+            return scores.topk(5, dim=1).values.mean(1)
+
+        expected = top5(integrated.derain(images)) > top5(images)
+    assert torch.equal(rule.probability(images) >= rule.threshold, expected)
+    out = ConditionalModel(rule, integrated).eval()(images)
+    assert torch.equal(out.derained, expected)

@@ -17,6 +17,7 @@ from utils.apps.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights
 from utils.apps.plots import plot_training_curves
 from utils.data.coco import build_dataset, collate_fn, loader_settings, rain_variant_dirs
 from utils.data.rain import FAMILIES, families_except, split_by_family
+from utils.data.library_weather import WEATHER_KINDS, RandomWeather
 from utils.data.random_rain import RandomRainSet
 from utils.models.detector import state_dict_sha256
 from utils.models.integrated_model import IntegratedModel, check_image_size
@@ -86,8 +87,11 @@ def check_config(config: dict) -> None:
         )
     if config["HOLDOUT_FAMILY"] is not None and config["HOLDOUT_FAMILY"] not in FAMILIES:
         raise ConfigError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {config['HOLDOUT_FAMILY']!r}")
-    if not 0 <= config["RANDOM_RAIN"] <= 1:
-        raise ConfigError(f"RANDOM_RAIN must be in [0, 1], got {config['RANDOM_RAIN']}")
+    for key in ("RANDOM_RAIN", "LIBRARY_WEATHER"):
+        if not 0 <= config[key] <= 1:
+            raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
+    if config["LIBRARY_WEATHER"] > 0 and config["COCO_RATIO"] <= 0:
+        raise ConfigError("LIBRARY_WEATHER shows weather on the clean training images: it needs COCO_RATIO > 0")
 
 
 def training_rain_dirs(config: dict):
@@ -174,9 +178,10 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
         # clean originals must exist (checked here): the objective's pairs, on-the-fly rain's source
         return_clean_pair=clean_pair or config["RANDOM_RAIN"] > 0,
     )
-    if config["RANDOM_RAIN"] > 0:
+    if config["RANDOM_RAIN"] > 0 or config["LIBRARY_WEATHER"] > 0:
+        weather = RandomWeather(WEATHER_KINDS, config["LIBRARY_WEATHER"]) if config["LIBRARY_WEATHER"] > 0 else None
         train_dataset = RandomRainSet(train_dataset, families_except(config["HOLDOUT_FAMILY"]), config["RANDOM_RAIN"],
-                                      clean_pair=clean_pair)
+                                      clean_pair=clean_pair, weather=weather)
     val_dataset = validation_dataset(config, id2label)
     if len(train_dataset) < config["BATCH_SIZE"] * run.world_size:
         raise DataError(
@@ -218,11 +223,18 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) 
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def learning_rates(config: dict, model: IntegratedModel) -> list[float]:
+    """The peak learning rate of each parameter group: SPDNet's, then the mix head's (SOFT_MIX)."""
+    return [config["LEARNING_RATE"]] + ([config["SOFT_MIX_LEARNING_RATE"]] if model.mix_head is not None else [])
+
+
 def build_optimizer(config: dict, model: IntegratedModel, steps_per_epoch: int):
-    """AdamW over SPDNet's parameters only; warm-up then cosine decay over every epoch's steps."""
-    optimizer = torch.optim.AdamW(
-        list(model.trainable_parameters()), lr=config["LEARNING_RATE"], weight_decay=config["WEIGHT_DECAY"]
-    )
+    """AdamW over SPDNet's parameters (and the mix head's, its own group) only; warm-up then cosine decay
+    over every epoch's steps."""
+    groups = [{"params": list(model.spdnet.parameters()), "lr": config["LEARNING_RATE"]}]
+    if model.mix_head is not None:
+        groups.append({"params": list(model.mix_head.parameters()), "lr": config["SOFT_MIX_LEARNING_RATE"]})
+    optimizer = torch.optim.AdamW(groups, lr=config["LEARNING_RATE"], weight_decay=config["WEIGHT_DECAY"])
     total_steps = steps_per_epoch * config["NUM_EPOCHS"]
     warmup = min(config["WARMUP_STEPS"], max(1, total_steps // 5))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -235,6 +247,7 @@ def training_checkpoint(config, model, optimizer, scheduler, state: TrainState, 
     """``config``: the settings as the run applies them (``Run.resolved``)."""
     return {
         "spdnet": model.spdnet.state_dict(),
+        **({"mix_head": model.mix_head.state_dict()} if model.mix_head is not None else {}),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "state": state.to_dict(),
@@ -250,7 +263,7 @@ EPOCH_ORDER_SETTINGS = ("BATCH_SIZE", "GRADIENT_ACCUMULATION_STEPS", "PERCENT_DA
                         "SEED")
 
 
-def continue_schedule(config: dict, optimizer, scheduler) -> None:
+def continue_schedule(config: dict, model: IntegratedModel, optimizer, scheduler) -> None:
     """Put the settings now in force into a restored optimizer and scheduler.
 
     The learning rate is a function of the optimizer step: LEARNING_RATE x lr_factor(step) with the
@@ -258,10 +271,10 @@ def continue_schedule(config: dict, optimizer, scheduler) -> None:
     continues from its step on that curve, and AdamW uses the current WEIGHT_DECAY; with unchanged
     settings this is exactly the schedule the checkpoint was on.
     """
-    scheduler.base_lrs = [config["LEARNING_RATE"] for _ in optimizer.param_groups]
-    for group, lr_lambda in zip(optimizer.param_groups, scheduler.lr_lambdas):
-        group["initial_lr"] = config["LEARNING_RATE"]
-        group["lr"] = config["LEARNING_RATE"] * lr_lambda(scheduler.last_epoch)
+    scheduler.base_lrs = learning_rates(config, model)
+    for group, lr_lambda, peak in zip(optimizer.param_groups, scheduler.lr_lambdas, scheduler.base_lrs):
+        group["initial_lr"] = peak
+        group["lr"] = peak * lr_lambda(scheduler.last_epoch)
         group["weight_decay"] = config["WEIGHT_DECAY"]
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
@@ -285,10 +298,14 @@ def resume_or_start(config, model, optimizer, scheduler, run: Run) -> TrainState
                     f"{key}={checkpoint['config'][key]!r}; "
                     f"resume with that value (it fixes the epoch's image order), not {config[key]!r}"
                 )
+    if ("mix_head" in checkpoint) != (model.mix_head is not None):
+        raise ConfigError(f"{path} was trained with SOFT_MIX={'mix_head' in checkpoint}: resume with that value")
     model.spdnet.load_state_dict(checkpoint["spdnet"])
+    if model.mix_head is not None:
+        model.mix_head.load_state_dict(checkpoint["mix_head"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
-    continue_schedule(config, optimizer, scheduler)
+    continue_schedule(config, model, optimizer, scheduler)
     restore_rng_states(checkpoint["rng"])
     if checkpoint["detector_fingerprint"] != model.detector_fingerprint():
         raise ConfigError(

@@ -146,10 +146,10 @@ class GateRun:
 
     gate_file, checkpoint_file = GATE_FILE, GATE_CHECKPOINT_FILE
 
-    def __init__(self, config: dict, data: GateData, device: torch.device):
+    def __init__(self, config: dict, data: GateData, device: torch.device, detector=None):
         self.config, self.data, self.device = config, data, device
         self.model = RainDetector(config["ARCHITECTURE"], config["INPUT_SIZE"],
-                                  imagenet_weights=config["IMAGENET_WEIGHTS"]).to(device)
+                                  imagenet_weights=config["IMAGENET_WEIGHTS"], detector=detector).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config["GATE_LEARNING_RATE"])
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=config["GATE_NUM_EPOCHS"] * len(data.train))

@@ -23,12 +23,15 @@ import torch
 from utils.runtime.checkpoint import check_finite, load_weights_file
 from utils.runtime.device import check_precision
 from utils.runtime.errors import MissingFileError, UserError
-from utils.models.conditional import ConditionalModel
+from utils.models.conditional import CONFIDENCE_RULE, ConditionalModel, ConfidenceRule
 from utils.models.detector import load_detector
+from utils.models.detector_view import ViewHead, view_size
 from utils.models.integrated_model import IntegratedModel
 from utils.models.rain_gate import load_rain_detector
 from utils.models.spdnet import SPDNet, SPDNetCheckpointError, load_spdnet_weights
 
+SOFT_MIX_INITIAL = 0.9  # the mix weight m every image starts at (SOFT_MIX): close to the plain adaptation's 1,
+#   a prior, not tuned on any split
 ADAPTED_FILE = "spdnet_adapted.pt"  # the best adapted SPDNet (adapted_weights says what it records)
 CHECKPOINT_FILE = "checkpoint.pt"  # everything a resumed training needs
 GATE_FILE = "rain_detector.pt"  # the rain gate, its threshold and calibration (RainDetector.checkpoint)
@@ -87,6 +90,7 @@ def adapted_weights(config: dict, model: IntegratedModel, epoch: int, metrics: d
     """What spdnet_adapted.pt holds: SPDNet's weights plus what they were trained for."""
     return {
         "spdnet": model.spdnet.state_dict(),
+        **mix_head_record(model),
         # The model's own size: a weights file that records its size wins over SPDNET_N_FEATS.
         "n_feats": model.spdnet.n_feats,
         "n_resblocks": model.spdnet.n_resblocks,
@@ -98,13 +102,26 @@ def adapted_weights(config: dict, model: IntegratedModel, epoch: int, metrics: d
     }
 
 
+def mix_head_record(model: IntegratedModel) -> dict:
+    """The mix head's weights and sizes (SOFT_MIX), for a weights file; {} without one."""
+    if model.mix_head is None:
+        return {}
+    return {"mix_head": model.mix_head.state_dict(), "mix_head_sizes": model.mix_head.sizes()}
+
+
 def load_adapted_spdnet(config: dict, detector: torch.nn.Module) -> IntegratedModel:
-    """The adapted SPDNet (ADAPTED_WEIGHTS) in front of ``detector``, refused when the file records
-    that it was adapted to another detector (SHA-256 fingerprints differ)."""
+    """The adapted SPDNet (ADAPTED_WEIGHTS) in front of ``detector``, with its mix head when it was trained
+    with one (SOFT_MIX), refused when the file records that it was adapted to another detector (SHA-256
+    fingerprints differ)."""
     path = adapted_weights_path(config)
     model = IntegratedModel(
         build_spdnet(path, config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"], "ADAPTED_WEIGHTS"), detector)
-    recorded = load_weights_file(path, "ADAPTED_WEIGHTS").get("detector_fingerprint")
+    saved = load_weights_file(path, "ADAPTED_WEIGHTS")
+    if "mix_head" in saved:
+        model.mix_head = ViewHead(**saved["mix_head_sizes"])
+        model.mix_head.load_state_dict(saved["mix_head"])
+        model.mix_head.eval()
+    recorded = saved.get("detector_fingerprint")
     if recorded is not None and recorded != model.detector_fingerprint():
         raise DetectorMismatchError(
             f"ADAPTED_WEIGHTS: {path} was adapted to another detector than DETECTOR={config['DETECTOR']!r} "
@@ -120,8 +137,10 @@ def build_training_model(config: dict, device: torch.device) -> IntegratedModel:
     spdnet = build_spdnet(config["SPDNET_WEIGHTS"], config["SPDNET_N_FEATS"], config["SPDNET_N_RESBLOCKS"])
     spdnet.gradient_checkpointing = config["GRADIENT_CHECKPOINTING"]
     model = IntegratedModel(spdnet, load_detector(config["DETECTOR"]), channels_last=config["CHANNELS_LAST"])
-    if config.get("FEATURE_LOSS_WEIGHT"):
+    if config.get("FEATURE_LOSS_WEIGHT") or config.get("SOFT_MIX"):
         model.adapter.require_features()  # refused now, not at the first batch
+    if config.get("SOFT_MIX"):
+        model.mix_head = ViewHead(view_size(model.adapter, model.detector), initial=SOFT_MIX_INITIAL)
     return model.to(device)
 
 
@@ -161,6 +180,8 @@ def build_conditional_model(config: dict, device: torch.device, routing: str = "
     ``routing``: "hard" or "soft" (utils.models.conditional)."""
     check_precision(config["PRECISION"])
     adapted_weights_path(config)
-    gate_path = weights_path(config, "GATE_WEIGHTS", GATE_FILE)
+    rule = config["GATE_WEIGHTS"] == CONFIDENCE_RULE
+    gate_path = None if rule else weights_path(config, "GATE_WEIGHTS", GATE_FILE)
     integrated = load_adapted_spdnet(config, load_detector(config["DETECTOR"]))
-    return ConditionalModel(load_rain_detector(gate_path), integrated, routing).to(device).eval()
+    gate = ConfidenceRule(integrated) if rule else load_rain_detector(gate_path, integrated.detector)
+    return ConditionalModel(gate, integrated, routing).to(device).eval()

@@ -84,7 +84,7 @@ class UtilityRun(GateRun):
     gate_file, checkpoint_file = UTILITY_GATE_FILE, UTILITY_CHECKPOINT_FILE
 
     def __init__(self, config: dict, data, device: torch.device, integrated: IntegratedModel):
-        super().__init__(config, data, device)
+        super().__init__(config, data, device, detector=integrated.detector)
         self.integrated, self.fingerprint = integrated, integrated.detector_fingerprint()
         margin = config["UTILITY_MARGIN"]
         self.oracle = oracle_labels(integrated, data.val, device, margin)

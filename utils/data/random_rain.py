@@ -54,15 +54,20 @@ class RandomRainSet(torch.utils.data.Dataset):
     with fresh rain of ``families`` on their clean original instead of a rendered variant (which is
     then not read). The dataset needs ``return_clean_pair`` when ``fraction`` > 0.
 
+    ``weather`` (a ``library_weather.RandomWeather``, or None) does the same for the clean samples: its
+    fraction of them (drawn per image and epoch) shown with library weather instead.
+
     Targets are the dataset's: boxes unchanged (rain moves no object), ``clean_image`` the clean
     original (kept only with ``clean_pair``), ``variant`` -1 for fresh rain, plus ``rain_family``: the
-    family of the fresh rain, None for a rendered variant or a clean image.
+    family of the fresh rain, None for a rendered variant or a clean image, and ``weather``: the kind of
+    library weather a clean sample was shown with, else None.
     """
 
-    def __init__(self, dataset, families: Sequence[str], fraction: float, clean_pair: bool = True):
+    def __init__(self, dataset, families: Sequence[str], fraction: float, clean_pair: bool = True, weather=None):
         if fraction > 0 and not dataset.return_clean_pair:
             raise ValueError("random rain re-renders the clean copy: build the dataset with return_clean_pair=True")
         self.dataset, self.rain, self.clean_pair = dataset, RandomRain(families, fraction), clean_pair
+        self.weather = weather
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -75,8 +80,10 @@ class RandomRainSet(torch.utils.data.Dataset):
         return self.dataset.unreadable
 
     def describe(self) -> str:
+        weather = "" if self.weather is None else (
+            f"; {self.weather.fraction:g} of the clean ones with library weather ({', '.join(self.weather.kinds)})")
         return (f"{self.dataset.describe()}; {self.rain.fraction:g} of the rainy ones with fresh rain of "
-                f"{', '.join(self.rain.families)}")
+                f"{', '.join(self.rain.families)}{weather}")
 
     def sample_and_rng(self, index: int):
         """(the sample, or None when unreadable; its random stream, advanced past the rain's draws)."""
@@ -87,10 +94,12 @@ class RandomRainSet(torch.utils.data.Dataset):
         if sample is None:  # unreadable: collate_fn drops it
             return None, rng
         image, target = sample
-        family = None
+        family = kind = None
         if fresh:
             image, family = self.rain.render(target["clean_image"], rng)
-        target["rain_family"] = family
+        elif not is_rainy and self.weather is not None and self.weather.chosen(rng):
+            image, kind = self.weather.render(image, rng)
+        target["rain_family"], target["weather"] = family, kind
         if not self.clean_pair:
             target.pop("clean_image", None)
         return (image, target), rng

@@ -99,6 +99,34 @@ class ConditionalModel(nn.Module):
         return self.integrated.detect(g * self.integrated.derain(images) + (1.0 - g) * images)
 
 
+CONFIDENCE_RULE = "confidence_rule"  # GATE_WEIGHTS that routes by the label-free rule below, not a trained gate
+
+
+class ConfidenceRule(nn.Module):
+    """A label-free router, the baseline a trained gate must beat: derain where the frozen detector is
+    surer of SPDNet's image, by the mean of its ``k`` best detection scores, than of the image itself.
+    It sees the images only (no targets, nothing trained); its "probability" is that decision, 0 or 1."""
+
+    architecture, threshold, temperature = CONFIDENCE_RULE, 0.5, 1.0
+
+    def __init__(self, integrated: IntegratedModel, k: int = 5):
+        super().__init__()
+        self._integrated, self.k = (integrated,), k  # the model it reads, not a submodule of its own
+
+    def confidence(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,) the mean of the detector's ``k`` best scores on ``images``."""
+        integrated = self._integrated[0]
+        outputs = integrated.detect(images)
+        sizes = torch.tensor([images.shape[-2:]] * len(images), device=images.device)
+        detections = integrated.adapter.post_process(outputs.logits, outputs.pred_boxes, sizes, self.k)
+        return torch.stack([detection["scores"].float().mean() for detection in detections])
+
+    @torch.no_grad()
+    def probability(self, images: torch.Tensor, calibrated: bool = False) -> torch.Tensor:
+        derained = self._integrated[0].derain(images)
+        return (self.confidence(derained) > self.confidence(images)).float()
+
+
 def check_routing(routing: str) -> str:
     if routing not in ROUTINGS:
         raise SettingError(f"routing must be one of {ROUTINGS}, got {routing!r}")

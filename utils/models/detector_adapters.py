@@ -148,6 +148,12 @@ class DetectorAdapter:
         """The detector's output (with ``loss`` given HF labels) for (B, 3, H, W) images in 0-1."""
         return detector(**self.inputs(images), labels=labels)
 
+    def per_image_losses(self, detector: nn.Module, images: torch.Tensor, labels: Sequence[dict]) -> torch.Tensor:
+        """(B,) the loss each image gets alone (a batch of one: HF normalises the loss over the batch's
+        boxes, so a batch's loss is no sum of its images'). Here one forward per image; a family whose
+        loss can be taken from a slice of a batched forward's output does that instead."""
+        return torch.stack([self.forward(detector, images[i:i + 1], [labels[i]]).loss for i in range(len(images))])
+
     def encoder_features(self, detector: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
         """The encoder features the feature loss matches, for (B, 3, H, W) images in 0-1."""
         raise self.no_features()
@@ -185,6 +191,25 @@ class RTDetrAdapter(DetectorAdapter):
 
     family, title = "rt_detr", "RT-DETR"
     has_features = True
+
+    def per_image_losses(self, detector: nn.Module, images: torch.Tensor, labels: Sequence[dict]) -> torch.Tensor:
+        """As the base class, from one forward of the whole batch (the backbone, encoder and decoder run
+        once): the family's loss function on each image's slice of the output, as a batch of one calls
+        it. In training mode (denoising queries mix the batch) one forward per image instead."""
+        if detector.training:
+            return super().per_image_losses(detector, images, labels)
+        out = detector(**self.inputs(images))
+
+        def one(name: str, i: int):
+            value = getattr(out, name, None)
+            return None if value is None else value[i:i + 1]
+
+        return torch.stack([detector.loss_function(
+            one("logits", i), [labels[i]], images.device, one("pred_boxes", i), detector.config,
+            one("intermediate_logits", i), one("intermediate_reference_points", i),
+            enc_topk_logits=one("enc_topk_logits", i), enc_topk_bboxes=one("enc_topk_bboxes", i),
+            denoising_meta_values=None, predicted_corners=one("intermediate_predicted_corners", i),
+            initial_reference_points=one("initial_reference_points", i))[0] for i in range(len(images))])
 
     def encoder_features(self, detector: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
         """Three (B, d_model, H/s, W/s) maps, s = 8, 16, 32: ``encoder_last_hidden_state`` without the decoder."""

@@ -6,6 +6,10 @@
 The detection loss of the detector backpropagates through the frozen detector into SPDNet, so SPDNet learns
 to produce the images this detector detects best, while the detector itself never changes: clean
 images sent past SPDNet (``derain=False``) get exactly the detections of the original detector.
+
+With a mix head (SOFT_MIX) SPDNet's output is mixed with its input, x + m * (SPDNet(x) - x), m in (0, 1)
+per image from a small head on the frozen detector's view of x (utils/models/detector_view.py), trained
+with SPDNet by the same loss: a derainer that learns to leave alone what it would harm.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import nn
 
 from utils.models.detector import detector_fingerprint, freeze
 from utils.models.detector_adapters import DetectorAdapter, adapter_of
+from utils.models.detector_view import detector_view
 from utils.runtime.errors import SettingError
 
 # RT-DETR's backbone downsamples by 32 and its encoder needs whole feature-map cells; the image size
@@ -54,10 +59,11 @@ class IntegratedModel(nn.Module):
     """
 
     def __init__(self, spdnet: nn.Module, detector: nn.Module, freeze_detection: bool = True,
-                 channels_last: bool = False):
+                 channels_last: bool = False, mix_head: nn.Module | None = None):
         super().__init__()
         self.spdnet = spdnet
         self.detector = detector
+        self.mix_head = mix_head  # None: SPDNet's output as it is (no soft mix)
         self.freeze_detection = freeze_detection
         self.adapter: DetectorAdapter = adapter_of(detector)  # preprocessing, loss forward, post-processing
         # SPDNet is all 3x3 convolutions on full-resolution maps: NHWC is what oneDNN and cuDNN's
@@ -89,7 +95,16 @@ class IntegratedModel(nn.Module):
         out3, _, _ = self.spdnet(scaled)
         # Under bf16 autocast out3 is bf16; the division and clamp in fp32 keep the image at out3's
         # precision instead of rounding 0-1 values to bf16's 1/256 steps (a full grey level).
-        return (out3.float() / 255.0).clamp(0.0, 1.0)
+        derained = (out3.float() / 255.0).clamp(0.0, 1.0)
+        if self.mix_head is None:
+            return derained
+        m = self.mix_weight(pixel_values).view(-1, 1, 1, 1)
+        return pixel_values.float() + m * (derained - pixel_values.float())
+
+    def mix_weight(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B,) m in (0, 1), SPDNet's share of the derained image (the mix head on the detector's view)."""
+        with torch.autocast(pixel_values.device.type, enabled=False):
+            return torch.sigmoid(self.mix_head(detector_view(self.adapter, self.detector, pixel_values)))
 
     def detect(self, pixel_values: torch.Tensor, labels: Sequence[dict] | None = None):
         """The detector (and its loss, given labels) in fp32, also inside a bf16 autocast region.
@@ -102,6 +117,12 @@ class IntegratedModel(nn.Module):
         """
         with torch.autocast(pixel_values.device.type, enabled=False):
             return self.adapter.forward(self.detector, pixel_values.float(), labels)
+
+    def per_image_losses(self, pixel_values: torch.Tensor, labels: Sequence[dict]) -> torch.Tensor:
+        """(B,) the frozen detector's loss of each image alone, in fp32 (as ``detect``), computed in batches
+        where the family allows (``DetectorAdapter.per_image_losses``)."""
+        with torch.autocast(pixel_values.device.type, enabled=False):
+            return self.adapter.per_image_losses(self.detector, pixel_values.float(), labels).float()
 
     def check_input_size(self, pixel_values: torch.Tensor) -> None:
         """A ValueError unless (B, 3, H, W) with H and W multiples of the detector family's size multiple."""

@@ -3,8 +3,9 @@
     gain: target = 1 when L(x) - L(SPDNet(x)) > margin (SPDNet lowers this image's detection loss)
     soft: the detection loss of g * SPDNet(x) + (1 - g) * x, g = sigmoid(gate logit)
 
-HF RT-DETR normalises its loss over the batch (boxes counted across images), so a per-image loss
-needs one detector pass per image: ``per_image_losses`` runs batches of one. Everything here takes
+HF RT-DETR normalises its loss over the batch (boxes counted across images), so a per-image loss is
+the loss of a batch of one: ``per_image_losses`` takes it from one batched forward where the family
+allows (``IntegratedModel.per_image_losses``). Everything here takes
 the model as an argument (``IntegratedModel``: ``derain`` and ``detect``) and holds no state.
 """
 
@@ -19,8 +20,8 @@ import torch.nn.functional as F
 @torch.no_grad()
 def per_image_losses(integrated, images: torch.Tensor, labels: Sequence[dict]) -> torch.Tensor:
     """images (B, 3, H, W) in 0-1, ``labels`` B HF target dicts -> (B,) the frozen detector's loss of
-    each image alone (a batch of one), fp32."""
-    return torch.stack([integrated.detect(images[i:i + 1], [labels[i]]).loss.float() for i in range(len(images))])
+    each image alone (as a batch of one), fp32."""
+    return integrated.per_image_losses(images, labels)
 
 
 @torch.no_grad()
