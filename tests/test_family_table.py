@@ -23,11 +23,17 @@ def test_dry_run_holds_out_each_family_on_one_thread():
     runs = commands[1:]
     assert all("--CPU_THREADS=1" in command for command in runs)
     training = [c for c in runs if c[0] in family_table.CHECKPOINT_FILES]
-    assert len(training) == 2 + 3 * 3 * 2  # streak-only per seed; per family and seed: adaptation and two gates
+    # streak-only per seed; per family and seed: three adaptations (diverse, soft-mixed, twice the steps), three gates
+    assert len(training) == 2 + 3 * 6 * 2
+    soft = [c for c in training if "/soft_adapted" in " ".join(c)]
+    assert len(soft) == 6 and all({"--SOFT_MIX=True", "--LIBRARY_WEATHER=0.5", "--COCO_RATIO=0.5"} <= set(c)
+                                  for c in soft)
+    views = [c for c in training if "/view_gate" in " ".join(c)]
+    assert len(views) == 6 and all("--ARCHITECTURE=detector_view" in c for c in views)
     for family in FAMILIES:
         presets = family_table.FAMILY_PRESETS[family]
         of_family = [c for c in training if f"--OUTPUT_DIR={family_table.RUNS_DIR}/{family}/" in " ".join(c)]
-        assert len(of_family) == 3 * 2
+        assert len(of_family) == 6 * 2
         assert all(f"--HOLDOUT_FAMILY={family}" in c for c in of_family)
         if family != "streaks":  # the streak-only adaptation (as today) holds out every family but streaks
             shared = [c for c in training if "/streaks_adapted" in " ".join(c)
@@ -36,11 +42,15 @@ def test_dry_run_holds_out_each_family_on_one_thread():
             for command in shared:
                 rain = next(arg for arg in command if arg.startswith("--COCO_RAIN_DIR="))
                 assert not any(f"/{preset}_v0" in rain for preset in presets)
-    for command in (c for c in runs if c[0] == "Eval_conditional.py"):
-        oracle = "--ORACLE_REPORT=True" if "cond_utility_gate" in " ".join(command) else "--ORACLE_REPORT=False"
+    conditional = [c for c in runs if c[0] == "Eval_conditional.py"]
+    assert len(conditional) == 3 * 2 * 8  # four routers, each behind the diverse-adapted and the soft-mixed SPDNet
+    for command in conditional:
+        oracle = "--ORACLE_REPORT=True" if "/cond_utility_gate" in " ".join(command) else "--ORACLE_REPORT=False"
         assert oracle in command and any(a.startswith("--HOLDOUT_FAMILY=") for a in command)
+        assert ("--GATE_WEIGHTS=confidence_rule" in command) == ("confidence" in " ".join(command))
+        assert ("/soft_adapted/" in " ".join(command)) == ("/cond_soft_" in " ".join(command))
     for seed in (42, 7):
-        assert sum(f"--SEED={seed}" in c for c in training) == 1 + 3 * 3
+        assert sum(f"--SEED={seed}" in c for c in training) == 1 + 3 * 6
 
 
 def fake_eval(ap: float) -> dict:
@@ -50,7 +60,8 @@ def fake_eval(ap: float) -> dict:
 
 
 def fake_conditional(ap: float) -> dict:
-    split = {row: {"AP": ap + shift} for row, shift in (("gate", 0.05), ("always", 0.2), ("never", 0.0))}
+    split = {row: {"AP": ap + shift, "ms_per_image": 10 * ap}
+             for row, shift in (("gate", 0.05), ("always", 0.2), ("never", 0.0))}
     split["oracle"] = {"agreement": ap, "precision": 1.0, "recall": 1.0, "oracle_derains": 5, "gate_derains": 5,
                        "images": 10, "router": {"AP": ap + 0.1}}
     return {name: split for name in ("clean", "rainy", "mixed", "heldout", "heldout_mixed")}
@@ -68,7 +79,7 @@ def test_collect_only_tabulates_mean_and_spread(tmp_path, monkeypatch, capsys):
         for name in ("eval_streaks_heldout", "eval_streaks_seen", "eval_diverse_heldout", "eval_diverse_seen",
                      "eval_diverse_streaks"):
             write(str(base / name / "eval_results.json"), fake_eval(ap))
-        for name in ("cond_rain_gate", "cond_utility_gate"):
+        for name in ("cond_rain_gate", "cond_utility_gate", "cond_view_gate", "cond_soft_rain_gate"):
             write(str(base / name / "conditional_results.json"), fake_conditional(ap))
     monkeypatch.setattr(family_table, "ROOT", str(tmp_path))
     family_table.main(["--collect-only", "--families", "drops", "streaks"])
@@ -80,6 +91,11 @@ def test_collect_only_tabulates_mean_and_spread(tmp_path, monkeypatch, capsys):
     assert "0.450 ± 0.141 (0.350–0.550)" in rows["rain-gated conditional"]
     assert "0.500 ± 0.000 (0.500–0.500)" in rows["oracle router: fraction it derains"]
     assert "0.500 ± 0.141 (0.400–0.600)" in rows["oracle router (the path with the lower detector loss)"]
+    assert "0.450 ± 0.141 (0.350–0.550)" in rows["detector-view-gated conditional"]
+    assert rows["soft-mixed SPDNet, no gate"].count("0.600 ± 0.141 (0.500–0.700)") == 3  # its "always" row
+    assert rows["confidence rule (label-free)"] == "| confidence rule (label-free) | – | – | – |"  # not on disk
+    assert rows["router: ms per image (one thread)"].endswith("| clean val | held-out rain |")
+    assert rows["detector-view gate"] == "| detector-view gate | 4.0 | 4.0 |"  # mean of 3.0 and 5.0
     streak = text.split("### the demo's streak rain")[1]
     assert "| diverse-adapted SPDNet, drops held out | 0.600 ± 0.141 (0.500–0.700) |" in streak
     assert "| adapted SPDNet, streaks only (as today) | – |" in streak  # no streaks-held-out run on disk

@@ -79,6 +79,13 @@ UTILITY_BUDGET = "--GATE_PERCENT_DATASET=25"  # 500 training scenes: "gain" runs
 NO_IMAGE_QUALITY = "--IMAGE_QUALITY=False"  # the table is about AP; PSNR/SSIM would add a third to each evaluation
 DIVERSE_GATE = ["--EPOCH_VARIANTS=True", "--RANDOM_RAIN=0.5", "--AUGMENT_BLUR=0.3", "--AUGMENT_JPEG=0.5",
                 "--AUGMENT_JITTER=0.2", "--AUGMENT_NOISE=0.03"]  # docs/rain_gate.md's diverse run
+# The soft-mixed SPDNet (issue #31 item 2): the diverse adaptation's rain, plus clean images (half as many as
+# rainy ones) of which half carry library weather, and the mix head trained with SPDNet
+SOFT_MIX = ["--RANDOM_RAIN=0.5", "--SOFT_MIX=True", "--COCO_RATIO=0.5", "--LIBRARY_WEATHER=0.5"]
+TWICE_THE_STEPS = "--PERCENT_DATASET=50"  # 1,000 rainy scenes: 125 steps, twice configs/demo.py's 63
+# The routers Eval_conditional.py runs the diverse-adapted and the soft-mixed SPDNet behind: (name, gate file)
+ROUTERS = [("rain_gate", "rain_gate/rain_detector.pt"), ("utility_gate", "utility_gate/utility_gate.pt"),
+           ("view_gate", "view_gate/utility_gate.pt"), ("confidence", None)]
 SECTIONS = {
     "heldout": "held-out family's rain", "seen": "the other families' rain (in distribution)", "clean": "clean val",
 }
@@ -104,7 +111,28 @@ ROWS = [  # (label, {section: (run name, split in its result file, row)})
     ("utility-gated conditional", {"heldout": ("cond_utility_gate", "heldout", "gate"),
                                    "seen": ("cond_utility_gate", "rainy", "gate"),
                                    "clean": ("cond_utility_gate", "clean", "gate")}),
+    ("detector-view-gated conditional", {"heldout": ("cond_view_gate", "heldout", "gate"),
+                                         "seen": ("cond_view_gate", "rainy", "gate"),
+                                         "clean": ("cond_view_gate", "clean", "gate")}),
+    ("confidence rule (label-free)", {"heldout": ("cond_confidence", "heldout", "gate"),
+                                      "seen": ("cond_confidence", "rainy", "gate"),
+                                      "clean": ("cond_confidence", "clean", "gate")}),
+    ("diverse-adapted SPDNet, twice the steps", {"heldout": ("eval_diverse2x_heldout", "rainy", "adapted"),
+                                                 "clean": ("eval_diverse2x_heldout", "clean", "adapted")}),
+    ("soft-mixed SPDNet, no gate", {"heldout": ("cond_soft_rain_gate", "heldout", "always"),
+                                    "seen": ("cond_soft_rain_gate", "rainy", "always"),
+                                    "clean": ("cond_soft_rain_gate", "clean", "always")}),
+    *[(f"soft-mixed SPDNet behind the {label}", {section: (f"cond_soft_{router}", split, "gate")
+                                                  for section, split in (("heldout", "heldout"), ("seen", "rainy"),
+                                                                         ("clean", "clean"))})
+      for router, label in (("rain_gate", "rain gate"), ("utility_gate", "utility gate"),
+                            ("view_gate", "detector-view gate"), ("confidence", "confidence rule"))],
 ]
+# What each router costs per image (Eval_conditional.py's gate row, ms per image): on clean val and on held-out rain
+COST_ROWS = [(label, f"cond_{router}") for router, label in (
+    ("rain_gate", "rain gate"), ("utility_gate", "utility gate"), ("view_gate", "detector-view gate"),
+    ("confidence", "confidence rule"), ("soft_rain_gate", "soft-mixed SPDNet behind the rain gate"),
+    ("soft_view_gate", "soft-mixed SPDNet behind the detector-view gate"))]
 ORACLE_ROWS = [  # the oracle router (Eval_conditional.py's ORACLE_REPORT): its AP, then agreement and fraction
     ("oracle router (the path with the lower detector loss)", "cond_utility_gate", "router_ap"),
     ("oracle router: utility gate agrees", "cond_utility_gate", "agreement"),
@@ -152,17 +180,33 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
             base = family_dir(family, seed)
             streaks = f"{seed_dir(seed)}/streaks_adapted/spdnet_adapted.pt"
             diverse = f"{base}/diverse_adapted/spdnet_adapted.pt"
-            rain_gate, utility_gate = f"{base}/rain_gate/rain_detector.pt", f"{base}/utility_gate/utility_gate.pt"
+            soft, twice = f"{base}/soft_adapted/spdnet_adapted.pt", f"{base}/diverse2x_adapted/spdnet_adapted.pt"
             holdout = f"--HOLDOUT_FAMILY={family}"
+            utility = [f"--SEED={seed}", holdout, "--UTILITY_MODE=gain", UTILITY_BUDGET, f"--ADAPTED_WEIGHTS={diverse}"]
             jobs += [
                 job("diverse_adapted", family, seed, "Training_SPDNet_Adaptation.py", f"{base}/diverse_adapted",
                     f"--SEED={seed}", holdout, "--RANDOM_RAIN=0.5"),
+                job("soft_adapted", family, seed, "Training_SPDNet_Adaptation.py", f"{base}/soft_adapted",
+                    f"--SEED={seed}", holdout, *SOFT_MIX),
                 job("rain_gate", family, seed, "Training_Rain_Detector.py", f"{base}/rain_gate", f"--SEED={seed}",
                     holdout, *DIVERSE_GATE),
-                job("utility_gate", family, seed, "Training_Utility_Gate.py", f"{base}/utility_gate", f"--SEED={seed}",
-                    holdout, "--UTILITY_MODE=gain", UTILITY_BUDGET, f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)),
+                job("view_gate", family, seed, "Training_Utility_Gate.py", f"{base}/view_gate", *utility,
+                    "--ARCHITECTURE=detector_view", needs=(diverse,)),
+                job("utility_gate", family, seed, "Training_Utility_Gate.py", f"{base}/utility_gate", *utility,
+                    needs=(diverse,)),
             ]
-            for adapted, weights in (("streaks", streaks), ("diverse", diverse)):
+            for spdnet, weights in (("diverse", diverse), ("soft", soft)):  # the routers, cheapest evidence first
+                for router, gate in ROUTERS:
+                    name = f"cond_{router}" if spdnet == "diverse" else f"cond_soft_{router}"
+                    gate_weights = f"{base}/{gate}" if gate else "confidence_rule"
+                    jobs.append(job(name, family, seed, "Eval_conditional.py", f"{base}/{name}", holdout,
+                                    f"--ORACLE_REPORT={router == 'utility_gate' and spdnet == 'diverse'}",
+                                    f"--ADAPTED_WEIGHTS={weights}", f"--GATE_WEIGHTS={gate_weights}",
+                                    needs=(weights, *([f"{base}/{gate}"] if gate else []))))
+            jobs.append(job("diverse2x_adapted", family, seed, "Training_SPDNet_Adaptation.py",
+                            f"{base}/diverse2x_adapted", f"--SEED={seed}", holdout, "--RANDOM_RAIN=0.5",
+                            TWICE_THE_STEPS))
+            for adapted, weights in (("streaks", streaks), ("diverse", diverse), ("diverse2x", twice)):
                 jobs.append(job(f"eval_{adapted}_heldout", family, seed, "Eval_SPDNet_Adaptation.py",
                                 f"{base}/eval_{adapted}_heldout", f"--COCO_RAIN_DIR={variant_dirs([family])}",
                                 "--EVAL_CLEAN=True", NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={weights}",
@@ -171,10 +215,6 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
                 jobs.append(job("eval_diverse_streaks", family, seed, "Eval_SPDNet_Adaptation.py",
                                 f"{base}/eval_diverse_streaks", f"--COCO_RAIN_DIR={variant_dirs(['streaks'])}",
                                 NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)))
-            for gate, weights, oracle in (("rain_gate", rain_gate, "False"), ("utility_gate", utility_gate, "True")):
-                jobs.append(job(f"cond_{gate}", family, seed, "Eval_conditional.py", f"{base}/cond_{gate}", holdout,
-                                f"--ORACLE_REPORT={oracle}", f"--ADAPTED_WEIGHTS={diverse}",
-                                f"--GATE_WEIGHTS={weights}", needs=(diverse, weights)))
     return jobs
 
 
@@ -226,9 +266,10 @@ def collect(families: list[str], seeds: list[int]) -> list[dict]:
         for seed in seeds:
             base = family_dir(family, seed)
             results = {}
-            for name in ("eval_streaks_heldout", "eval_diverse_heldout", "eval_diverse_streaks"):
+            for name in ("eval_streaks_heldout", "eval_diverse_heldout", "eval_diverse2x_heldout",
+                         "eval_diverse_streaks"):
                 results[name] = read_json(f"{base}/{name}/{RESULT_FILES['Eval_SPDNet_Adaptation.py']}")
-            for name in ("cond_rain_gate", "cond_utility_gate"):
+            for name in [f"cond_{prefix}{router}" for prefix in ("", "soft_") for router, _ in ROUTERS]:
                 results[name] = read_json(f"{base}/{name}/{RESULT_FILES['Eval_conditional.py']}")
             runs.append({"family": family, "seed": seed, "results": results})
     return runs
@@ -262,6 +303,13 @@ def values(runs: list[dict], family: str, source: str, split: str, key: str) -> 
     return [value for value in found if value is not None]
 
 
+def milliseconds(runs: list[dict], family: str, source: str, split: str) -> str:
+    """The router's ms per image on ``split`` (its gate row: the gate and whichever path each image took)."""
+    found = [run["results"].get(source) for run in runs if run["family"] == family]
+    cells = [result[split]["gate"]["ms_per_image"] for result in found if result and split in result]
+    return f"{statistics.mean(cells):.1f}" if cells else "–"
+
+
 def table(runs: list[dict], families: list[str]) -> str:
     lines = []
     for family in families:
@@ -274,6 +322,10 @@ def table(runs: list[dict], families: list[str]) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         for label, source, key in ORACLE_ROWS:
             cells = [spread(values(runs, family, source, SPLIT_OF_SECTION[section], key)) for section in SECTIONS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", "| router: ms per image (one thread) | clean val | held-out rain |", "|---|---|---|"]
+        for label, source in COST_ROWS:
+            cells = [milliseconds(runs, family, source, split) for split in ("clean", "heldout")]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += streak_table(runs, families)
