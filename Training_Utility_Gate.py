@@ -47,7 +47,7 @@ IMAGENET_WEIGHTS = None  # a local torchvision ImageNet state dict to start from
 INPUT_SIZE = 224  # the gate's own input resolution
 # ---- optimisation
 GATE_NUM_EPOCHS = 5  # passes over the training subset
-GATE_BATCH_SIZE = 32  # images per step ("gain": two detector passes per image, one image at a time)
+GATE_BATCH_SIZE = 32  # images per step ("gain": two detector passes per batch, without and with SPDNet)
 GATE_LEARNING_RATE = 1e-3  # AdamW learning rate (cosine decay to 0)
 # ---- system
 DEVICE = settings.DEVICE  # "auto", "cuda", "cpu", ...

@@ -25,7 +25,8 @@ SCRIPTS = [
     "Training_Rain_Detector.py", "Training_Utility_Gate.py", "Check_Data.py", "Make_COCO_Rain.py",
     "Make_Synthetic_World.py", "Make_Demo.py",
 ]
-BENCHMARKS = ["benchmarks.bench", "benchmarks.bench_objectives", "benchmarks.bench_precision"]
+BENCHMARKS = ["benchmarks.bench", "benchmarks.bench_objectives", "benchmarks.bench_precision",
+              "benchmarks.bench_routers"]
 SETTING_LINE = re.compile(r"([A-Z][A-Z0-9_]*) = (.*)")
 KEY_LINE = re.compile(r"  ([A-Z][A-Z0-9_]*) = ")
 
