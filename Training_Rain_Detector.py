@@ -39,6 +39,8 @@ EPOCH_VARIANTS = False  # each epoch draws anew for every image: rain variant, f
 #   False: epoch 1's throughout
 RANDOM_RAIN = 0.0  # fraction of rainy training images re-rendered from their clean copy with a randomised preset
 #   of every family but HOLDOUT_FAMILY
+LIBRARY_WEATHER = 0.0  # fraction of the clean training images shown with library weather (fog, snow, sun flare,
+#   shadow, low light, noise, blur: utils/data/library_weather.py), still labelled clean
 AUGMENT_BLUR = 0.0  # probability of a Gaussian blur (sigma 0.3-1.5 px) on a training image, clean or rainy
 AUGMENT_JPEG = 0.0  # probability of re-encoding a training image as JPEG at quality 30-90
 AUGMENT_JITTER = 0.0  # largest relative change of brightness, contrast and saturation (0.2: factors 0.8-1.2)

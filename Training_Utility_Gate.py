@@ -27,6 +27,8 @@ COCO_DIR = settings.COCO_DIR  # clean COCO: train2017/, val2017/, annotations/
 COCO_RAIN_DIR = settings.COCO_RAIN_DIR  # rainy COCO in the same layout (several directories = rain variants)
 HOLDOUT_FAMILY = None  # rain family kept out of training and threshold choice ("streaks", "drops" or "downpour");
 #   its variants in COCO_RAIN_DIR are scored apart against the oracle
+LIBRARY_WEATHER = 0.0  # fraction of the clean training images shown with library weather (fog, snow, sun flare,
+#   shadow, low light, noise, blur: utils/data/library_weather.py); their targets are the detector's loss on them
 GATE_PERCENT_DATASET = 5.0  # percent of the training images used (half shown clean, half rainy; fractions allowed)
 GATE_VAL_PERCENT = 20.0  # percent of the validation images used (half clean, half rainy; fractions allowed)
 IMAGE_SIZE = settings.IMAGE_SIZE  # square size (multiple of 32) of the detector's input; the gate downscales

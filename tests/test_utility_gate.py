@@ -133,7 +133,8 @@ def test_the_detector_view_gate_trains_on_the_frozen_detectors_view_and_saves_it
         tiny_world, adapted, tmp_path):
     """ARCHITECTURE="detector_view": the gate reads the frozen detector's encoder features (the detector is
     neither trained nor saved with it); the conditional model routes with it, clean images bit-identical."""
-    result = utility_script.main(script_arguments(tiny_world, adapted, tmp_path, "--ARCHITECTURE=detector_view"))
+    result = utility_script.main(script_arguments(tiny_world, adapted, tmp_path, "--ARCHITECTURE=detector_view",
+                                                  "--LIBRARY_WEATHER=0.5"))
     assert result["epoch"] == 1
     saved = torch.load(tmp_path / "utility_gate.pt", weights_only=True)
     assert saved["architecture"] == "detector_view"

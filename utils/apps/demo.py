@@ -209,7 +209,8 @@ def gate_settings(config: dict, paths: dict[str, str]) -> dict:
     return {
         "COCO_DIR": paths["coco_dir"], "COCO_RAIN_DIR": paths["coco_rain_dir"], "GATE_PERCENT_DATASET": 100.0,
         "GATE_VAL_PERCENT": 100.0, "GATE_IMAGE_SIZE": size, "HOLDOUT_FAMILY": None, "EPOCH_VARIANTS": False,
-        "RANDOM_RAIN": 0.0, "AUGMENT_BLUR": 0.0, "AUGMENT_JPEG": 0.0, "AUGMENT_JITTER": 0.0, "AUGMENT_NOISE": 0.0,
+        "RANDOM_RAIN": 0.0, "LIBRARY_WEATHER": 0.0,
+        "AUGMENT_BLUR": 0.0, "AUGMENT_JPEG": 0.0, "AUGMENT_JITTER": 0.0, "AUGMENT_NOISE": 0.0,
         "ARCHITECTURE": "small_cnn", "IMAGENET_WEIGHTS": None, "INPUT_SIZE": size,
         "GATE_NUM_EPOCHS": config["DEMO_GATE_EPOCHS"], "GATE_BATCH_SIZE": 32, "GATE_LEARNING_RATE": 1e-3,
         "DEVICE": config["DEMO_DEVICE"], "CPU_THREADS": None, "DATALOADER_WORKERS": workers,

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from utils.apps.pipelines import GATE_FILE
 from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empty, rain_variant_dirs
 from utils.data.gate_data import GateTrainingSet
+from utils.data.library_weather import WEATHER_KINDS, RandomWeather
 from utils.data.rain import FAMILIES, families_except, split_by_family
 from utils.models.rain_gate import RainDetector
 from utils.runtime.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, seed_everything
@@ -64,9 +65,11 @@ def gate_loader(config: dict, split: str, train: bool, coco_rain_dir, device: to
                          f"raise {setting}")
     diversity = {"blur": config["AUGMENT_BLUR"], "jpeg": config["AUGMENT_JPEG"], "jitter": config["AUGMENT_JITTER"],
                  "noise": config["AUGMENT_NOISE"]}
-    if train and (config["RANDOM_RAIN"] > 0 or any(value > 0 for value in diversity.values())):
+    library = config["LIBRARY_WEATHER"]
+    if train and (config["RANDOM_RAIN"] > 0 or library > 0 or any(value > 0 for value in diversity.values())):
+        weather = RandomWeather(WEATHER_KINDS, library) if library > 0 else None
         dataset = GateTrainingSet(dataset, families_except(config["HOLDOUT_FAMILY"]), config["RANDOM_RAIN"],
-                                  **diversity)
+                                  **diversity, weather=weather)
     return DataLoader(
         dataset, batch_size=config["GATE_BATCH_SIZE"], shuffle=train, drop_last=train, collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(config["SEED"]),
@@ -204,6 +207,13 @@ class GateRun:
         return metrics
 
 
+def check_fractions(config: dict) -> None:
+    """RANDOM_RAIN and LIBRARY_WEATHER refused in one line unless in [0, 1] (before any data is read)."""
+    for key in ("RANDOM_RAIN", "LIBRARY_WEATHER"):
+        if not 0 <= config[key] <= 1:
+            raise SettingError(f"{key} must be in [0, 1], got {config[key]}")
+
+
 def train_rain_detector(config: dict) -> dict:
     """Train the gate with Training_Rain_Detector.py's settings (``config``: every one of them), choose
     its threshold and calibration on val after every epoch, keep the most accurate epoch in
@@ -213,6 +223,7 @@ def train_rain_detector(config: dict) -> dict:
     Returns the best epoch's val metrics with its threshold, temperature and epoch (and ``held_out``),
     plus ``stopped`` when a signal ended the run early.
     """
+    check_fractions(config)
     device = choose_device(config["DEVICE"])
     seed_everything(config["SEED"])
     os.makedirs(config["OUTPUT_DIR"], exist_ok=True)

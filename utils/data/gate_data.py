@@ -39,12 +39,13 @@ def camera_augment(image: torch.Tensor, rng: np.random.Generator, blur: float, j
 class GateTrainingSet(RandomRainSet):
     """A CocoRainDataset's samples, made diverse for the gate: ``random_rain`` of the rainy ones are
     re-rendered from their clean copy (the dataset needs ``return_clean_pair``) with a randomised
-    preset of ``families`` (``RandomRainSet``), then every image gets ``camera_augment``. Every random
+    preset of ``families`` (``RandomRainSet``), ``weather``'s share of the clean ones get library weather,
+    then every image gets ``camera_augment``. Every random
     choice is a function of (seed, epoch, image id, clean or rainy), whatever worker loads the sample."""
 
     def __init__(self, dataset, families: Sequence[str], random_rain: float = 0.0, blur: float = 0.0,
-                 jpeg: float = 0.0, jitter: float = 0.0, noise: float = 0.0):
-        super().__init__(dataset, families, random_rain, clean_pair=False)
+                 jpeg: float = 0.0, jitter: float = 0.0, noise: float = 0.0, weather=None):
+        super().__init__(dataset, families, random_rain, clean_pair=False, weather=weather)
         self.camera = {"blur": blur, "jpeg": jpeg, "jitter": jitter, "noise": noise}
 
     def __getitem__(self, index: int):
