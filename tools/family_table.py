@@ -128,6 +128,12 @@ ROWS = [  # (label, {section: (run name, split in its result file, row)})
       for router, label in (("rain_gate", "rain gate"), ("utility_gate", "utility gate"),
                             ("view_gate", "detector-view gate"), ("confidence", "confidence rule"))],
 ]
+# The order of a (family, seed) chain: the trainings, then the evidence the table needs most, the slowest last
+# (the confidence rule runs SPDNet on every image to decide)
+CHAIN_ORDER = ["diverse_adapted", "soft_adapted", "rain_gate", "view_gate", "utility_gate", "cond_rain_gate",
+               "cond_utility_gate", "cond_view_gate", "cond_soft_rain_gate", "cond_soft_view_gate",
+               "eval_diverse_heldout", "eval_streaks_heldout", "eval_diverse_streaks", "cond_confidence",
+               "cond_soft_utility_gate", "cond_soft_confidence", "diverse2x_adapted", "eval_diverse2x_heldout"]
 # What each router costs per image (Eval_conditional.py's gate row, ms per image): on clean val and on held-out rain
 COST_ROWS = [(label, f"cond_{router}") for router, label in (
     ("rain_gate", "rain gate"), ("utility_gate", "utility gate"), ("view_gate", "detector-view gate"),
@@ -183,7 +189,7 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
             soft, twice = f"{base}/soft_adapted/spdnet_adapted.pt", f"{base}/diverse2x_adapted/spdnet_adapted.pt"
             holdout = f"--HOLDOUT_FAMILY={family}"
             utility = [f"--SEED={seed}", holdout, "--UTILITY_MODE=gain", UTILITY_BUDGET, f"--ADAPTED_WEIGHTS={diverse}"]
-            jobs += [
+            chain = [
                 job("diverse_adapted", family, seed, "Training_SPDNet_Adaptation.py", f"{base}/diverse_adapted",
                     f"--SEED={seed}", holdout, "--RANDOM_RAIN=0.5"),
                 job("soft_adapted", family, seed, "Training_SPDNet_Adaptation.py", f"{base}/soft_adapted",
@@ -199,22 +205,23 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
                 for router, gate in ROUTERS:
                     name = f"cond_{router}" if spdnet == "diverse" else f"cond_soft_{router}"
                     gate_weights = f"{base}/{gate}" if gate else "confidence_rule"
-                    jobs.append(job(name, family, seed, "Eval_conditional.py", f"{base}/{name}", holdout,
+                    chain.append(job(name, family, seed, "Eval_conditional.py", f"{base}/{name}", holdout,
                                     f"--ORACLE_REPORT={router == 'utility_gate' and spdnet == 'diverse'}",
                                     f"--ADAPTED_WEIGHTS={weights}", f"--GATE_WEIGHTS={gate_weights}",
                                     needs=(weights, *([f"{base}/{gate}"] if gate else []))))
-            jobs.append(job("diverse2x_adapted", family, seed, "Training_SPDNet_Adaptation.py",
+            chain.append(job("diverse2x_adapted", family, seed, "Training_SPDNet_Adaptation.py",
                             f"{base}/diverse2x_adapted", f"--SEED={seed}", holdout, "--RANDOM_RAIN=0.5",
                             TWICE_THE_STEPS))
             for adapted, weights in (("streaks", streaks), ("diverse", diverse), ("diverse2x", twice)):
-                jobs.append(job(f"eval_{adapted}_heldout", family, seed, "Eval_SPDNet_Adaptation.py",
+                chain.append(job(f"eval_{adapted}_heldout", family, seed, "Eval_SPDNet_Adaptation.py",
                                 f"{base}/eval_{adapted}_heldout", f"--COCO_RAIN_DIR={variant_dirs([family])}",
                                 "--EVAL_CLEAN=True", NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={weights}",
                                 needs=(weights,)))
             if family != "streaks":  # the diverse-adapted SPDNet on the demo's own streak rain (issue #24's goal 3)
-                jobs.append(job("eval_diverse_streaks", family, seed, "Eval_SPDNet_Adaptation.py",
-                                f"{base}/eval_diverse_streaks", f"--COCO_RAIN_DIR={variant_dirs(['streaks'])}",
-                                NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)))
+                chain.append(job("eval_diverse_streaks", family, seed, "Eval_SPDNet_Adaptation.py",
+                                 f"{base}/eval_diverse_streaks", f"--COCO_RAIN_DIR={variant_dirs(['streaks'])}",
+                                 NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)))
+            jobs += sorted(chain, key=lambda item: CHAIN_ORDER.index(item["name"]))
     return jobs
 
 
