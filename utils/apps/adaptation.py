@@ -17,7 +17,7 @@ from utils.apps.pipelines import ADAPTED_FILE, CHECKPOINT_FILE, adapted_weights
 from utils.apps.plots import plot_training_curves
 from utils.data.coco import build_dataset, collate_fn, loader_settings, rain_variant_dirs
 from utils.data.rain import FAMILIES, families_except, split_by_family
-from utils.data.library_weather import WEATHER_KINDS, RandomWeather
+from utils.data.library_weather import library_weather
 from utils.data.random_rain import RandomRainSet
 from utils.models.detector import state_dict_sha256
 from utils.models.integrated_model import IntegratedModel, check_image_size
@@ -179,9 +179,8 @@ def build_data(config: dict, id2label: dict, run: Run) -> TrainingData:
         return_clean_pair=clean_pair or config["RANDOM_RAIN"] > 0,
     )
     if config["RANDOM_RAIN"] > 0 or config["LIBRARY_WEATHER"] > 0:
-        weather = RandomWeather(WEATHER_KINDS, config["LIBRARY_WEATHER"]) if config["LIBRARY_WEATHER"] > 0 else None
         train_dataset = RandomRainSet(train_dataset, families_except(config["HOLDOUT_FAMILY"]), config["RANDOM_RAIN"],
-                                      clean_pair=clean_pair, weather=weather)
+                                      clean_pair=clean_pair, weather=library_weather(config["LIBRARY_WEATHER"]))
     val_dataset = validation_dataset(config, id2label)
     if len(train_dataset) < config["BATCH_SIZE"] * run.world_size:
         raise DataError(

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from utils.apps.pipelines import GATE_FILE
 from utils.data.coco import build_dataset, collate_fn, loader_settings, non_empty, rain_variant_dirs
 from utils.data.gate_data import GateTrainingSet
-from utils.data.library_weather import WEATHER_KINDS, RandomWeather
+from utils.data.library_weather import library_weather
 from utils.data.rain import FAMILIES, families_except, split_by_family
 from utils.models.rain_gate import RainDetector
 from utils.runtime.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, seed_everything
@@ -67,9 +67,8 @@ def gate_loader(config: dict, split: str, train: bool, coco_rain_dir, device: to
                  "noise": config["AUGMENT_NOISE"]}
     library = config["LIBRARY_WEATHER"]
     if train and (config["RANDOM_RAIN"] > 0 or library > 0 or any(value > 0 for value in diversity.values())):
-        weather = RandomWeather(WEATHER_KINDS, library) if library > 0 else None
         dataset = GateTrainingSet(dataset, families_except(config["HOLDOUT_FAMILY"]), config["RANDOM_RAIN"],
-                                  **diversity, weather=weather)
+                                  **diversity, weather=library_weather(library))
     return DataLoader(
         dataset, batch_size=config["GATE_BATCH_SIZE"], shuffle=train, drop_last=train, collate_fn=collate_fn,
         generator=torch.Generator().manual_seed(config["SEED"]),

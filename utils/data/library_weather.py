@@ -120,3 +120,9 @@ class RandomWeather:
         kind = self.kinds[rng.integers(len(self.kinds))]
         image = torch.from_numpy(render_weather(to_uint8(clean), kind, rng)).permute(2, 0, 1).float() / 255.0
         return image, kind
+
+
+def library_weather(fraction: float) -> RandomWeather | None:
+    """LIBRARY_WEATHER as the training sets take it: every kind for ``fraction`` of the clean images, or
+    None at 0 (nothing drawn, so the samples are exactly those without it)."""
+    return RandomWeather(WEATHER_KINDS, fraction) if fraction > 0 else None

@@ -59,11 +59,11 @@ class IntegratedModel(nn.Module):
     """
 
     def __init__(self, spdnet: nn.Module, detector: nn.Module, freeze_detection: bool = True,
-                 channels_last: bool = False, mix_head: nn.Module | None = None):
+                 channels_last: bool = False):
         super().__init__()
         self.spdnet = spdnet
         self.detector = detector
-        self.mix_head = mix_head  # None: SPDNet's output as it is (no soft mix)
+        self.mix_head: nn.Module | None = None  # SOFT_MIX's head, set by whoever builds or loads one
         self.freeze_detection = freeze_detection
         self.adapter: DetectorAdapter = adapter_of(detector)  # preprocessing, loss forward, post-processing
         # SPDNet is all 3x3 convolutions on full-resolution maps: NHWC is what oneDNN and cuDNN's

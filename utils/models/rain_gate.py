@@ -28,8 +28,8 @@ from utils.models.detector_view import ViewHead, detector_view, view_size
 from utils.runtime.checkpoint import load_weights_file
 from utils.runtime.errors import DataError, SettingError
 
-ARCHITECTURES = ("small_cnn", "mobilenet_v3_small", "resnet18", "detector_view")
 VIEW = "detector_view"  # the architecture that reads the frozen detector instead of the pixels
+ARCHITECTURES = ("small_cnn", "mobilenet_v3_small", "resnet18", VIEW)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import difflib
 import os
-import re
 import runpy
 import sys
 from typing import Any, Callable, Mapping, Sequence
@@ -147,7 +146,7 @@ def resolve_config(
                 key: value for key, value in runpy.run_path(argument).items() if not key.startswith("_")
             }
             for key, value in assigned.items():
-                if not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
+                if not SETTING_NAME.fullmatch(key):
                     continue  # imports and helper names inside a config file are not settings
                 if key not in defaults:
                     if key in other_scripts:

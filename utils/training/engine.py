@@ -109,7 +109,6 @@ class LoopSettings:
     auto_micro_batch: bool = True  # AUTO_MICRO_BATCH
 
 
-
 class WindowStats:
     """One accumulation window's bookkeeping, kept on the device and read once per optimizer step (no
     host sync per micro-batch): the sum of its finite losses and of their unweighted terms, how many
