@@ -137,3 +137,46 @@ def test_the_tools_file_names_are_the_scripts_own():
     assert {script: family_table.RESULT_FILES[script] for script in family_table.CHECKPOINT_FILES} == {
         "Training_SPDNet_Adaptation.py": pipelines.ADAPTED_FILE, "Training_Rain_Detector.py": pipelines.GATE_FILE,
         "Training_Utility_Gate.py": pipelines.UTILITY_GATE_FILE}
+
+
+def rule_result(seen: float, clean: float, ms: float, row: str = "gate") -> dict:
+    """A conditional result whose ``row`` scores ``seen`` on the seen rain and ``clean`` on clean val; always and
+    never derain score 0.40 and 0.30 on the seen rain, the frozen detector 0.90 on clean val."""
+    result = {"rainy": {"always": {"AP": 0.40, "ms_per_image": ms}, "never": {"AP": 0.30, "ms_per_image": 1.0}},
+              "clean": {"always": {"AP": 0.60, "ms_per_image": ms}, "never": {"AP": 0.90, "ms_per_image": 1.0}}}
+    result["rainy"]["gate"] = {"AP": 0.30, "ms_per_image": ms}  # (a gate that routed every image clean)
+    result["clean"]["gate"] = {"AP": 0.90, "ms_per_image": ms}
+    result["rainy"][row] = {"AP": seen, "ms_per_image": ms}
+    result["clean"][row] = {"AP": clean, "ms_per_image": ms}
+    return result
+
+
+def test_the_default_rule_takes_the_worst_regret_and_breaks_ties_by_clean_cost():
+    runs = [  # per run: the rain gate, the detector-view gate, the soft-mixed SPDNet with no gate
+        {"family": "drops", "seed": 42, "results": {
+            "cond_rain_gate": rule_result(0.45, 0.895, 10.0), "cond_view_gate": rule_result(0.42, 0.899, 20.0),
+            "cond_soft_rain_gate": rule_result(0.50, 0.80, 30.0, row="always")}},
+        {"family": "drops", "seed": 7, "results": {
+            "cond_rain_gate": rule_result(0.41, 0.899, 12.0), "cond_view_gate": rule_result(0.38, 0.899, 22.0),
+            "cond_soft_rain_gate": rule_result(0.50, 0.88, 30.0, row="always")}},
+    ]
+    ranked = family_table.default_rule(runs)
+    by_label = {item["label"]: item for item in ranked}
+    rain = by_label["diverse-adapted SPDNet behind the rain gate"]
+    view = by_label["diverse-adapted SPDNet behind the detector-view gate"]
+    soft = by_label["soft-mixed SPDNet, no gate"]
+    behind = by_label["soft-mixed SPDNet behind the rain gate"]  # its gate row: every image routed clean
+    assert behind["seen"] == pytest.approx(-0.10) and behind["clean"] == pytest.approx(0.0)
+    assert rain["runs"] == view["runs"] == 2 and len(ranked) == 4  # candidates with no result file are left out
+    assert rain["seen"] == pytest.approx(0.01) and rain["clean"] == pytest.approx(-0.005)  # 0.41 - 0.40, 0.895 - 0.9
+    assert rain["score"] == pytest.approx(-0.005) and rain["ms_clean"] == pytest.approx(11.0)
+    assert view["score"] == pytest.approx(-0.02)  # seed 7: 0.38 against always 0.40
+    assert soft["seen"] == pytest.approx(0.10) and soft["score"] == pytest.approx(-0.10)  # seed 42: 0.80 clean
+    assert [item["label"] for item in ranked] == [rain["label"], view["label"], soft["label"], behind["label"]]
+    runs[0]["results"]["cond_view_gate"] = rule_result(0.42, 0.899, 20.0)
+    runs[1]["results"]["cond_view_gate"] = rule_result(0.397, 0.899, 1.0)  # within TIE of the rain gate, cheaper
+    ranked = family_table.default_rule(runs)
+    assert ranked[0]["label"] == view["label"] and ranked[0]["score"] == pytest.approx(-0.003)
+    assert ranked[1]["label"] == rain["label"]  # also within TIE (-0.005 against the best -0.003): 11 ms against 10.5
+    text = "\n".join(family_table.rule_table(runs))
+    assert f"Chosen by the rule: {view['label']}." in text

@@ -145,6 +145,17 @@ ORACLE_ROWS = [  # the oracle router (Eval_conditional.py's ORACLE_REPORT): its 
     ("oracle router: fraction it derains", "cond_utility_gate", "oracle_fraction"),
 ]
 SPLIT_OF_SECTION = {"heldout": "heldout", "seen": "rainy", "clean": "clean"}
+# The rule that picks the default (docs/unseen_rain.md, stated before any result): each candidate (label, the run
+# that scored it, its row there), its worst seen and clean regret over every run and seed; ties within TIE go to
+# the lower ms per clean image
+ROUTER_LABELS = {"rain_gate": "rain gate", "utility_gate": "utility gate", "view_gate": "detector-view gate",
+                 "confidence": "confidence rule"}
+CANDIDATES = [*[(f"diverse-adapted SPDNet behind the {label}", f"cond_{router}", "gate")
+                for router, label in ROUTER_LABELS.items()],
+              ("soft-mixed SPDNet, no gate", "cond_soft_rain_gate", "always"),
+              *[(f"soft-mixed SPDNet behind the {label}", f"cond_soft_{router}", "gate")
+                for router, label in ROUTER_LABELS.items()]]
+TIE = 0.005
 RESULT_FILES = {"Training_SPDNet_Adaptation.py": "spdnet_adapted.pt", "Training_Rain_Detector.py": "rain_detector.pt",
                 "Training_Utility_Gate.py": "utility_gate.pt", "Eval_SPDNet_Adaptation.py": "eval_results.json",
                 "Eval_conditional.py": "conditional_results.json"}
@@ -336,6 +347,7 @@ def table(runs: list[dict], families: list[str]) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += streak_table(runs, families)
+    lines += rule_table(runs)
     lines.append("Oracle rows: the oracle router (per image, the path with the lower detector loss; the "
                  "diverse-adapted SPDNet) as AP, the utility gate's agreement with its decisions, and the fraction "
                  "of images it derains.")
@@ -357,6 +369,51 @@ def streak_table(runs: list[dict], families: list[str]) -> list[str]:
              "| pipeline | streak rain |", "|---|---|"]
     lines += [f"| {label} | {spread(cells)} |" for label, cells in found]
     return lines + [""]
+
+
+def regrets(results: dict, source: str, row: str) -> tuple[float, float] | None:
+    """One candidate in one run: (seen regret, clean regret), its AP on the seen families' rain minus the better
+    of always and never derain there (the diverse-adapted SPDNet's), and its clean-val AP minus the frozen
+    detector's; None while either result file is missing."""
+    candidate, reference = results.get(source), results.get("cond_rain_gate")
+    if candidate is None or reference is None:
+        return None
+    best_seen = max(reference["rainy"]["always"]["AP"], reference["rainy"]["never"]["AP"])
+    return (candidate["rainy"][row]["AP"] - best_seen,
+            candidate["clean"][row]["AP"] - reference["clean"]["never"]["AP"])
+
+
+def default_rule(runs: list[dict]) -> list[dict]:
+    """Every candidate's score (its worst regret over the runs that have it), runs counted and mean ms per clean
+    image, best first: the highest score, ties (within TIE of the best) to the lower ms per clean image."""
+    scored = []
+    for label, source, row in CANDIDATES:
+        found = [(run, regrets(run["results"], source, row)) for run in runs]
+        found = [(run, pair) for run, pair in found if pair is not None]
+        if not found:
+            continue
+        ms = statistics.mean(run["results"][source]["clean"][row]["ms_per_image"] for run, _ in found)
+        scored.append({"label": label, "runs": len(found), "ms_clean": ms,
+                       "seen": min(pair[0] for _, pair in found), "clean": min(pair[1] for _, pair in found),
+                       "score": min(min(pair) for _, pair in found)})
+    if not scored:
+        return []
+    best = max(item["score"] for item in scored)
+    return sorted(scored, key=lambda item: (item["score"] < best - TIE, item["ms_clean"] if
+                                            item["score"] >= best - TIE else -item["score"]))
+
+
+def rule_table(runs: list[dict]) -> list[str]:
+    """The default rule's table: every candidate's worst seen and clean regret and its score, the winner first."""
+    ranked = default_rule(runs)
+    if not ranked:
+        return []
+    lines = ["### the default rule (seen rain and clean val only; worst over the runs on disk)", "",
+             "| candidate | runs | worst seen regret | worst clean regret | score | ms per clean image |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {item['label']} | {item['runs']} | {item['seen']:+.4f} | {item['clean']:+.4f} | "
+              f"{item['score']:+.4f} | {item['ms_clean']:.1f} |" for item in ranked]
+    return lines + ["", f"Chosen by the rule: {ranked[0]['label']}.", ""]
 
 
 def main(argv: list[str] | None = None) -> None:
