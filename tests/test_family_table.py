@@ -98,6 +98,7 @@ def test_collect_only_tabulates_mean_and_spread(tmp_path, monkeypatch, capsys):
     assert rows["detector-view gate"] == "| detector-view gate | 4.0 | 4.0 |"  # mean of 3.0 and 5.0
     streak = text.split("### the demo's streak rain")[1]
     assert "| diverse-adapted SPDNet, drops held out | 0.600 ± 0.141 (0.500–0.700) |" in streak
+    assert "| soft-mixed SPDNet, drops held out | – |" in streak  # its evaluation not on disk
     assert "| adapted SPDNet, streaks only (as today) | – |" in streak  # no streaks-held-out run on disk
     assert "### drops held out (2 seeds" in text and "### streaks held out" in text
     streaks = text.split("### streaks held out")[1]

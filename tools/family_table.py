@@ -30,7 +30,8 @@ Per held-out family F and seed s (under <F>/seed<s>/):
     Eval_SPDNet_Adaptation.py      --COCO_RAIN_DIR=<F's variants> --EVAL_CLEAN=True --IMAGE_QUALITY=False, with
                                    each adapted SPDNet -> eval_{streaks,diverse}_heldout; for F other than
                                    streaks, the diverse-adapted SPDNet on the streak variant
-                                   -> eval_diverse_streaks (the demo's rain, in distribution)
+                                   -> eval_diverse_streaks (the demo's rain, in distribution), and
+                                   the soft-mixed SPDNet there -> eval_soft_streaks
     Eval_conditional.py            --HOLDOUT_FAMILY=F, the diverse-adapted SPDNet and each gate (with the
                                    utility gate --ORACLE_REPORT=True) -> cond_rain_gate, cond_utility_gate
 
@@ -132,8 +133,9 @@ ROWS = [  # (label, {section: (run name, split in its result file, row)})
 # (the confidence rule runs SPDNet on every image to decide)
 CHAIN_ORDER = ["diverse_adapted", "soft_adapted", "rain_gate", "view_gate", "utility_gate", "cond_rain_gate",
                "cond_utility_gate", "cond_view_gate", "cond_soft_rain_gate", "cond_soft_view_gate",
-               "eval_diverse_heldout", "eval_streaks_heldout", "eval_diverse_streaks", "cond_confidence",
-               "cond_soft_utility_gate", "cond_soft_confidence", "diverse2x_adapted", "eval_diverse2x_heldout"]
+               "eval_diverse_heldout", "eval_streaks_heldout", "eval_diverse_streaks", "eval_soft_streaks",
+               "cond_confidence", "cond_soft_utility_gate", "cond_soft_confidence", "diverse2x_adapted",
+               "eval_diverse2x_heldout"]
 # What each router costs per image (Eval_conditional.py's gate row, ms per image): on clean val and on held-out rain
 COST_ROWS = [(label, f"cond_{router}") for router, label in (
     ("rain_gate", "rain gate"), ("utility_gate", "utility gate"), ("view_gate", "detector-view gate"),
@@ -228,10 +230,11 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
                                 f"{base}/eval_{adapted}_heldout", f"--COCO_RAIN_DIR={variant_dirs([family])}",
                                 "--EVAL_CLEAN=True", NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={weights}",
                                 needs=(weights,)))
-            if family != "streaks":  # the diverse-adapted SPDNet on the demo's own streak rain (issue #24's goal 3)
-                chain.append(job("eval_diverse_streaks", family, seed, "Eval_SPDNet_Adaptation.py",
-                                 f"{base}/eval_diverse_streaks", f"--COCO_RAIN_DIR={variant_dirs(['streaks'])}",
-                                 NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={diverse}", needs=(diverse,)))
+            if family != "streaks":  # the diverse-adapted (issue #24's goal 3) and the soft-mixed SPDNet (#31's
+                for adapted, weights in (("diverse", diverse), ("soft", soft)):  # goal) on the demo's streak rain
+                    chain.append(job(f"eval_{adapted}_streaks", family, seed, "Eval_SPDNet_Adaptation.py",
+                                     f"{base}/eval_{adapted}_streaks", f"--COCO_RAIN_DIR={variant_dirs(['streaks'])}",
+                                     NO_IMAGE_QUALITY, f"--ADAPTED_WEIGHTS={weights}", needs=(weights,)))
             jobs += sorted(chain, key=lambda item: CHAIN_ORDER.index(item["name"]))
     return jobs
 
@@ -285,7 +288,7 @@ def collect(families: list[str], seeds: list[int]) -> list[dict]:
             base = family_dir(family, seed)
             results = {}
             for name in ("eval_streaks_heldout", "eval_diverse_heldout", "eval_diverse2x_heldout",
-                         "eval_diverse_streaks"):
+                         "eval_diverse_streaks", "eval_soft_streaks"):
                 results[name] = read_json(f"{base}/{name}/{RESULT_FILES['Eval_SPDNet_Adaptation.py']}")
             for name in [f"cond_{prefix}{router}" for prefix in ("", "soft_") for router, _ in ROUTERS]:
                 results[name] = read_json(f"{base}/{name}/{RESULT_FILES['Eval_conditional.py']}")
@@ -360,8 +363,9 @@ def streak_table(runs: list[dict], families: list[str]) -> list[str]:
     rows = [("vanilla RT-DETR", "streaks", "eval_streaks_heldout", "vanilla"),
             ("original SPDNet + RT-DETR", "streaks", "eval_streaks_heldout", "original"),
             ("adapted SPDNet, streaks only (as today)", "streaks", "eval_streaks_heldout", "adapted")]
-    rows += [(f"diverse-adapted SPDNet, {family} held out", family, "eval_diverse_streaks", "adapted")
-             for family in families if family != "streaks"]
+    rows += [(f"{kind} SPDNet, {family} held out", family, f"eval_{adapted}_streaks", "adapted")
+             for family in families if family != "streaks"
+             for kind, adapted in (("diverse-adapted", "diverse"), ("soft-mixed", "soft"))]
     found = [(label, values(runs, family, source, "rainy", row)) for label, family, source, row in rows]
     if not any(cells for _, cells in found):
         return []
