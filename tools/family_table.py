@@ -129,10 +129,10 @@ ROWS = [  # (label, {section: (run name, split in its result file, row)})
       for router, label in (("rain_gate", "rain gate"), ("utility_gate", "utility gate"),
                             ("view_gate", "detector-view gate"), ("confidence", "confidence rule"))],
 ]
-# The order of a (family, seed) chain: the trainings, then the evidence the table needs most, the slowest last
-# (the confidence rule runs SPDNet on every image to decide)
-CHAIN_ORDER = ["diverse_adapted", "soft_adapted", "rain_gate", "view_gate", "utility_gate", "cond_rain_gate",
-               "cond_utility_gate", "cond_view_gate", "cond_soft_rain_gate", "cond_soft_view_gate",
+# The order of a (family, seed) chain: the evidence the default rule needs most first (the routers that the
+# other families' runs leave in the running), the slowest last (the confidence rule runs SPDNet on every image)
+CHAIN_ORDER = ["diverse_adapted", "soft_adapted", "rain_gate", "view_gate", "cond_rain_gate", "cond_view_gate",
+               "cond_soft_rain_gate", "cond_soft_view_gate", "utility_gate", "cond_utility_gate",
                "eval_diverse_heldout", "eval_streaks_heldout", "eval_diverse_streaks", "eval_soft_streaks",
                "cond_confidence", "cond_soft_utility_gate", "cond_soft_confidence", "diverse2x_adapted",
                "eval_diverse2x_heldout"]
