@@ -1,6 +1,6 @@
-"""Evaluate the rain-gated conditional model on clean, rainy and mixed validation data.
+"""Evaluate the gated conditional model on clean, rainy and mixed validation data.
 
-    python Eval_conditional.py                    # after Training_SPDNet_Adaptation.py and Training_Rain_Detector.py
+    python Eval_conditional.py                    # after Training_SPDNet_Adaptation.py and Training_Utility_Gate.py
     python Eval_conditional.py configs/demo.py    # the CPU demo world
     python Eval_conditional.py --HOLDOUT_RAIN_DIR=./data/coco_rain_drops --SOFT_ROUTING=True
 
@@ -10,7 +10,7 @@ frozen detector's detections. With HOLDOUT_FAMILY or HOLDOUT_RAIN_DIR also on ra
 (splits heldout and heldout_mixed); with SOFT_ROUTING the soft-routed model too, and a hard vs soft
 table (docs/rain_gate.md); with ORACLE_REPORT how often the gate's decision agrees with the oracle (per
 image, the path with the lower detector loss). Writes OUTPUT_DIR/conditional_results.json. The gate is
-GATE_WEIGHTS: a rain gate (rain_detector.pt) or a utility gate (utility_gate.pt).
+GATE_WEIGHTS: the detector-view gate (utility_gate.pt, the default) or a rain gate (rain_detector.pt).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ IMAGE_SIZE = settings.IMAGE_SIZE  # square input size (multiple of 32)
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
 ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
-GATE_WEIGHTS = None  # the gate (None: OUTPUT_DIR/rain_detector.pt); a utility gate routes the same:
-#   OUTPUT_DIR/utility_gate.pt (Training_Utility_Gate.py)
+GATE_WEIGHTS = None  # the gate (None: OUTPUT_DIR/utility_gate.pt, Training_Utility_Gate.py's detector-view gate,
+#   the one that carries to weather it never trained on: docs/unseen_rain.md); a rain gate routes the same
+#   (OUTPUT_DIR/rain_detector.pt, Training_Rain_Detector.py); "confidence_rule": the label-free baseline
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
 SOFT_ROUTING = False  # also score soft routing (gated-rainy images see g * SPDNet(x) + (1 - g) * x,

@@ -5,7 +5,9 @@
     python Infer.py configs/demo.py --INPUT=outputs_spdnet_adaptation/demo/data/coco_rain/val2017
 
 Writes one annotated image per input and detections.json (label names, scores, boxes in original
-pixels as x0, y0, x1, y1, the rain probability and which path the image took).
+pixels as x0, y0, x1, y1, the gate's probability and which path the image took). The probability is
+named rain_probability for every gate: P(SPDNet helps the detector here) for the default detector-view
+gate, P(rain) for a rain gate.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ IMAGE_SIZE = settings.IMAGE_SIZE  # the model's square input size (multiple of 3
 # ---- models
 DETECTOR = "PekingU/rtdetr_r18vd"  # hub id or local directory of the frozen detector
 ADAPTED_WEIGHTS = None  # adapted SPDNet (None: OUTPUT_DIR/spdnet_adapted.pt)
-GATE_WEIGHTS = None  # the gate (None: OUTPUT_DIR/rain_detector.pt); a utility gate routes the same:
-#   OUTPUT_DIR/utility_gate.pt (Training_Utility_Gate.py)
+GATE_WEIGHTS = None  # the gate (None: OUTPUT_DIR/utility_gate.pt, Training_Utility_Gate.py's detector-view gate,
+#   the one that carries to weather it never trained on: docs/unseen_rain.md); a rain gate routes the same
+#   (OUTPUT_DIR/rain_detector.pt, Training_Rain_Detector.py); "confidence_rule": the label-free baseline
 SPDNET_N_FEATS = 32  # SPDNet width, when the weights file does not record it
 SPDNET_N_RESBLOCKS = 3  # SPDNet blocks, when the weights file does not record it
 ROUTING = "hard"  # "hard": gated-rainy images see SPDNet(x); "soft": g * SPDNet(x) + (1 - g) * x, g: calibrated P(rain)

@@ -1,16 +1,16 @@
 """Train the rain gate: a small classifier telling rainy images from clean ones.
 
     python Training_Rain_Detector.py                   # COCO vs COCO_rain
-    python Training_Rain_Detector.py configs/demo.py   # the CPU demo world (after python Make_Demo.py)
+    python Training_Rain_Detector.py configs/demo.py configs/demo_rain_gate.py   # the CPU demo world
 
 Chooses its decision threshold on the validation split (best accuracy), fits a calibration
 temperature there (soft routing's P(rain); no decision changes), reports accuracy, precision and
 recall of "rainy", and saves OUTPUT_DIR/rain_detector.pt. It logs to OUTPUT_DIR/rain_detector_log.jsonl;
 Ctrl-C (or SIGTERM) saves OUTPUT_DIR/rain_detector_checkpoint.pt, which --RESUME=True continues bit for bit.
 
-With configs/demo.py it trains a gate on the demo world with the demo gate's recipe (the GATE_*
-settings, ARCHITECTURE and INPUT_SIZE there; with --SEED=0 it repeats bit for bit the demo's own
-gate, which Make_Demo.py keeps in DEMO_DIR/demo_gate/).
+With configs/demo.py and configs/demo_rain_gate.py it trains a gate on the demo world with the demo
+gate's recipe (the GATE_* settings, ARCHITECTURE and INPUT_SIZE there; with --SEED=0 it repeats bit for
+bit the demo's own gate, which Make_Demo.py keeps in DEMO_DIR/demo_gate/).
 
 For a gate that holds on rain it has never seen (docs/rain_gate.md):
 

@@ -44,9 +44,11 @@ UTILITY_MODE = "gain"  # "gain": BCE against "SPDNet lowers this image's detecto
 UTILITY_MARGIN = 0.0  # SPDNet's path counts as better when it lowers the detector's loss by more than this
 #   (training targets in "gain", the oracle on val in both modes)
 # ---- model
-ARCHITECTURE = "mobilenet_v3_small"  # "small_cnn", "mobilenet_v3_small" or "resnet18"
+ARCHITECTURE = "detector_view"  # "detector_view": a small head on the frozen detector's encoder features (no
+#   pixels; the router that carries to weather it never trained on, docs/unseen_rain.md); or a CNN on pixels:
+#   "small_cnn", "mobilenet_v3_small", "resnet18"
 IMAGENET_WEIGHTS = None  # a local torchvision ImageNet state dict to start from (None: from scratch)
-INPUT_SIZE = 224  # the gate's own input resolution
+INPUT_SIZE = 224  # the pixel gates' own input resolution
 # ---- optimisation
 GATE_NUM_EPOCHS = 5  # passes over the training subset
 GATE_BATCH_SIZE = 32  # images per step ("gain": two detector passes per batch, without and with SPDNet)

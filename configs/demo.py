@@ -2,10 +2,11 @@
 #   python Make_Demo.py   (the world, its rain gate and the kept stand-ins' quality on it; this file's DEMO_*
 #     settings are its own: `python Make_Demo.py configs/demo.py` is the same)
 #   python Training_SPDNet_Adaptation.py configs/demo.py
+#   python Training_Utility_Gate.py configs/demo.py  (the detector-view gate: DEMO_DIR/utility_gate.pt)
 #   python Eval_SPDNet_Adaptation.py configs/demo.py
 #   python Eval_conditional.py configs/demo.py
-#   python Training_Rain_Detector.py configs/demo.py  (a gate with the demo gate's recipe: DEMO_DIR/rain_detector.pt)
-#   python Training_Utility_Gate.py configs/demo.py  (after the adaptation above: DEMO_DIR/utility_gate.pt)
+#   python Training_Rain_Detector.py configs/demo.py configs/demo_rain_gate.py  (a rain gate with the recipe of the
+#     demo's own, which Make_Demo.py keeps in DEMO_DIR/demo_gate/: DEMO_DIR/rain_detector.pt)
 # Every script takes the keys it has and skips the others' (DEMO_* are Make_Demo.py's).
 DEMO_DIR = "./outputs_spdnet_adaptation/demo"
 DEMO_WEIGHTS_DIR = "./demo_weights"  # kept in the repository, made by `python Make_Demo.py --DEMO_PRETRAIN=True`
@@ -14,7 +15,8 @@ COCO_DIR = DEMO_DIR + "/data/coco"
 COCO_RAIN_DIR = DEMO_DIR + "/data/coco_rain"
 DETECTOR = DEMO_WEIGHTS_DIR + "/detector"  # stands in for PekingU/rtdetr_r18vd
 SPDNET_WEIGHTS = DEMO_WEIGHTS_DIR + "/spdnet_original.pt"  # stands in for the official SPDNet weights
-GATE_WEIGHTS = DEMO_DIR + "/demo_gate/rain_detector.pt"  # the gate Make_Demo.py trains
+GATE_WEIGHTS = DEMO_DIR + "/utility_gate.pt"  # the detector-view gate Training_Utility_Gate.py trains (the rain gate
+#   Make_Demo.py trains: DEMO_DIR + "/demo_gate/rain_detector.pt")
 SPDNET_N_FEATS = 16  # the demo SPDNet's size (also recorded in its weights file)
 SPDNET_N_RESBLOCKS = 1
 IMAGE_SIZE = 128
@@ -36,13 +38,11 @@ PRECISION = "fp32"  # the demo's figures in fp32 on every CPU ("auto" would take
 GRADIENT_CHECKPOINTING = False  # 128 px images fit easily; recomputation would only cost time
 DATALOADER_WORKERS = 1
 EVAL_BEFORE_TRAINING = False  # Eval_SPDNet_Adaptation.py scores the original SPDNet anyway
-# The rain gate's recipe (Training_Rain_Detector.py), the demo's own gate's (utils/apps/demo.py gate_settings);
-# its SEED stays the scripts' (--SEED=0, the demo's DEMO_SEED, repeats the demo's gate)
-GATE_IMAGE_SIZE = 128  # the world's scene size (DEMO_IMAGE_SIZE)
-GATE_PERCENT_DATASET = 100  # every training scene, half shown clean, half rainy
+# The detector-view gate's recipe (Training_Utility_Gate.py), as tools/family_table.py trains it; the rain
+# gate's (Training_Rain_Detector.py) is configs/demo_rain_gate.py, read after this file
+ARCHITECTURE = "detector_view"  # a small head on the frozen detector's encoder features
+GATE_PERCENT_DATASET = 25  # 500 training scenes, half shown clean, half rainy
 GATE_VAL_PERCENT = 100
-GATE_NUM_EPOCHS = 2  # DEMO_GATE_EPOCHS
+GATE_NUM_EPOCHS = 2
 GATE_BATCH_SIZE = 32
 GATE_LEARNING_RATE = 1e-3
-ARCHITECTURE = "small_cnn"
-INPUT_SIZE = 128  # the gate sees the scenes at their own size

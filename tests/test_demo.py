@@ -12,11 +12,13 @@ import Eval_SPDNet_Adaptation
 import Make_Demo
 import Training_Rain_Detector
 import Training_SPDNet_Adaptation
+import Training_Utility_Gate
 from utils.apps.demo import deraining_loss, gate_settings, random_crops, world_paths
 from utils.models.detector import load_detector
 from utils.apps.pipelines import build_spdnet
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
+DEMO_RAIN_GATE = os.path.join(os.path.dirname(DEMO_CONFIG), "demo_rain_gate.py")  # the demo's rain gate's recipe
 
 
 def smoke_config(tmp_path, **changes) -> str:
@@ -31,7 +33,7 @@ def smoke_config(tmp_path, **changes) -> str:
         "DEMO_WORKERS": 0, "DEMO_DEVICE": "cpu",
         "OUTPUT_DIR": root, "COCO_DIR": root + "/data/coco", "COCO_RAIN_DIR": root + "/data/coco_rain",
         "DETECTOR": weights + "/detector", "SPDNET_WEIGHTS": weights + "/spdnet_original.pt",
-        "GATE_WEIGHTS": root + "/demo_gate/rain_detector.pt", "IMAGE_SIZE": 64, "PERCENT_DATASET": 50,
+        "GATE_WEIGHTS": root + "/utility_gate.pt", "IMAGE_SIZE": 64, "PERCENT_DATASET": 50,
         "NUM_EPOCHS": 1, "DATALOADER_WORKERS": 0, "DEVICE": "cpu", "GATE_IMAGE_SIZE": 64, "INPUT_SIZE": 64,
         "GATE_NUM_EPOCHS": 1,
     }
@@ -65,19 +67,24 @@ def test_demo_config_builds_the_world_and_every_script_runs_on_it(tmp_path):
 
     with open(os.path.join(root, "demo_gate", "rain_detector.pt.json")) as file:
         assert json.load(file)["settings"]["seed"] == 1
+    # The default gate, the detector-view gate, with configs/demo.py's recipe (a head on the detector's view)
+    gate = Training_Utility_Gate.main([DEMO_CONFIG, smoke])
+    saved = torch.load(os.path.join(root, "utility_gate.pt"), weights_only=True)
+    assert saved["architecture"] == "detector_view" and "accuracy" in gate
     results = Eval_SPDNet_Adaptation.main([DEMO_CONFIG, smoke])
     assert set(results["rainy"]) == {"vanilla", "original", "adapted"}
     for name in ("eval_results.json", "eval_examples.png"):
         assert os.path.isfile(os.path.join(root, name)), name
-    conditional = Eval_conditional.main([DEMO_CONFIG, smoke])
-    assert set(conditional) >= {"clean", "rainy", "mixed"}
-    clean = conditional["clean"]["clean_guarantee"]
-    assert clean["identical_to_detector"] == clean["images_gated_clean"]
+    for gate in ([], [f"--GATE_WEIGHTS={root}/demo_gate/rain_detector.pt"]):  # the default gate, then the rain gate
+        conditional = Eval_conditional.main([DEMO_CONFIG, smoke, *gate])
+        assert set(conditional) >= {"clean", "rainy", "mixed"}
+        clean = conditional["clean"]["clean_guarantee"]
+        assert clean["identical_to_detector"] == clean["images_gated_clean"]
     # The gate script on the demo: the demo's gate recipe, into OUTPUT_DIR (DEMO_DIR); with the demo's seed
     # it makes the demo's gate again, bit for bit, and leaves the demo's own file (in demo_gate/) alone.
     demo_gate = os.path.join(root, "demo_gate", "rain_detector.pt")
     stamp = os.stat(demo_gate).st_mtime_ns
-    Training_Rain_Detector.main([DEMO_CONFIG, smoke, "--SEED=1"])
+    Training_Rain_Detector.main([DEMO_CONFIG, DEMO_RAIN_GATE, smoke, "--SEED=1"])
     assert os.stat(demo_gate).st_mtime_ns == stamp
     ours, demos = (torch.load(path, weights_only=True) for path in (os.path.join(root, "rain_detector.pt"), demo_gate))
     assert ours["state_dict"].keys() == demos["state_dict"].keys()
@@ -113,12 +120,12 @@ def test_a_second_detector_family_is_kept_beside_the_first_and_the_scripts_run_o
 
 
 def test_the_gate_script_takes_the_demo_gates_recipe_from_configs_demo():
-    """configs/demo.py gives Training_Rain_Detector.py every setting of the demo's own gate (none of
-    the SPDNet scripts' IMAGE_SIZE, PERCENT_DATASET, NUM_EPOCHS, ...), but the run's seed, threads and
-    log lines; and the demo's gate settings are every setting of that script."""
+    """configs/demo.py with configs/demo_rain_gate.py gives Training_Rain_Detector.py every setting of the
+    demo's own gate (none of the SPDNet scripts' IMAGE_SIZE, PERCENT_DATASET, NUM_EPOCHS, ...), but the run's
+    seed, threads and log lines; and the demo's gate settings are every setting of that script."""
     from utils.runtime.config import load_config, script_defaults
 
-    config = load_config(vars(Training_Rain_Detector), [DEMO_CONFIG], quiet=True)
+    config = load_config(vars(Training_Rain_Detector), [DEMO_CONFIG, DEMO_RAIN_GATE], quiet=True)
     demo = load_config(vars(Make_Demo), [DEMO_CONFIG], quiet=True)
     demos = gate_settings(demo, world_paths(demo["DEMO_DIR"]))
     own = set(script_defaults(vars(Training_Rain_Detector)))

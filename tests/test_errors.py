@@ -150,6 +150,10 @@ def test_missing_weights_files_name_their_setting(tiny_world, tmp_path):
     message = one_line_error(Training_SPDNet_Adaptation.main, tiny_world["overrides"] + [
         f"--SPDNET_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}", "--RESUME=True"])
     assert f"RESUME: '{tmp_path / 'checkpoint.pt'}' does not exist" in message
+    # the default gate (GATE_WEIGHTS None): the detector-view gate's file in OUTPUT_DIR, and how to make it
+    message = one_line_error(Eval_conditional.main, tiny_world["overrides"] + [
+        f"--ADAPTED_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}"])
+    assert f"GATE_WEIGHTS: gate '{tmp_path / 'utility_gate.pt'}' does not exist: run Training_Utility_Gate.py" in message
 
 
 def test_missing_data_is_named_before_any_model_is_loaded(tiny_world, tmp_path):

@@ -70,6 +70,8 @@ sys.path.insert(0, ROOT)
 from utils.apps.script_runs import run_script  # noqa: E402
 
 CONFIGS = ["configs/demo.py", "configs/demo_families.py"]
+PIXEL_GATE_CONFIGS = [*CONFIGS, "configs/demo_rain_gate.py"]  # the rain and the utility gate: a small CNN on pixels
+#   (the demo's rain gate's recipe; configs/demo.py's gate settings are the detector-view gate's)
 WORLD_RAIN_DIR = "outputs_spdnet_adaptation/demo_families/data/coco_rain"
 FAMILY_PRESETS = {"streaks": ["medium"], "drops": ["drops_heavy"], "downpour": ["downpour_medium"]}  # the world's
 RUNS_DIR = "outputs_spdnet_adaptation/family_table"
@@ -180,9 +182,9 @@ def family_dir(family: str, seed: int) -> str:
 
 
 def job(name: str, family: str | None, seed: int, script: str, output_dir: str, *settings: str,
-        needs: tuple[str, ...] = ()) -> dict:
-    """One planned run: ``python script CONFIGS settings`` writing RESULT_FILES[script] into output_dir."""
-    command = [script, *CONFIGS, f"--OUTPUT_DIR={output_dir}", *settings, ONE_THREAD]
+        needs: tuple[str, ...] = (), configs: list[str] = CONFIGS) -> dict:
+    """One planned run: ``python script configs settings`` writing RESULT_FILES[script] into output_dir."""
+    command = [script, *configs, f"--OUTPUT_DIR={output_dir}", *settings, ONE_THREAD]
     return {"name": name, "family": family, "seed": seed, "command": command, "output_dir": output_dir,
             "result": f"{output_dir}/{RESULT_FILES[script]}", "needs": list(needs)}
 
@@ -208,11 +210,11 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
                 job("soft_adapted", family, seed, "Training_SPDNet_Adaptation.py", f"{base}/soft_adapted",
                     f"--SEED={seed}", holdout, *SOFT_MIX),
                 job("rain_gate", family, seed, "Training_Rain_Detector.py", f"{base}/rain_gate", f"--SEED={seed}",
-                    holdout, *DIVERSE_GATE),
+                    holdout, *DIVERSE_GATE, configs=PIXEL_GATE_CONFIGS),
                 job("view_gate", family, seed, "Training_Utility_Gate.py", f"{base}/view_gate", *utility,
                     "--ARCHITECTURE=detector_view", needs=(diverse,)),
                 job("utility_gate", family, seed, "Training_Utility_Gate.py", f"{base}/utility_gate", *utility,
-                    needs=(diverse,)),
+                    needs=(diverse,), configs=PIXEL_GATE_CONFIGS),
             ]
             for spdnet, weights in (("diverse", diverse), ("soft", soft)):  # the routers, cheapest evidence first
                 for router, gate in ROUTERS:

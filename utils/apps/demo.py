@@ -204,7 +204,7 @@ def prepare_demo(config: dict) -> dict[str, str]:
 
 def gate_settings(config: dict, paths: dict[str, str]) -> dict:
     """Every setting of Training_Rain_Detector.py for the demo's gate: a small CNN on the whole world
-    (configs/demo.py gives that script the same recipe)."""
+    (configs/demo.py with configs/demo_rain_gate.py gives that script the same recipe)."""
     size, workers = config["DEMO_IMAGE_SIZE"], config["DEMO_WORKERS"]
     return {
         "COCO_DIR": paths["coco_dir"], "COCO_RAIN_DIR": paths["coco_rain_dir"], "GATE_PERCENT_DATASET": 100.0,

@@ -4,8 +4,8 @@
     vanilla          image -> RT-DETR
     original         image -> original SPDNet (SPDNET_WEIGHTS) -> RT-DETR
     adapted          image -> adapted SPDNet (ADAPTED_WEIGHTS: spdnet_adapted.pt) -> RT-DETR
-    conditional      image -> rain gate (GATE_WEIGHTS: rain_detector.pt, or the utility gate's
-                     utility_gate.pt) -> adapted or vanilla
+    conditional      image -> gate (GATE_WEIGHTS: the detector-view gate's utility_gate.pt, or a rain
+                     gate's rain_detector.pt) -> adapted or vanilla
 
 The saved-file contract: the names of the files a run writes in OUTPUT_DIR, what ``spdnet_adapted.pt``
 records (``adapted_weights``), and loading it with the check that it was adapted to this detector
@@ -66,12 +66,15 @@ def build_spdnet(weights: str | None, n_feats: int, n_resblocks: int, setting: s
     return spdnet
 
 
-def weights_path(config: dict, setting: str, file_name: str) -> str:
-    """``config[setting]``, or OUTPUT_DIR/``file_name`` when it is None; an error naming the
-    setting when the file does not exist."""
-    path = config[setting] or os.path.join(config["OUTPUT_DIR"], file_name)
+def gate_weights_path(config: dict) -> str:
+    """GATE_WEIGHTS, or OUTPUT_DIR/utility_gate.pt (the default gate, Training_Utility_Gate.py's), which must
+    exist."""
+    path = config["GATE_WEIGHTS"] or os.path.join(config["OUTPUT_DIR"], UTILITY_GATE_FILE)
     if not os.path.isfile(path):
-        raise MissingFileError(f"{setting}: {path!r} does not exist")
+        raise MissingFileError(
+            f"GATE_WEIGHTS: gate {path!r} does not exist: run Training_Utility_Gate.py first (the detector-view "
+            "gate, with the same OUTPUT_DIR) or set GATE_WEIGHTS (a rain gate: Training_Rain_Detector.py's "
+            f"{GATE_FILE})")
     return path
 
 
@@ -181,7 +184,7 @@ def build_conditional_model(config: dict, device: torch.device, routing: str = "
     check_precision(config["PRECISION"])
     adapted_weights_path(config)
     rule = config["GATE_WEIGHTS"] == CONFIDENCE_RULE
-    gate_path = None if rule else weights_path(config, "GATE_WEIGHTS", GATE_FILE)
+    gate_path = None if rule else gate_weights_path(config)
     integrated = load_adapted_spdnet(config, load_detector(config["DETECTOR"]))
     gate = ConfidenceRule(integrated) if rule else load_rain_detector(gate_path, integrated.detector)
     return ConditionalModel(gate, integrated, routing).to(device).eval()
