@@ -153,7 +153,8 @@ def test_missing_weights_files_name_their_setting(tiny_world, tmp_path):
     # the default gate (GATE_WEIGHTS None): the detector-view gate's file in OUTPUT_DIR, and how to make it
     message = one_line_error(Eval_conditional.main, tiny_world["overrides"] + [
         f"--ADAPTED_WEIGHTS={tiny_world['spdnet_weights']}", f"--OUTPUT_DIR={tmp_path}"])
-    assert f"GATE_WEIGHTS: gate '{tmp_path / 'utility_gate.pt'}' does not exist: run Training_Utility_Gate.py" in message
+    default = tmp_path / "utility_gate.pt"
+    assert f"GATE_WEIGHTS: gate '{default}' does not exist: run Training_Utility_Gate.py" in message
 
 
 def test_missing_data_is_named_before_any_model_is_loaded(tiny_world, tmp_path):
