@@ -31,7 +31,8 @@ def trained(tiny_world, tmp_path_factory):
         "--GATE_PERCENT_DATASET=100", "--GATE_VAL_PERCENT=100",
         "--ARCHITECTURE=small_cnn", "--INPUT_SIZE=64", "--GATE_NUM_EPOCHS=2", "--GATE_BATCH_SIZE=8",
     ])
-    return {"output": output, "common": common, "gate": gate}
+    # the gated scripts' default gate is the detector-view gate's utility_gate.pt: these tests route with the rain gate
+    return {"output": output, "common": common, "gate": gate, "rain_gate": f"--GATE_WEIGHTS={output}/rain_detector.pt"}
 
 
 def test_three_pipeline_comparison_writes_results_and_pictures(tiny_world, trained, capsys):
@@ -86,7 +87,7 @@ def test_threshold_choice_and_metrics_on_known_scores():
 def test_conditional_evaluation_reports_routes_gate_and_guarantee(tiny_world, trained):
     results = Eval_conditional.main(
         [o for o in trained["common"] if "SPDNET_N" not in o]
-        + ["--BATCH_SIZE=4", "--MIXED_RAIN_FRACTION=0.5", "--ORACLE_REPORT=True"]
+        + ["--BATCH_SIZE=4", "--MIXED_RAIN_FRACTION=0.5", "--ORACLE_REPORT=True", trained["rain_gate"]]
     )
     assert set(results) == {"clean", "rainy", "mixed"}
     for split in results.values():
@@ -153,6 +154,7 @@ def test_infer_writes_annotated_images_and_detections(tiny_world, trained, tmp_p
     records = Infer.main([
         f"--OUTPUT_DIR={trained['output']}", f"--DETECTOR={tiny_world['detector_dir']}", "--IMAGE_SIZE=64",
         "--DEVICE=cpu", f"--INPUT={tiny_world['coco_dir']}/val2017", f"--OUTPUT={tmp_path}", "--SCORE_THRESHOLD=0.0",
+        trained["rain_gate"],
     ])
     assert len(records) == 6
     written = json.loads(open(tmp_path / "detections.json").read())
@@ -169,7 +171,7 @@ def test_infer_writes_annotated_images_and_detections(tiny_world, trained, tmp_p
     (broken / "a.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(ValueError, match=r"INPUT: none of the 1 image files in .*broken' could be read"):
         Infer.main([f"--OUTPUT_DIR={trained['output']}", f"--DETECTOR={tiny_world['detector_dir']}", "--IMAGE_SIZE=64",
-                    "--DEVICE=cpu", f"--INPUT={broken}", f"--OUTPUT={tmp_path / 'out'}"])
+                    "--DEVICE=cpu", f"--INPUT={broken}", f"--OUTPUT={tmp_path / 'out'}", trained["rain_gate"]])
 
 
 def test_conditional_evaluation_scores_held_out_rain_and_soft_routing(tiny_world, trained, tmp_path, capsys):
@@ -181,7 +183,7 @@ def test_conditional_evaluation_scores_held_out_rain_and_soft_routing(tiny_world
                      ["drops_heavy"], 1, show_progress=False)
     results = Eval_conditional.main(
         [o for o in trained["common"] if "SPDNET_N" not in o]
-        + ["--BATCH_SIZE=4", f"--HOLDOUT_RAIN_DIR={drops}", "--SOFT_ROUTING=True"]
+        + ["--BATCH_SIZE=4", f"--HOLDOUT_RAIN_DIR={drops}", "--SOFT_ROUTING=True", trained["rain_gate"]]
     )
     printed = capsys.readouterr().out
     assert list(results) == ["clean", "rainy", "mixed", "heldout", "heldout_mixed"]
@@ -223,7 +225,8 @@ def test_held_out_family_inside_coco_rain_dir_makes_the_held_out_splits(trained,
     assert splits["rainy"] == (1.0, [f"{rain}/medium_v0"]) and splits["heldout"] == (1.0, [f"{rain}/drops_light_v0"])
     results = Eval_conditional.main(
         [o for o in trained["common"] if "SPDNET_N" not in o and "COCO" not in o]
-        + [f"--COCO_DIR={world['coco_dir']}", f"--COCO_RAIN_DIR={rain}", "--BATCH_SIZE=6", "--HOLDOUT_FAMILY=drops"]
+        + [f"--COCO_DIR={world['coco_dir']}", f"--COCO_RAIN_DIR={rain}", "--BATCH_SIZE=6", "--HOLDOUT_FAMILY=drops",
+           trained["rain_gate"]]
     )
     assert list(results) == ["clean", "rainy", "mixed", "heldout", "heldout_mixed"]
     assert sum(results["heldout"]["rain_detector"]["confusion"].values()) == 6
