@@ -89,6 +89,8 @@ TWICE_THE_STEPS = "--PERCENT_DATASET=50"  # 1,000 rainy scenes: 125 steps, twice
 # The routers Eval_conditional.py runs the diverse-adapted and the soft-mixed SPDNet behind: (name, gate file)
 ROUTERS = [("rain_gate", "rain_gate/rain_detector.pt"), ("utility_gate", "utility_gate/utility_gate.pt"),
            ("view_gate", "view_gate/utility_gate.pt"), ("confidence", None)]
+ROUTER_LABELS = {"rain_gate": "rain gate", "utility_gate": "utility gate", "view_gate": "detector-view gate",
+                 "confidence": "confidence rule"}  # each router's name in the tables
 SECTIONS = {
     "heldout": "held-out family's rain", "seen": "the other families' rain (in distribution)", "clean": "clean val",
 }
@@ -128,8 +130,7 @@ ROWS = [  # (label, {section: (run name, split in its result file, row)})
     *[(f"soft-mixed SPDNet behind the {label}", {section: (f"cond_soft_{router}", split, "gate")
                                                   for section, split in (("heldout", "heldout"), ("seen", "rainy"),
                                                                          ("clean", "clean"))})
-      for router, label in (("rain_gate", "rain gate"), ("utility_gate", "utility gate"),
-                            ("view_gate", "detector-view gate"), ("confidence", "confidence rule"))],
+      for router, label in ROUTER_LABELS.items()],
 ]
 # The order of a (family, seed) chain: the evidence the default rule needs most first (the routers that the
 # other families' runs leave in the running), the slowest last (the confidence rule runs SPDNet on every image)
@@ -139,10 +140,9 @@ CHAIN_ORDER = ["diverse_adapted", "soft_adapted", "rain_gate", "view_gate", "con
                "cond_confidence", "cond_soft_utility_gate", "cond_soft_confidence", "diverse2x_adapted",
                "eval_diverse2x_heldout"]
 # What each router costs per image (Eval_conditional.py's gate row, ms per image): on clean val and on held-out rain
-COST_ROWS = [(label, f"cond_{router}") for router, label in (
-    ("rain_gate", "rain gate"), ("utility_gate", "utility gate"), ("view_gate", "detector-view gate"),
-    ("confidence", "confidence rule"), ("soft_rain_gate", "soft-mixed SPDNet behind the rain gate"),
-    ("soft_view_gate", "soft-mixed SPDNet behind the detector-view gate"))]
+COST_ROWS = [*[(label, f"cond_{router}") for router, label in ROUTER_LABELS.items()],
+             *[(f"soft-mixed SPDNet behind the {ROUTER_LABELS[router]}", f"cond_soft_{router}")
+               for router in ("rain_gate", "view_gate")]]
 ORACLE_ROWS = [  # the oracle router (Eval_conditional.py's ORACLE_REPORT): its AP, then agreement and fraction
     ("oracle router (the path with the lower detector loss)", "cond_utility_gate", "router_ap"),
     ("oracle router: utility gate agrees", "cond_utility_gate", "agreement"),
@@ -152,8 +152,6 @@ SPLIT_OF_SECTION = {"heldout": "heldout", "seen": "rainy", "clean": "clean"}
 # The rule that picks the default (docs/unseen_rain.md, stated before any result): each candidate (label, the run
 # that scored it, its row there), its worst seen and clean regret over every run and seed; ties within TIE go to
 # the lower ms per clean image
-ROUTER_LABELS = {"rain_gate": "rain gate", "utility_gate": "utility gate", "view_gate": "detector-view gate",
-                 "confidence": "confidence rule"}
 CANDIDATES = [*[(f"diverse-adapted SPDNet behind the {label}", f"cond_{router}", "gate")
                 for router, label in ROUTER_LABELS.items()],
               ("soft-mixed SPDNet, no gate", "cond_soft_rain_gate", "always"),
@@ -405,8 +403,9 @@ def default_rule(runs: list[dict]) -> list[dict]:
     if not scored:
         return []
     best = max(item["score"] for item in scored)
-    return sorted(scored, key=lambda item: (item["score"] < best - TIE, item["ms_clean"] if
-                                            item["score"] >= best - TIE else -item["score"]))
+    tied = sorted((item for item in scored if item["score"] >= best - TIE), key=lambda item: item["ms_clean"])
+    rest = sorted((item for item in scored if item["score"] < best - TIE), key=lambda item: -item["score"])
+    return tied + rest
 
 
 def rule_table(runs: list[dict]) -> list[str]:
