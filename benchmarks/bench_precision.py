@@ -61,14 +61,12 @@ def measure_batch(config: dict, detector_dir: str, spdnet_path: str, images, lab
         compare(f"fp32_noise_{grey_levels}", loss_and_gradient(noisy, "fp32", images, labels))
 
     # The upstream gradient dLoss/dImage at fp32's derained image, fed back through SPDNet in both precisions.
-    image = fp32.derained.clone().requires_grad_(True)
-    model.detect(image, labels).loss.backward()
-    same_upstream = [spdnet_gradient_for_upstream(model, precision, images, image.grad)
+    same_upstream = [spdnet_gradient_for_upstream(model, precision, images, fp32.upstream)
                      for precision in ("fp32", "bf16")]
     row["bf16_spdnet_same_upstream"] = {"cosine": cosine(same_upstream[1], same_upstream[0])}
     # fp32 SPDNet, same upstream gradient, its rainy input moved by 0.1 grey level: SPDNet's own sensitivity.
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(config["SEED"]))
-    nudged = spdnet_gradient_for_upstream(model, "fp32", images + 0.1 / 255 * noise, image.grad)
+    nudged = spdnet_gradient_for_upstream(model, "fp32", images + 0.1 / 255 * noise, fp32.upstream)
     row["fp32_spdnet_same_upstream_input_noise_0.1"] = {"cosine": cosine(nudged, same_upstream[0])}
     return row
 

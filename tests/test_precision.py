@@ -1,19 +1,19 @@
 """PRECISION='bf16' against fp32 on the same batches, with briefly trained models (utils/apps/precision_study.py).
 
-bf16 autocasts SPDNet; the detector and its loss run in fp32 (``IntegratedModel.detect``). With the
-detector in bf16 too (loss still fp32), the same batches gave a loss 18% off, a gradient deviation of
-1.35x the batch-to-batch spread and a cosine of 0.45: each of the three tests below fails that way.
+bf16 autocasts SPDNet; the detector and its loss run in fp32 (``IntegratedModel.detect``). The tests
+assert what the precision code decides, on any CPU: finite values and an image within a grey level;
+the loss and the gradient the detector hands back are the fp32 detector's at the image bf16 SPDNet
+made (the detector in bf16 too fails this by 36-117%); SPDNet's own bf16 backward, given the same
+upstream gradient, is close to fp32's next to the batch-to-batch spread; clean images get identical
+detections.
 
-Why the gradient is judged against the batch-to-batch spread and not by "cosine > 0.99" (figures from
-benchmarks/bench_precision.py on this project's CPU VM; README, "How close bf16 is to fp32"): the detection
-loss's gradient is ill-conditioned below one grey level. fp32 itself falls to cosine 0.982 on a
-batch when SPDNet's output moves by a tenth of a grey level (0.975 with other models), and bf16
-images differ from fp32 ones by ~0.5 grey level. What makes a gradient error matter is its size next
-to the noise SGD already lives with: fp32 gradients of these four batches are nearly orthogonal
-(cosines -0.53 to 0.56), and bf16 moves each by 0.13-0.32 of their spread (cosine 0.965-0.994).
-With better trained detectors bf16 lands further away (up to 1.84x the spread at 128 px), so this
-test guards the mechanics and the detector's precision; the demo's bf16 run (README) is the
-end-to-end evidence.
+How far the end-to-end bf16 loss and gradient land from fp32's is not asserted: it is the trained
+detector's sensitivity to a sub-grey-level change of its input, and fp32 training of these tiny
+models rounds differently on each CPU. On this project's AMD EPYC VMs the models gave a loss within
+0.01% and 0.19-0.44 of the spread; on CI's runner (and a 2-core Intel Xeon VM) the same code's models
+gave a loss 7.0% off and 1.05x the spread on one batch, as two threads had on AMD (1.36x). benchmarks/bench_precision.py
+prints those figures (docs/performance.md, "How close bf16 is to fp32"); the demo's bf16 run is the
+end-to-end evidence that bf16 trains the same.
 """
 
 import pytest
@@ -21,7 +21,8 @@ import torch
 
 from utils.runtime.device import autocast
 from utils.apps.precision_study import (
-    CPU, batch_spread, build_model, cosine, loss_and_gradient, rainy_batches, train_tiny_pair,
+    CPU, batch_spread, build_model, cosine, detect_in_bf16, fp32_detector_at, loss_and_gradient, rainy_batches,
+    spdnet_gradient_for_upstream, train_tiny_pair,
 )
 
 SIZE = 64
@@ -30,10 +31,7 @@ SIZE = 64
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """The tiny models are trained, and the comparison made, on one thread, so that the test judges
-    the same models whatever the machine's core count. Their fp32 training rounds differently with
-    two threads, and the models it gave on this project's 2-core AMD EPYC VM are ones where the
-    claim fails (one batch's bf16 gradient 1.36x the spread away, cosine 0.44): the caveat in the
-    module docstring, measured, not a bug of the precision code."""
+    the same models whatever the machine's core count (their fp32 training rounds differently with two)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -61,7 +59,11 @@ def steps(trained_pair, batches):
             for batch in batches]
 
 
-def test_bf16_loss_and_image_match_fp32_and_stay_finite(steps):
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((value - reference).norm() / reference.norm())
+
+
+def test_bf16_stays_finite_and_its_image_is_within_a_grey_level(steps):
     for step in steps:
         fp32, bf16 = step["fp32"], step["bf16"]
         assert bf16.loss.dtype == torch.float32  # the detection loss is computed in fp32
@@ -69,20 +71,40 @@ def test_bf16_loss_and_image_match_fp32_and_stay_finite(steps):
         assert bf16.derained.dtype == torch.float32
         # SPDNet's derained image (the detector's input) agrees to well under one 8-bit grey level on average.
         assert (bf16.derained - fp32.derained).abs().mean() < 1.0 / 255
-        # "A few percent" (measured here: at most 2.1%).
-        assert abs(bf16.loss / fp32.loss - 1) < 0.05
 
 
-def test_bf16_gradient_error_is_small_next_to_batch_to_batch_spread(steps):
+def test_bf16_hands_spdnet_the_fp32_detectors_loss_and_gradient_at_its_image(trained_pair, batches, steps):
+    """The detector and its loss run in fp32 whatever PRECISION is: a bf16 step's loss and the gradient the
+    detector hands back are those of the fp32 detector at the image bf16 SPDNet made (measured: bit-identical;
+    1e-6 leaves room for another summation order). The detector in bf16 too misses by 0.9-26% in the loss and
+    36-117% in that gradient (measured), so this is what tells the two apart on any machine; how far the
+    loss then lands from fp32's depends on how sensitive the trained detector is (docs/performance.md)."""
+    model = build_model(*trained_pair)
+    detector_too = build_model(*trained_pair)
+    detect_in_bf16(detector_too)
+    for (images, labels), step in zip(batches, steps):
+        loss, upstream = fp32_detector_at(model, step["bf16"].derained, labels)
+        assert relative_error(step["bf16"].loss, loss) < 1e-6
+        assert relative_error(step["bf16"].upstream, upstream) < 1e-6
+        wrong = loss_and_gradient(detector_too, "bf16", images, labels)
+        loss, upstream = fp32_detector_at(model, wrong.derained, labels)
+        assert relative_error(wrong.upstream, upstream) > 0.1
+
+
+def test_spdnets_own_bf16_backward_is_small_next_to_batch_to_batch_spread(trained_pair, batches, steps):
+    """SPDNet's arithmetic in bf16, given the very upstream gradient fp32's step hands it."""
     gradients32 = [step["fp32"].gradient for step in steps]
     # A real signal reaches SPDNet through the frozen detector.
     assert all(gradient.norm() > 1e-4 for gradient in gradients32)
     spread = batch_spread(gradients32)
-    for step in steps:
-        fp32, bf16 = step["fp32"].gradient, step["bf16"].gradient
-        # bf16 moves the gradient much less than drawing another batch of four does (measured: 0.13-0.32 of it).
+    model = build_model(*trained_pair)
+    for (images, _), step in zip(batches, steps):
+        fp32, bf16 = (spdnet_gradient_for_upstream(model, precision, images, step["fp32"].upstream)
+                      for precision in ("fp32", "bf16"))
+        assert torch.equal(fp32, step["fp32"].gradient)  # the same backward as the fp32 step's
+        # bf16 moves the gradient much less than drawing another batch of four does (measured: 0.03-0.29 of it).
         assert (bf16 - fp32).norm() < 0.75 * spread
-        # And it points the same way (measured: 0.965-0.994; see the module docstring for 0.99).
+        # And it points the same way (measured: 0.973-0.9996; see the module docstring for 0.99).
         assert cosine(bf16, fp32) > 0.9
 
 

@@ -72,15 +72,27 @@ class Step:
     loss: torch.Tensor  # () float32
     gradient: torch.Tensor  # SPDNet's gradient, flattened, float64
     derained: torch.Tensor  # (B, 3, H, W) the detector's input
+    upstream: torch.Tensor  # (B, 3, H, W) dLoss/d(derained): what the detector hands back to SPDNet
 
 
 def loss_and_gradient(model: IntegratedModel, precision: str, images: torch.Tensor, labels: Sequence[dict]) -> Step:
-    """One step's loss, SPDNet's gradient and the derained image, as training computes them."""
+    """One step's loss, SPDNet's gradient, the derained image and the detector's gradient at it, as
+    training computes them."""
     model.zero_grad(set_to_none=True)
     with autocast(CPU, precision):
         outputs = model(images, labels=labels)
+    outputs.derained.retain_grad()
     outputs.loss.backward()
-    return Step(outputs.loss.detach(), spdnet_gradient(model), outputs.derained.detach())
+    return Step(outputs.loss.detach(), spdnet_gradient(model), outputs.derained.detach(), outputs.derained.grad)
+
+
+def fp32_detector_at(model: IntegratedModel, image: torch.Tensor,
+                     labels: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The detector's loss at ``image`` and its gradient dLoss/d(image), computed outside any autocast."""
+    image = image.detach().clone().requires_grad_(True)
+    loss = model.detect(image, labels).loss
+    loss.backward()
+    return loss.detach(), image.grad
 
 
 def spdnet_gradient(model: IntegratedModel) -> torch.Tensor:
