@@ -114,6 +114,19 @@ def test_variant_dirs_name_the_worlds_presets(family):
     assert folders == [f"{family_table.WORLD_RAIN_DIR}/{p}_v0" for p in family_table.FAMILY_PRESETS[family]]
 
 
+def test_only_keeps_the_named_runs_and_what_they_need_in_plan_order():
+    jobs = family_table.plan(["drops"], [42, 7])
+    kept = family_table.only(jobs, ["cond_soft_utility_gate", "eval_streaks_heldout"])
+    names = [(item["name"], item["seed"]) for item in kept]
+    # the soft-mixed SPDNet and the utility gate (which needs the diverse-adapted one); the shared streak-only run
+    for seed in (42, 7):
+        assert {name for name, s in names if s == seed} == {
+            "streaks_adapted", "diverse_adapted", "soft_adapted", "utility_gate", "cond_soft_utility_gate",
+            "eval_streaks_heldout"}
+    assert kept == [item for item in jobs if item in kept]  # each after what it needs
+    assert family_table.only(jobs, ["soft_adapted"]) == [item for item in jobs if item["name"] == "soft_adapted"]
+
+
 def test_a_training_stopped_half_way_continues_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(family_table, "ROOT", str(tmp_path))
     ran = []

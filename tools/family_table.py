@@ -239,6 +239,19 @@ def plan(families: list[str], seeds: list[int]) -> list[dict]:
     return jobs
 
 
+def only(jobs: list[dict], names: list[str]) -> list[dict]:
+    """The jobs called one of ``names`` and, before them, every job whose result they need, in plan order."""
+    by_result = {item["result"]: item for item in jobs}
+    wanted = [item for item in jobs if item["name"] in names]
+    keep: set[str] = set()
+    while wanted:
+        item = wanted.pop()
+        if item["result"] not in keep:
+            keep.add(item["result"])
+            wanted += [by_result[needed] for needed in item["needs"] if needed in by_result]
+    return [item for item in jobs if item["result"] in keep]
+
+
 def stopped_half_way(item: dict) -> bool:
     """A training job whose checkpoint is on disk but not its result: it continues (--RESUME=True)."""
     checkpoint = CHECKPOINT_FILES.get(item["command"][0])
@@ -426,10 +439,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--families", nargs="+", default=list(FAMILY_PRESETS), choices=list(FAMILY_PRESETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7])
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, each on one thread")
+    parser.add_argument("--only", nargs="+", choices=["streaks_adapted", *CHAIN_ORDER],
+                        help="these runs (and the runs they need) only, e.g. --only cond_soft_view_gate")
     parser.add_argument("--dry-run", action="store_true", help="print the planned commands, run nothing")
     parser.add_argument("--collect-only", action="store_true", help="tabulate finished runs, run nothing")
     args = parser.parse_args(argv)
     jobs = plan(args.families, args.seeds)
+    if args.only:
+        jobs = only(jobs, args.only)
     if args.dry_run:
         print("python Make_Demo.py " + " ".join(CONFIGS))
         for item in jobs:
