@@ -53,8 +53,13 @@ def batches(tiny_world, trained_pair):
 
 
 @pytest.fixture(scope="module")
-def steps(trained_pair, batches):
-    model = build_model(*trained_pair)
+def model(trained_pair):
+    """The training model of the tiny pair, shared by the tests (none of them changes its weights)."""
+    return build_model(*trained_pair)
+
+
+@pytest.fixture(scope="module")
+def steps(model, batches):
     return [{precision: loss_and_gradient(model, precision, *batch) for precision in ("fp32", "bf16")}
             for batch in batches]
 
@@ -73,13 +78,12 @@ def test_bf16_stays_finite_and_its_image_is_within_a_grey_level(steps):
         assert (bf16.derained - fp32.derained).abs().mean() < 1.0 / 255
 
 
-def test_bf16_hands_spdnet_the_fp32_detectors_loss_and_gradient_at_its_image(trained_pair, batches, steps):
+def test_bf16_hands_spdnet_the_fp32_detectors_loss_and_gradient_at_its_image(trained_pair, model, batches, steps):
     """The detector and its loss run in fp32 whatever PRECISION is: a bf16 step's loss and the gradient the
     detector hands back are those of the fp32 detector at the image bf16 SPDNet made (measured: bit-identical;
     1e-6 leaves room for another summation order). The detector in bf16 too misses by 0.9-26% in the loss and
     36-117% in that gradient (measured), so this is what tells the two apart on any machine; how far the
     loss then lands from fp32's depends on how sensitive the trained detector is (docs/performance.md)."""
-    model = build_model(*trained_pair)
     detector_too = build_model(*trained_pair)
     detect_in_bf16(detector_too)
     for (images, labels), step in zip(batches, steps):
@@ -87,17 +91,16 @@ def test_bf16_hands_spdnet_the_fp32_detectors_loss_and_gradient_at_its_image(tra
         assert relative_error(step["bf16"].loss, loss) < 1e-6
         assert relative_error(step["bf16"].upstream, upstream) < 1e-6
         wrong = loss_and_gradient(detector_too, "bf16", images, labels)
-        loss, upstream = fp32_detector_at(model, wrong.derained, labels)
+        _, upstream = fp32_detector_at(model, wrong.derained, labels)
         assert relative_error(wrong.upstream, upstream) > 0.1
 
 
-def test_spdnets_own_bf16_backward_is_small_next_to_batch_to_batch_spread(trained_pair, batches, steps):
+def test_spdnets_own_bf16_backward_is_small_next_to_batch_to_batch_spread(model, batches, steps):
     """SPDNet's arithmetic in bf16, given the very upstream gradient fp32's step hands it."""
     gradients32 = [step["fp32"].gradient for step in steps]
     # A real signal reaches SPDNet through the frozen detector.
     assert all(gradient.norm() > 1e-4 for gradient in gradients32)
     spread = batch_spread(gradients32)
-    model = build_model(*trained_pair)
     for (images, _), step in zip(batches, steps):
         fp32, bf16 = (spdnet_gradient_for_upstream(model, precision, images, step["fp32"].upstream)
                       for precision in ("fp32", "bf16"))
