@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from utils.runtime.config import ConfigError, load_config, resolve_config, script_defaults
+from utils.runtime.config import ConfigError, check_fractions, load_config, resolve_config, script_defaults
 
 DEFAULTS = {
     "BATCH_SIZE": 2,
@@ -199,3 +199,10 @@ def test_an_old_setting_name_in_a_config_file_is_one_line_with_its_new_name(tmp_
         load_config(vars(Eval_conditional), [str(old)], quiet=True)
     assert load_config(vars(Eval_conditional), ["--GATE_WEIGHTS=./my_gate.pt"], quiet=True)["GATE_WEIGHTS"] == (
         "./my_gate.pt")
+
+
+def test_fractions_outside_zero_to_one_are_refused_naming_the_setting():
+    check_fractions({"RANDOM_RAIN": 0.0, "LIBRARY_WEATHER": 1.0}, ("RANDOM_RAIN", "LIBRARY_WEATHER"))
+    for value in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match=rf"^LIBRARY_WEATHER must be in \[0, 1\], got {value}$"):
+            check_fractions({"RANDOM_RAIN": 0.5, "LIBRARY_WEATHER": value}, ("RANDOM_RAIN", "LIBRARY_WEATHER"))

@@ -22,7 +22,7 @@ from utils.data.random_rain import RandomRainSet
 from utils.models.detector import state_dict_sha256
 from utils.models.integrated_model import IntegratedModel, check_image_size
 from utils.runtime.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, seed_everything
-from utils.runtime.config import ConfigError
+from utils.runtime.config import ConfigError, check_fractions
 from utils.runtime.device import (check_compile, check_precision, choose_device, compile_spdnet, enable_fast_cuda_math,
                                   resolve_precision, warm_up_compiled)
 from utils.runtime.signals import StopRequested  # noqa: F401  (the script installs it)
@@ -87,9 +87,7 @@ def check_config(config: dict) -> None:
         )
     if config["HOLDOUT_FAMILY"] is not None and config["HOLDOUT_FAMILY"] not in FAMILIES:
         raise ConfigError(f"HOLDOUT_FAMILY must be one of {FAMILIES} or None, got {config['HOLDOUT_FAMILY']!r}")
-    for key in ("RANDOM_RAIN", "LIBRARY_WEATHER"):
-        if not 0 <= config[key] <= 1:
-            raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
+    check_fractions(config, ("RANDOM_RAIN", "LIBRARY_WEATHER"))
     if config["LIBRARY_WEATHER"] > 0 and config["COCO_RATIO"] <= 0:
         raise ConfigError("LIBRARY_WEATHER shows weather on the clean training images: it needs COCO_RATIO > 0")
 

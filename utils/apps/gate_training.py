@@ -18,6 +18,7 @@ from utils.data.library_weather import library_weather
 from utils.data.rain import FAMILIES, families_except, split_by_family
 from utils.models.rain_gate import RainDetector
 from utils.runtime.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states, seed_everything
+from utils.runtime.config import check_fractions
 from utils.runtime.device import choose_device
 from utils.runtime.errors import DataError, SettingError
 from utils.runtime.signals import StopRequested
@@ -206,13 +207,6 @@ class GateRun:
         return metrics
 
 
-def check_fractions(config: dict) -> None:
-    """RANDOM_RAIN and LIBRARY_WEATHER refused in one line unless in [0, 1] (before any data is read)."""
-    for key in ("RANDOM_RAIN", "LIBRARY_WEATHER"):
-        if not 0 <= config[key] <= 1:
-            raise SettingError(f"{key} must be in [0, 1], got {config[key]}")
-
-
 def train_rain_detector(config: dict) -> dict:
     """Train the gate with Training_Rain_Detector.py's settings (``config``: every one of them), choose
     its threshold and calibration on val after every epoch, keep the most accurate epoch in
@@ -222,7 +216,7 @@ def train_rain_detector(config: dict) -> dict:
     Returns the best epoch's val metrics with its threshold, temperature and epoch (and ``held_out``),
     plus ``stopped`` when a signal ended the run early.
     """
-    check_fractions(config)
+    check_fractions(config, ("RANDOM_RAIN", "LIBRARY_WEATHER"))
     device = choose_device(config["DEVICE"])
     seed_everything(config["SEED"])
     os.makedirs(config["OUTPUT_DIR"], exist_ok=True)

@@ -18,13 +18,13 @@ import os
 import torch
 from torch.utils.data import DataLoader
 
-from utils.apps.gate_training import (GateRun, build_gate_data, check_fractions, fit_gate, gate_logits,
-                                      threshold_metrics)
+from utils.apps.gate_training import GateRun, build_gate_data, fit_gate, gate_logits, threshold_metrics
 from utils.apps.pipelines import UTILITY_GATE_FILE, adapted_weights_path, load_adapted_spdnet
 from utils.data.coco import check_data_dirs, non_empty
 from utils.models.detector import freeze, load_detector
 from utils.models.integrated_model import IntegratedModel, check_image_size
 from utils.runtime.checkpoint import seed_everything
+from utils.runtime.config import check_fractions
 from utils.runtime.device import choose_device
 from utils.runtime.errors import SettingError
 from utils.training.engine import detector_targets
@@ -44,7 +44,7 @@ def check_utility_config(config: dict) -> None:
     """UTILITY_MODE and IMAGE_SIZE refused in one line before any work."""
     if config["UTILITY_MODE"] not in UTILITY_MODES:
         raise SettingError(f"UTILITY_MODE must be one of {UTILITY_MODES}, got {config['UTILITY_MODE']!r}")
-    check_fractions({**config, **NO_DIVERSITY})
+    check_fractions(config, ("LIBRARY_WEATHER",))
     check_image_size(config["IMAGE_SIZE"])
 
 

@@ -95,6 +95,13 @@ def check_value(key: str, value: Any, default: Any, source: str) -> Any:
     )
 
 
+def check_fractions(config: Mapping[str, Any], keys: Sequence[str]) -> None:
+    """Each of ``keys`` refused in one line unless its value is in [0, 1] (before any data is read)."""
+    for key in keys:
+        if not 0 <= config[key] <= 1:
+            raise ConfigError(f"{key} must be in [0, 1], got {config[key]}")
+
+
 def parse_cli_value(text: str) -> Any:
     """A Python literal when ``text`` is one, else the string itself (paths, hub ids)."""
     try:
