@@ -41,7 +41,7 @@ NO_DIVERSITY = {"EPOCH_VARIANTS": False, "RANDOM_RAIN": 0.0, "AUGMENT_BLUR": 0.0
 
 
 def check_utility_config(config: dict) -> None:
-    """UTILITY_MODE and IMAGE_SIZE refused in one line before any work."""
+    """UTILITY_MODE, LIBRARY_WEATHER and IMAGE_SIZE refused in one line before any work."""
     if config["UTILITY_MODE"] not in UTILITY_MODES:
         raise SettingError(f"UTILITY_MODE must be one of {UTILITY_MODES}, got {config['UTILITY_MODE']!r}")
     check_fractions(config, ("LIBRARY_WEATHER",))
